@@ -1,0 +1,24 @@
+# Each target sets up .venv itself (pip; torch and torchvision pinned in pyproject.toml).
+SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -ec
+VENV := .venv
+BIN := $(abspath $(VENV))/bin
+STAMP := $(VENV)/.installed
+export DVC_NO_ANALYTICS := 1
+export PATH := $(BIN):$(PATH)
+
+.PHONY: repro test bench setup
+
+setup: $(STAMP)
+
+# The machine's pip config warns once per package missing from a local index: keep the log readable.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || python3 -m venv $(VENV)
+	$(BIN)/python -m pip install -q -e '.[test]' 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
+	touch $(STAMP)
+
+repro: $(STAMP)
+	dvc repro
+
+test: $(STAMP)
+	python -m pytest

@@ -1,0 +1,87 @@
+"""Datasets over the memory-mapped split arrays, and the reference's augmentation.
+
+Model input: a 1 x S x S float32 tensor, standardized as (value/255 - mean) / std
+with the train split's mean and std from compute_stats.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
+from torchvision.transforms import v2
+
+
+def reference_augmentation(image_size: int) -> v2.Compose:
+    """The reference recipe, applied after standardization (so the affine fill is the mean).
+
+    RandomAffine: rotation within +-5 degrees, vertical shift up to 5 % (the
+    reference's translate=(0, 0.05)), scale 0.9-1.1; then RandomResizedCrop of
+    0.35-1 of the area back to ``image_size``.
+    """
+    return v2.Compose(
+        [
+            v2.RandomAffine(degrees=(-5, 5), translate=(0, 0.05), scale=(0.9, 1.1)),
+            v2.RandomResizedCrop((image_size, image_size), scale=(0.35, 1), antialias=True),
+        ]
+    )
+
+
+class XrayDataset(Dataset):
+    """Images of one split (``<split>.npy``, N x S x S uint8) with their 0/1 labels.
+
+    The array is memory-mapped lazily in each worker, so workers share the page cache.
+    """
+
+    def __init__(self, array_path: str | Path, labels: np.ndarray, mean: float, std: float, augment: bool = False):
+        self.array_path = str(array_path)
+        self.labels = torch.as_tensor(labels, dtype=torch.float32)
+        self.mean, self.std = mean, std
+        self._array: np.ndarray | None = None
+        shape = np.load(self.array_path, mmap_mode="r").shape
+        if shape[0] != len(labels):
+            raise ValueError(f"{array_path} has {shape[0]} images but {len(labels)} labels were given")
+        self.image_size = shape[1]
+        self.transform = reference_augmentation(self.image_size) if augment else None
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._array is None:
+            self._array = np.load(self.array_path, mmap_mode="r")
+        image = torch.from_numpy(np.array(self._array[index], dtype=np.float32)).unsqueeze(0)
+        image = (image / 255.0 - self.mean) / self.std
+        if self.transform is not None:
+            image = self.transform(image)
+        return image, self.labels[index]
+
+
+def make_loader(
+    dataset: XrayDataset,
+    batch_size: int,
+    num_workers: int,
+    shuffle: bool,
+    oversample: bool = False,
+    seed: int = 0,
+) -> DataLoader:
+    """A DataLoader; with ``oversample`` positives and negatives are drawn equally often."""
+    sampler = None
+    if oversample:
+        labels = dataset.labels.long()
+        class_weight = 1.0 / torch.bincount(labels, minlength=2).clamp(min=1).double()
+        sampler = WeightedRandomSampler(
+            class_weight[labels], num_samples=len(labels), replacement=True,
+            generator=torch.Generator().manual_seed(seed),
+        )
+        shuffle = False
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        sampler=sampler,
+        num_workers=num_workers,
+        persistent_workers=num_workers > 0,
+    )

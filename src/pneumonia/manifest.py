@@ -1,0 +1,82 @@
+"""`data/processed/manifest.csv`: one row per patient, the key to the split arrays.
+
+``row`` is the patient's index in ``<split>.npy``; ``boxes`` is a JSON list of
+[x, y, width, height] in pixels of the original image (``rows`` x ``columns``).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+
+from pneumonia.atomic import atomic_path
+from pneumonia.errors import DatasetError
+
+MANIFEST = "manifest.csv"
+
+
+@dataclass(frozen=True)
+class ManifestRow:
+    patient_id: str
+    split: str
+    row: int
+    label: int
+    boxes: tuple[tuple[float, float, float, float], ...]
+    detailed_class: str
+    view: str
+    sex: str
+    age: int | None
+    rows: int  # original image height, pixels
+    columns: int  # original image width, pixels
+    pixel_spacing_mm: float | None
+
+
+_COLUMNS = [f.name for f in fields(ManifestRow)]
+
+
+def write_manifest(path: str | Path, rows: list[ManifestRow]) -> None:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=_COLUMNS)
+        writer.writeheader()
+        for row in rows:
+            record = asdict(row)
+            record["boxes"] = json.dumps([list(b) for b in row.boxes])
+            writer.writerow({k: "" if v is None else v for k, v in record.items()})
+
+
+def read_manifest(processed_dir: str | Path) -> list[ManifestRow]:
+    path = Path(processed_dir) / MANIFEST
+    if not path.exists():
+        raise DatasetError(f"{path}: not found; run the dicom_to_npy stage first (dvc repro)")
+    with open(path, newline="") as handle:
+        return [
+            ManifestRow(
+                patient_id=r["patient_id"],
+                split=r["split"],
+                row=int(r["row"]),
+                label=int(r["label"]),
+                boxes=tuple(tuple(b) for b in json.loads(r["boxes"])),
+                detailed_class=r["detailed_class"],
+                view=r["view"],
+                sex=r["sex"],
+                age=int(r["age"]) if r["age"] else None,
+                rows=int(r["rows"]),
+                columns=int(r["columns"]),
+                pixel_spacing_mm=float(r["pixel_spacing_mm"]) if r["pixel_spacing_mm"] else None,
+            )
+            for r in csv.DictReader(handle)
+        ]
+
+
+def split_rows(manifest: list[ManifestRow], split: str) -> list[ManifestRow]:
+    """The rows of one split, in array order."""
+    return sorted((r for r in manifest if r.split == split), key=lambda r: r.row)
+
+
+def split_labels(manifest: list[ManifestRow], split: str) -> np.ndarray:
+    """0/1 labels of one split, aligned with ``<split>.npy``."""
+    return np.array([r.label for r in split_rows(manifest, split)], dtype=np.int64)

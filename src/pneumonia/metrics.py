@@ -1,0 +1,66 @@
+"""Classification metrics for a binary classifier's probabilities.
+
+Labels are 0/1 (1 = pneumonia, "Lung Opacity"); probabilities in [0, 1]. A
+prediction is positive when probability >= threshold.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torchmetrics.functional.classification import (
+    binary_auroc,
+    binary_average_precision,
+    binary_precision_recall_curve,
+    binary_roc,
+)
+
+
+def _safe_ratio(numerator: int, denominator: int) -> float:
+    # 0/0 (e.g. precision with no positive prediction) is reported as 0, as scikit-learn's zero_division=0.
+    return numerator / denominator if denominator else 0.0
+
+
+def threshold_metrics(labels: np.ndarray, probs: np.ndarray, threshold: float) -> dict[str, float | int]:
+    """Confusion matrix and the rates derived from it at one threshold."""
+    labels = np.asarray(labels).astype(bool)
+    predicted = np.asarray(probs) >= threshold
+    tp = int(np.sum(predicted & labels))
+    fp = int(np.sum(predicted & ~labels))
+    tn = int(np.sum(~predicted & ~labels))
+    fn = int(np.sum(~predicted & labels))
+    precision, recall = _safe_ratio(tp, tp + fp), _safe_ratio(tp, tp + fn)
+    return {
+        "threshold": float(threshold),
+        "accuracy": _safe_ratio(tp + tn, len(labels)),
+        "precision": precision,
+        "recall": recall,  # sensitivity
+        "specificity": _safe_ratio(tn, tn + fp),
+        "f1": _safe_ratio(2 * tp, 2 * tp + fp + fn),
+        "tp": tp,
+        "fp": fp,
+        "tn": tn,
+        "fn": fn,
+    }
+
+
+def ranking_metrics(labels: np.ndarray, probs: np.ndarray) -> dict[str, float]:
+    """Threshold-free metrics: AUROC and average precision."""
+    p, t = torch.as_tensor(probs, dtype=torch.float64), torch.as_tensor(labels, dtype=torch.long)
+    return {"auroc": float(binary_auroc(p, t)), "average_precision": float(binary_average_precision(p, t))}
+
+
+def roc_curve_points(labels: np.ndarray, probs: np.ndarray) -> list[dict[str, float]]:
+    p, t = torch.as_tensor(probs, dtype=torch.float64), torch.as_tensor(labels, dtype=torch.long)
+    fpr, tpr, thresholds = binary_roc(p, t)
+    return [{"fpr": float(f), "tpr": float(r), "threshold": float(h)} for f, r, h in zip(fpr, tpr, thresholds)]
+
+
+def pr_curve_points(labels: np.ndarray, probs: np.ndarray) -> list[dict[str, float]]:
+    p, t = torch.as_tensor(probs, dtype=torch.float64), torch.as_tensor(labels, dtype=torch.long)
+    precision, recall, thresholds = binary_precision_recall_curve(p, t)
+    # torchmetrics appends a final (precision=1, recall=0) point without a threshold.
+    return [
+        {"recall": float(r), "precision": float(q), "threshold": float(h)}
+        for q, r, h in zip(precision[:-1], recall[:-1], thresholds)
+    ]

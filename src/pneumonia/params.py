@@ -1,0 +1,202 @@
+"""Typed, validated settings from params.yaml.
+
+Every stage loads the whole file through :func:`load_params`, so a misspelled or
+out-of-range key anywhere fails before any work, naming the key. DVC still
+tracks each stage's individual keys (see dvc.yaml), so an experiment reruns only
+what it must.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+from pneumonia.errors import ParamsError
+
+
+@dataclass(frozen=True)
+class BaseParams:
+    seed: int = 42  # seeds the phantom generator and training
+
+    def __post_init__(self):
+        _check(self.seed >= 0, "base.seed", "must be >= 0")
+
+
+@dataclass(frozen=True)
+class PhantomParams:
+    patients: int = 1500  # patients in the phantom dataset
+    size: int = 1024  # DICOM rows and columns, as in RSNA
+
+    def __post_init__(self):
+        _check(self.patients >= 4, "download.phantom.patients", "must be >= 4")
+        _check(64 <= self.size <= 4096, "download.phantom.size", "must be between 64 and 4096")
+
+
+@dataclass(frozen=True)
+class DownloadParams:
+    source: Literal["synthetic", "kaggle", "local"] = "synthetic"
+    path: str | None = None  # for source=local: a zip or folder in the RSNA layout
+    competition: str = "rsna-pneumonia-detection-challenge"
+    phantom: PhantomParams = field(default_factory=PhantomParams)
+
+    def __post_init__(self):
+        _check(
+            self.source != "local" or bool(self.path),
+            "download.path",
+            "must name a zip or folder when download.source is local",
+        )
+
+
+@dataclass(frozen=True)
+class SplitParams:
+    # int: the first N patients (labels deduplicated in file order) are train,
+    # float in (0, 1): that fraction of them; the rest is val.
+    train_size: Union[int, float] = 0.8
+
+    def __post_init__(self):
+        if isinstance(self.train_size, float):
+            _check(0 < self.train_size < 1, "split.train_size", "a fraction must be in (0, 1)")
+        else:
+            _check(self.train_size >= 1, "split.train_size", "a count must be >= 1")
+
+
+@dataclass(frozen=True)
+class DicomToNpyParams:
+    image_size: int = 128  # side of the square arrays the model sees (the reference: 224)
+    workers: int = 0  # conversion processes; 0 = one per CPU core
+    grid_images: int = 16  # images in the plots/images/samples.png grid
+
+    def __post_init__(self):
+        _check(16 <= self.image_size <= 1024, "dicom_to_npy.image_size", "must be between 16 and 1024")
+        _check(self.workers >= 0, "dicom_to_npy.workers", "must be >= 0 (0 = all cores)")
+        _check(self.grid_images >= 1, "dicom_to_npy.grid_images", "must be >= 1")
+
+
+@dataclass(frozen=True)
+class TrainParams:
+    max_epochs: int = 8
+    lr: float = 1e-4
+    batch_size: int = 64
+    num_workers: int = 0
+    accelerator: str = "auto"
+    devices: Union[int, str] = "auto"
+    precision: str = "32-true"
+    pos_weight: float = 1.0  # BCEWithLogitsLoss pos_weight
+    # none: the reference; weighted_loss: pos_weight times the train split's
+    # negative/positive ratio; oversample: positives drawn as often as negatives.
+    class_balance: Literal["none", "weighted_loss", "oversample"] = "none"
+    augment: bool = True  # the reference's RandomAffine + RandomResizedCrop on train
+    grid_images: int = 16  # augmented samples in plots/images/augmented.png
+
+    def __post_init__(self):
+        _check(self.max_epochs >= 1, "train.max_epochs", "must be >= 1")
+        _check(0 < self.lr < 1, "train.lr", "must be in (0, 1)")
+        _check(self.batch_size >= 1, "train.batch_size", "must be >= 1")
+        _check(self.num_workers >= 0, "train.num_workers", "must be >= 0")
+        _check(self.pos_weight > 0, "train.pos_weight", "must be > 0")
+        _check(self.grid_images >= 1, "train.grid_images", "must be >= 1")
+        _check(
+            self.devices == "auto" or (isinstance(self.devices, int) and self.devices >= 1),
+            "train.devices",
+            "must be 'auto' or an integer >= 1",
+        )
+
+
+@dataclass(frozen=True)
+class EvaluateParams:
+    thresholds: tuple[float, ...] = (0.5, 0.25)  # 0.25 is the reference's second threshold
+    batch_size: int = 128
+
+    def __post_init__(self):
+        _check(len(self.thresholds) >= 1, "evaluate.thresholds", "must list at least one threshold")
+        for t in self.thresholds:
+            _check(0 < t < 1, "evaluate.thresholds", f"{t} is not in (0, 1)")
+        _check(self.batch_size >= 1, "evaluate.batch_size", "must be >= 1")
+
+
+@dataclass(frozen=True)
+class Params:
+    base: BaseParams = field(default_factory=BaseParams)
+    download: DownloadParams = field(default_factory=DownloadParams)
+    split: SplitParams = field(default_factory=SplitParams)
+    dicom_to_npy: DicomToNpyParams = field(default_factory=DicomToNpyParams)
+    train: TrainParams = field(default_factory=TrainParams)
+    evaluate: EvaluateParams = field(default_factory=EvaluateParams)
+
+
+def _check(ok: bool, key: str, problem: str) -> None:
+    if not ok:
+        raise ParamsError(f"params.yaml: {key} {problem}")
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Read and validate ``path``; raise :class:`ParamsError` naming the first bad key."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ParamsError(f"{path}: not found; run from the project root, where params.yaml lives") from None
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"{path}: not valid YAML ({exc.__class__.__name__}); fix the syntax") from None
+    return parse_params(raw)
+
+
+def parse_params(raw: Any) -> Params:
+    """Build :class:`Params` from a parsed YAML mapping, validating every key."""
+    return _build(Params, raw, prefix="")
+
+
+def _build(cls, raw: Any, prefix: str):
+    where = prefix.rstrip(".") or "params.yaml"
+    if not isinstance(raw, dict):
+        raise ParamsError(f"params.yaml: {where} must be a mapping of settings, got {type(raw).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - names)
+    if unknown:
+        key = prefix + str(unknown[0])
+        raise ParamsError(f"params.yaml: unknown key {key}; valid keys here: {', '.join(sorted(names))}")
+    values = {name: _coerce(hints[name], raw[name], prefix + name) for name in names if name in raw}
+    return cls(**values)
+
+
+def _coerce(hint, value: Any, key: str):
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, prefix=key + ".")
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin is Literal:
+        if value not in args:
+            raise ParamsError(f"params.yaml: {key} is {value!r}; choose one of {', '.join(map(str, args))}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, list):
+            raise ParamsError(f"params.yaml: {key} must be a list, got {value!r}")
+        return tuple(_coerce(args[0], v, key) for v in value)
+    if origin in (Union, getattr(__import__("types"), "UnionType", Union)):
+        if value is None and type(None) in args:
+            return None
+        # bool is an int in Python; never let yes/no pass for a number
+        for arg in args:
+            if arg is type(None):
+                continue
+            if _is_instance(value, arg):
+                return value
+        names = " or ".join("null" if a is type(None) else a.__name__ for a in args)
+        raise ParamsError(f"params.yaml: {key} must be {names}, got {value!r}")
+    if hint is float and _is_instance(value, int):
+        return float(value)
+    if not _is_instance(value, hint):
+        raise ParamsError(f"params.yaml: {key} must be {hint.__name__}, got {value!r}")
+    return value
+
+
+def _is_instance(value: Any, kind: type) -> bool:
+    if isinstance(value, bool) and kind is not bool:
+        return False
+    return isinstance(value, kind)

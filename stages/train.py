@@ -1,0 +1,23 @@
+"""Stage train: ResNet18 with Lightning into models/model.ckpt; curves in dvclive/."""
+
+from pathlib import Path
+
+from pneumonia import train
+from pneumonia.stage import run_stage
+
+
+def main(params):
+    result = train.run(
+        Path("data/processed"),
+        Path("metrics/dataset.json"),
+        params.train,
+        seed=params.base.seed,
+        model_path=Path("models/model.ckpt"),
+        live_dir=Path("dvclive"),
+        grid_path=Path("plots/images/augmented.png"),
+    )
+    print(f"best {train.MONITOR} {result['best_' + train.MONITOR]:.4f}")
+
+
+if __name__ == "__main__":
+    run_stage("train", main)

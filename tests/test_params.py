@@ -1,0 +1,73 @@
+import pytest
+import yaml
+
+from pneumonia.errors import ParamsError
+from pneumonia.params import Params, load_params, parse_params
+
+
+def test_project_params_yaml_is_valid_and_matches_defaults_where_documented():
+    params = load_params("params.yaml")
+    assert params.download.source == "synthetic"
+    assert params.train.lr == 1e-4
+    assert params.evaluate.thresholds == (0.5, 0.25)
+
+
+def test_empty_file_gives_defaults():
+    assert parse_params({}) == Params()
+
+
+def test_int_accepted_where_float_expected():
+    with pytest.raises(ParamsError, match="train.lr"):
+        parse_params({"train": {"lr": 1}})  # 1 is out of range (0, 1)
+    assert parse_params({"train": {"pos_weight": 3}}).train.pos_weight == 3.0
+
+
+@pytest.mark.parametrize(
+    "raw, key",
+    [
+        ({"train": {"learning_rate": 0.1}}, "train.learning_rate"),
+        ({"trian": {}}, "trian"),
+        ({"train": {"lr": "fast"}}, "train.lr"),
+        ({"train": {"lr": -1e-4}}, "train.lr"),
+        ({"train": {"max_epochs": 2.5}}, "train.max_epochs"),
+        ({"train": {"batch_size": True}}, "train.batch_size"),
+        ({"train": {"devices": 0}}, "train.devices"),
+        ({"train": {"class_balance": "smote"}}, "train.class_balance"),
+        ({"download": {"source": "ftp"}}, "download.source"),
+        ({"download": {"source": "local"}}, "download.path"),
+        ({"download": {"phantom": {"patients": 1}}}, "download.phantom.patients"),
+        ({"split": {"train_size": 1.5}}, "split.train_size"),
+        ({"split": {"train_size": 0}}, "split.train_size"),
+        ({"evaluate": {"thresholds": [0.5, 1.2]}}, "evaluate.thresholds"),
+        ({"dicom_to_npy": {"image_size": 8}}, "dicom_to_npy.image_size"),
+        ({"train": ["lr"]}, "train"),
+    ],
+)
+def test_bad_setting_names_the_key(raw, key):
+    with pytest.raises(ParamsError) as info:
+        parse_params(raw)
+    message = str(info.value)
+    assert key in message
+    assert "\n" not in message
+
+
+def test_unknown_source_lists_the_choices():
+    with pytest.raises(ParamsError, match="synthetic, kaggle, local"):
+        parse_params({"download": {"source": "ftp"}})
+
+
+def test_missing_and_malformed_files(tmp_path):
+    with pytest.raises(ParamsError, match="not found"):
+        load_params(tmp_path / "params.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [lr: 1\n")
+    with pytest.raises(ParamsError, match="not valid YAML"):
+        load_params(bad)
+
+
+def test_round_trip_of_a_full_file(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump({"split": {"train_size": 24000}, "dicom_to_npy": {"image_size": 224}}))
+    params = load_params(path)
+    assert params.split.train_size == 24000 and isinstance(params.split.train_size, int)
+    assert params.dicom_to_npy.image_size == 224
