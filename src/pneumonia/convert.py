@@ -137,7 +137,7 @@ def _save_samples(path: Path, processed: Path, manifest: list[ManifestRow], n: i
     save_grid(
         path,
         images=[np.array(array[r.row]) for r in sample],
-        captions=[f"{r.label} {r.detailed_class[:22]}" for r in sample],
+        captions=[f"{r.label} {r.detailed_class.replace('No Lung Opacity / ', '')}" for r in sample],
         boxes=[[_scale_box(box, size / r.columns, size / r.rows) for box in r.boxes] for r in sample],
     )
 

@@ -41,6 +41,6 @@ def run(processed_dir: Path, out_json: Path) -> dict:
     for split in SPLITS:
         labels = [r.label for r in manifest if r.split == split]
         counts[split] = {"total": len(labels), "positive": sum(labels), "negative": len(labels) - sum(labels)}
-    result = {"mean": round(mean, 6), "std": round(std, 6), "counts": counts}
+    result = {"mean": round(float(mean), 6), "std": round(float(std), 6), "counts": counts}
     write_json(out_json, result)
     return result

@@ -1,0 +1,66 @@
+"""A throwaway copy of the project in a temporary git repository, for running the real stages."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# A few dozen small images, one epoch: the whole pipeline in well under a minute.
+TINY_PARAMS = {
+    "base": {"seed": 3},
+    "download": {"phantom": {"patients": 40, "size": 256}},
+    "split": {"train_size": 0.7},
+    "dicom_to_npy": {"image_size": 32, "workers": 2, "grid_images": 4},
+    "train": {"max_epochs": 1, "batch_size": 8, "grid_images": 4},
+    "evaluate": {"batch_size": 16},
+}
+
+
+def run(args: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    """Run a command with the test interpreter's bin/ first on PATH (so `python` and `dvc` are the venv's)."""
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", DVC_NO_ANALYTICS="1")
+    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def make_repo(path: Path, params: dict | None = None) -> Path:
+    """Copy the pipeline's files into ``path``, write ``params`` over the defaults, git + dvc init, commit."""
+    path.mkdir(parents=True, exist_ok=True)
+    for name in ("dvc.yaml", ".gitignore", ".dvcignore"):
+        shutil.copy(ROOT / name, path / name)
+    for folder in ("stages", "src"):
+        shutil.copytree(ROOT / folder, path / folder, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    defaults = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for section, values in (params or TINY_PARAMS).items():
+        _merge(defaults.setdefault(section, {}), values)
+    (path / "params.yaml").write_text(yaml.safe_dump(defaults, sort_keys=False))
+    run(["git", "init", "-q"], path)
+    run(["git", "config", "user.email", "test@example.com"], path)
+    run(["git", "config", "user.name", "test"], path)
+    run(["dvc", "init", "-q"], path)
+    run(["dvc", "config", "core.analytics", "false"], path)
+    run(["dvc", "config", "core.check_update", "false"], path)
+    commit(path, "pipeline")
+    return path
+
+
+def commit(path: Path, message: str) -> None:
+    run(["git", "add", "-A"], path)
+    run(["git", "commit", "-q", "-m", message], path)
+
+
+def _merge(target: dict, values: dict) -> None:
+    for key, value in values.items():
+        if isinstance(value, dict):
+            _merge(target.setdefault(key, {}), value)
+        else:
+            target[key] = value
