@@ -91,19 +91,21 @@ def _convert_all(tasks: list[tuple[str, str, int]], out_dir: Path, size: int, wo
     workers = workers or os.cpu_count() or 1
     chunks = [tasks[i : i + CHUNK] for i in range(0, len(tasks), CHUNK)]
     infos: list[DicomInfo] = []
-    progress = tqdm(total=len(tasks), desc="dicom_to_npy", unit="img")
-    if workers == 1:
-        for chunk in chunks:
-            infos.extend(_convert_chunk(chunk, str(out_dir), size))
-            progress.update(len(chunk))
-    else:
-        # fork shares the imported modules; each worker opens the arrays once.
-        with get_context("fork").Pool(workers) as pool:
-            for result in pool.imap(_convert_chunk_star, [(c, str(out_dir), size) for c in chunks]):
-                infos.extend(result)
-                progress.update(len(result))
-    progress.close()
-    _open_arrays.clear()
+    # The context closes the bar before an error propagates, so the error starts its own line.
+    with tqdm(total=len(tasks), desc="dicom_to_npy", unit="img") as progress:
+        if workers == 1:
+            try:
+                for chunk in chunks:
+                    infos.extend(_convert_chunk(chunk, str(out_dir), size))
+                    progress.update(len(chunk))
+            finally:
+                _open_arrays.clear()
+        else:
+            # fork shares the imported modules; each worker opens the arrays once.
+            with get_context("fork").Pool(workers) as pool:
+                for result in pool.imap(_convert_chunk_star, [(c, str(out_dir), size) for c in chunks]):
+                    infos.extend(result)
+                    progress.update(len(result))
     return infos
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
+from pydicom.errors import InvalidDicomError
 from PIL import Image
 
 from pneumonia.errors import DicomReadError
@@ -37,8 +38,10 @@ def read_dicom(path: str | Path, size: int) -> tuple[np.ndarray, DicomInfo]:
     """
     try:
         ds = pydicom.dcmread(path)
+    except InvalidDicomError:
+        raise DicomReadError(path, "not a DICOM file (no DICM header); replace it with the original or remove it") from None
     except Exception as exc:  # pydicom raises many types for corrupt input
-        raise DicomReadError(path, f"not a readable DICOM file ({exc.__class__.__name__}: {exc})") from None
+        raise DicomReadError(path, f"corrupt DICOM ({exc.__class__.__name__}: {exc}); replace it with a good copy") from None
     if "PixelData" not in ds:
         raise DicomReadError(path, "the DICOM has no pixel data")
     if int(ds.get("SamplesPerPixel", 1)) != 1:

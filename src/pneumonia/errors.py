@@ -25,6 +25,10 @@ class DicomReadError(PneumoniaError):
         self.reason = reason
         super().__init__(f"{path}: {reason}")
 
+    def __reduce__(self):
+        # Raised in conversion worker processes: must unpickle in the parent.
+        return (type(self), (self.path, self.reason))
+
 
 class CredentialsError(PneumoniaError):
     """Kaggle credentials are missing or were refused."""
