@@ -40,7 +40,7 @@ def make_repo(path: Path, params: dict | None = None) -> Path:
     for folder in ("stages", "src"):
         shutil.copytree(ROOT / folder, path / folder, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     defaults = yaml.safe_load((ROOT / "params.yaml").read_text())
-    for section, values in (params or TINY_PARAMS).items():
+    for section, values in (TINY_PARAMS if params is None else params).items():
         _merge(defaults.setdefault(section, {}), values)
     (path / "params.yaml").write_text(yaml.safe_dump(defaults, sort_keys=False))
     run(["git", "init", "-q"], path)

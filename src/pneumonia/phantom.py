@@ -1,0 +1,611 @@
+"""Phantom chest X-rays in the layout of Kaggle's RSNA Pneumonia Detection Challenge.
+
+The pipeline runs offline on this dataset exactly as it would on the real one:
+
+    raw_dir/stage_2_train_images/<patientId>.dcm   8-bit JPEG Baseline DICOMs, like RSNA's
+    raw_dir/stage_2_train_labels.csv               patientId,x,y,width,height,Target
+    raw_dir/stage_2_detailed_class_info.csv        patientId,class
+
+Everything follows from ``seed``: patient i's attributes and image come from
+their own random stream, derived from ``(seed, i)``, so the files are
+byte-identical whatever the number of worker processes.
+
+Coordinates: boxes are in pixels of the ``size`` x ``size`` image, origin at the
+top-left corner, x to the right (columns), y down (rows), like RSNA's. The
+anatomy is described in *body coordinates*: ``a`` across (0.5 = midline,
+larger = viewer's right = patient's left), ``b`` down from the top of the image,
+both as fractions of the image side; a per-image affine transform (shift,
+scale, rotation) maps them onto the image.
+
+Difficulty is one knob, :data:`OPACITY_CONTRAST`.
+"""
+
+from __future__ import annotations
+
+import math
+import multiprocessing
+import os
+import uuid
+from dataclasses import dataclass
+from functools import partial
+from io import BytesIO
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from PIL import Image, ImageDraw
+from pydicom.dataset import FileMetaDataset
+from pydicom.encaps import encapsulate
+from pydicom.uid import ExplicitVRLittleEndian, JPEGBaseline8Bit, generate_uid
+from scipy import ndimage
+
+from pneumonia.atomic import atomic_dir, atomic_path
+
+OPACITY_CONTRAST = 0.2
+"""How bright a pneumonia opacity is at its core: the fraction of the lung's
+darkness it fills in (0 = invisible, 1 = as bright as that spot would be
+without air in the lung). Each opacity varies around it by a factor 0.7-1.3. The difficulty knob.
+
+Measured once (1500 patients at 1024, downscaled to 128 x 128; ResNet18 from
+scratch, AdamW 1e-3 one-cycle, 8 epochs on 1200, validated on 300; one run each,
+so +-0.02 or so): 0.18 -> val AUROC 0.88, 0.20 -> 0.94, 0.22 -> 0.97, 0.25 -> 0.97,
+0.30 -> 0.98, 0.45 -> 0.98."""
+
+# Class names, exactly as in stage_2_detailed_class_info.csv.
+NORMAL = "Normal"
+NOT_NORMAL = "No Lung Opacity / Not Normal"
+LUNG_OPACITY = "Lung Opacity"
+
+# Target fractions, from the 26,684 patients of RSNA's stage 2 training set.
+POSITIVE_FRACTION = 0.225
+NOT_NORMAL_SHARE_OF_NEGATIVES = 44 / 77  # negatives split 44 : 33, Not Normal : Normal
+BOX_COUNT_WEIGHTS = (0.43, 0.54, 0.02, 0.002)  # 1, 2, 3, 4 boxes; renormalised when drawn
+PA_FRACTION = 0.54
+MALE_FRACTION = 0.57
+PIXEL_SPACING_MM = (0.14, 0.19)
+
+# Findings of "No Lung Opacity / Not Normal" patients: none of them is an opacity,
+# and several are bright, so brightness alone does not tell the classes apart.
+NOT_NORMAL_FINDINGS = ("cardiomegaly", "effusion", "nodule", "devices", "haze")
+NOT_NORMAL_FINDING_WEIGHTS = (0.25, 0.2, 0.15, 0.3, 0.1)
+POSITIVE_DEVICE_FRACTION = 0.3  # opacity patients also carry tubes and leads sometimes
+
+# How much the air in the lungs darkens them, in attenuation units (soft tissue is 0.3-0.6).
+LUNG_DARKNESS = 0.38
+
+# Anatomy is synthesised at this resolution (pixels), then upscaled: speed.
+ANATOMY_SIZE = 256
+
+CR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.1"
+
+
+@dataclass(frozen=True)
+class Patient:
+    """One phantom patient: what the label files and the DICOM header say, and how to draw the image."""
+
+    patient_id: str  # UUID-style, 8-4-4-4-12 lowercase hex
+    class_name: str  # NORMAL, NOT_NORMAL or LUNG_OPACITY
+    opacities: int  # number of boxes: 1-4 for LUNG_OPACITY, else 0
+    findings: tuple[str, ...]  # from NOT_NORMAL_FINDINGS (plus "devices" for some positives)
+    view: str  # "PA" or "AP"
+    sex: str  # "M" or "F"
+    age: int  # years
+    pixel_spacing: float  # mm per pixel at the written size
+    image_seed: int  # seeds the image of this patient alone
+
+
+@dataclass(frozen=True)
+class Box:
+    """An opacity's bounding box in pixels of the ``size`` image, origin top-left."""
+
+    x: float
+    y: float
+    width: float
+    height: float
+
+
+@dataclass(frozen=True)
+class Rendering:
+    """A phantom radiograph: ``pixels`` is a uint8 (size, size) array, MONOCHROME2 (bright = dense)."""
+
+    pixels: np.ndarray
+    boxes: tuple[Box, ...]
+
+
+# --------------------------------------------------------------------------- patients
+
+
+def draw_patients(n: int, seed: int) -> list[Patient]:
+    """Draw ``n`` patients' classes, box counts, findings and demographics; no images.
+
+    Patient ``i`` depends only on ``(seed, i)``, so the first ``n`` of a larger
+    draw are the same patients.
+    """
+    return [_draw_patient(np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(i,)))) for i in range(n)]
+
+
+def _draw_patient(rng: np.random.Generator) -> Patient:
+    patient_id = str(uuid.UUID(bytes=rng.bytes(16), version=4))
+    # The class is drawn independently of view, sex and age: no shortcut through them.
+    u = rng.random()
+    box_weights = np.array(BOX_COUNT_WEIGHTS) / sum(BOX_COUNT_WEIGHTS)
+    if u < POSITIVE_FRACTION:
+        class_name = LUNG_OPACITY
+        opacities = 1 + int(rng.choice(len(box_weights), p=box_weights))
+        findings = ("devices",) if rng.random() < POSITIVE_DEVICE_FRACTION else ()
+    elif u < POSITIVE_FRACTION + (1 - POSITIVE_FRACTION) * NOT_NORMAL_SHARE_OF_NEGATIVES:
+        class_name = NOT_NORMAL
+        opacities = 0
+        count = 1 + int(rng.random() < 0.35)
+        weights = np.array(NOT_NORMAL_FINDING_WEIGHTS) / sum(NOT_NORMAL_FINDING_WEIGHTS)
+        picked = rng.choice(len(NOT_NORMAL_FINDINGS), size=count, replace=False, p=weights)
+        findings = tuple(NOT_NORMAL_FINDINGS[k] for k in sorted(picked))
+    else:
+        class_name = NORMAL
+        opacities = 0
+        findings = ()
+    return Patient(
+        patient_id=patient_id,
+        class_name=class_name,
+        opacities=opacities,
+        findings=findings,
+        view="PA" if rng.random() < PA_FRACTION else "AP",
+        sex="M" if rng.random() < MALE_FRACTION else "F",
+        age=int(np.clip(round(rng.normal(48, 16)), 18, 90)),
+        pixel_spacing=round(float(rng.uniform(*PIXEL_SPACING_MM)), 3),
+        image_seed=int(rng.integers(2**63)),
+    )
+
+
+# --------------------------------------------------------------------------- images
+
+
+def _soft(x: np.ndarray, width: float) -> np.ndarray:
+    """A smooth step from 0 (x << 0) to 1 (x >> 0), ``width`` wide: soft-edged masks."""
+    return 0.5 * (1.0 + np.tanh(x / width))
+
+
+@dataclass(frozen=True)
+class _Pose:
+    """Where the body lies on the image: shift (fractions of the side), scale, rotation (radians)."""
+
+    dx: float
+    dy: float
+    scale: float
+    angle: float
+
+    def to_body(self, u: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Image fractions (u across, v down) -> body coordinates (a, b)."""
+        x, y = (u - 0.5 - self.dx) / self.scale, (v - 0.5 - self.dy) / self.scale
+        c, s = math.cos(self.angle), math.sin(self.angle)
+        return 0.5 + c * x + s * y, 0.5 - s * x + c * y
+
+    def to_image(self, a: float, b: float) -> tuple[float, float]:
+        """Body coordinates (a, b) -> image fractions (u, v); the inverse of :meth:`to_body`."""
+        x, y = a - 0.5, b - 0.5
+        c, s = math.cos(self.angle), math.sin(self.angle)
+        return 0.5 + self.dx + self.scale * (c * x - s * y), 0.5 + self.dy + self.scale * (s * x + c * y)
+
+
+def render(patient: Patient, size: int, opacity_contrast: float = OPACITY_CONTRAST) -> Rendering:
+    """Draw ``patient``'s radiograph at ``size`` x ``size`` pixels, with its opacity boxes.
+
+    Deterministic in ``patient.image_seed``; ``opacity_contrast`` changes only how
+    bright the opacities are (0 draws the same image without them), not where.
+    The image is built as an attenuation map (0 = air, about 1 = dense), then exposed.
+    """
+    rng = np.random.default_rng(patient.image_seed)
+    n = min(size, ANATOMY_SIZE)
+    ap = patient.view == "AP"
+    pose = _Pose(
+        dx=rng.uniform(-0.03, 0.03),
+        dy=rng.uniform(-0.03, 0.03),
+        scale=rng.uniform(0.93, 1.05),
+        angle=math.radians(rng.uniform(-3, 3)),
+    )
+    centres = (np.arange(n, dtype=np.float32) + 0.5) / n
+    u, v = np.meshgrid(centres, centres)  # image fractions of each anatomy pixel
+    a, b = pose.to_body(u, v)
+    body = _Body(
+        d=a - 0.5,
+        b=b,
+        width=rng.uniform(0.9, 1.08),  # habitus
+        inspiration=rng.uniform(-0.03, 0.03) + (0.025 if ap else 0.0),  # AP films: supine, shallower breath
+    )
+    heart_scale = rng.uniform(0.92, 1.08) * (1.12 if ap else 1.0)  # AP magnifies the heart
+    if "cardiomegaly" in patient.findings:
+        heart_scale *= rng.uniform(1.3, 1.45)
+
+    inside, tissue = _soft_tissue(body)
+    lungs = _lungs(body, effusion=int(rng.choice([-1, 1])) if "effusion" in patient.findings else 0, rng=rng)
+    # Where the heart or aortic knob lies in front of the lung, the lung hardly shows.
+    see_through = 1 - 0.9 * np.maximum(_heart(body, heart_scale), _aortic_knob(body))
+    lung = np.maximum(*lungs) * see_through
+    att = 0.03 + tissue - LUNG_DARKNESS * lung
+
+    # Vessel markings: fine texture, densest around the hila.
+    markings = ndimage.gaussian_filter(rng.standard_normal((n, n)).astype(np.float32), 1.2 * n / 256)
+    markings /= markings.std() + 1e-6
+    d = body.d
+    hila = sum(np.exp(-(((d - s * 0.085 * body.width) / 0.035) ** 2) - ((b - 0.46) / 0.06) ** 2) for s in (-1, 1))
+    att += lung * (0.015 * markings * (1 + 2 * np.exp(-np.abs(d) / 0.12)) + 0.06 * hila)
+    att += _bones(body, inside, rib_amp=rng.uniform(0.03, 0.055), ap=ap)
+    if patient.sex == "F":  # breast shadows over the lung bases
+        for s in (-1, 1):
+            att += 0.05 * _soft(1 - np.hypot((d - s * 0.25 * body.width) / 0.17, (b - 0.72) / 0.11), 0.15) * inside
+    if "nodule" in patient.findings:
+        cy, cx = _sample_pixel(rng, lung * (b > 0.25), n)
+        att += 0.5 * LUNG_DARKNESS * _soft(rng.uniform(0.012, 0.025) - np.hypot(u - cx, v - cy), 0.003)
+
+    # Pneumonia: soft, cloudy opacities in the mid and lower zones, filling in the lung's darkness.
+    boxes = []
+    sides = _opacity_sides(rng, patient.opacities)
+    for k, side in enumerate(sides):
+        same_side = [i for i, s in enumerate(sides) if s == side]
+        band = same_side.index(k), len(same_side)
+        cloud = _opacity(rng, lungs[0 if side < 0 else 1] * see_through, b, u, v, band, n)
+        att += opacity_contrast * LUNG_DARKNESS * rng.uniform(0.7, 1.3) * cloud
+        boxes.append(_bounding_box(cloud, size))
+
+    # Film: AP portables are blurrier; exposure, contrast and noise vary per image.
+    att = ndimage.gaussian_filter(att, rng.uniform(0.9, 1.4) * (1.4 if ap else 1.0) * n / 256)
+    gain = rng.uniform(1.15, 1.4)
+    offset = rng.uniform(-0.08, 0.02)
+    gamma = rng.uniform(0.8, 1.2)
+    if "haze" in patient.findings:  # overexposed, hazy: brighter and flatter
+        gain, offset = gain * 0.8, offset + 0.12
+    noise = rng.uniform(0.006, 0.014)
+    image = att if n == size else np.asarray(Image.fromarray(att).resize((size, size), Image.Resampling.BICUBIC))
+    if "devices" in patient.findings:
+        image = image + _devices(rng, pose, size)
+    # Grain: the difference of two uniforms (triangular, unit s.d. once scaled) is
+    # several times faster than Gaussian draws at full size, and looks the same.
+    grain = rng.random((size, size), dtype=np.float32) - rng.random((size, size), dtype=np.float32)
+    image = image + (noise * math.sqrt(6)) * grain
+    image = np.clip(gain * image + offset, 0, 1) ** gamma
+    return Rendering(pixels=np.round(255 * image).astype(np.uint8), boxes=tuple(boxes))
+
+
+@dataclass(frozen=True)
+class _Body:
+    """Body coordinates of the anatomy grid, and the patient's build."""
+
+    d: np.ndarray  # across from the midline, fraction of the side (+ = viewer's right)
+    b: np.ndarray  # down from the top, fraction of the side
+    width: float  # habitus: scales everything across
+    inspiration: float  # shifts the diaphragm and ribs down (+) or up (-), fraction of the side
+
+
+def _soft_tissue(body: _Body) -> tuple[np.ndarray, np.ndarray]:
+    """Neck, shoulders and chest: (soft mask of the inside of the body, its attenuation).
+
+    The attenuation grows towards the midline, where the body is thicker.
+    """
+    d, b = body.d, body.b
+    half_width = (0.43 - 0.07 * ((b - 0.45) / 0.5) ** 2) * body.width
+    shoulder_top = 0.06 + 1.3 * np.clip(np.abs(d) - 0.08 * body.width, 0, None) ** 2
+    chest = np.minimum(half_width - np.abs(d), b - shoulder_top)
+    neck = np.minimum(0.085 * body.width - np.abs(d), 1.0)
+    inside = _soft(np.maximum(chest, neck), 0.006)
+    depth = np.sqrt(np.clip(1 - (d / half_width) ** 2, 0, 1))
+    return inside, inside * (0.3 + 0.3 * depth)
+
+
+def _lungs(body: _Body, effusion: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """The two lung fields (viewer's left, viewer's right) as soft masks in [0, 1].
+
+    Each is an egg-shaped super-ellipse, wider at the base, cut by its diaphragm
+    dome. ``effusion`` (-1 or +1, 0 for none) fills that lung's base with fluid.
+    """
+    d, b = body.d, body.b
+    lungs = []
+    for side in (-1, 1):  # -1: viewer's left, the patient's right
+        centre, cy, ry = side * 0.215 * body.width, 0.57, 0.41
+        rx = 0.15 * body.width * (0.8 + 0.3 * np.clip((b - 0.16) / 0.6, 0, 1))
+        across = (d - centre) / rx
+        shape = np.abs(across) ** 2.4 + np.abs((b - cy) / ry) ** 2.2
+        dome_base = 0.78 + body.inspiration + (0.0 if side > 0 else -0.02)  # the right dome sits higher
+        dome = dome_base - 0.075 * (1 - np.clip(across, -1, 1) ** 2)
+        lung = _soft(1 - shape, 0.06) * _soft(dome - b, 0.006)
+        if side == effusion:
+            # A meniscus climbing laterally: the costophrenic angle is blunted.
+            level = dome_base - rng.uniform(0.05, 0.15) - 0.06 * np.clip(side * across, -1, 1)
+            lung = lung * (1 - 0.9 * _soft(b - level, 0.012))
+        lungs.append(lung)
+    return lungs
+
+
+def _heart(body: _Body, scale: float) -> np.ndarray:
+    """The heart as a soft mask: an ellipse sitting on the diaphragm, apex tilted to the patient's left."""
+    x, y = body.d - 0.04 * body.width, body.b - 0.68 - body.inspiration
+    tilt = math.radians(20)
+    ex = (x * math.cos(tilt) + y * math.sin(tilt)) / (0.16 * body.width * scale)
+    ey = (-x * math.sin(tilt) + y * math.cos(tilt)) / (0.13 * scale)
+    return _soft(1 - (ex**2 + ey**2), 0.12)
+
+
+def _aortic_knob(body: _Body) -> np.ndarray:
+    return _soft(0.032 - np.hypot(body.d - 0.045 * body.width, body.b - 0.33), 0.006)
+
+
+def _bones(body: _Body, inside: np.ndarray, rib_amp: float, ap: bool) -> np.ndarray:
+    """Spine with vertebrae, ribs, clavicles (and scapulae on AP films); minus the tracheal air."""
+    d, b = body.d, body.b
+    lateral = np.abs(d) / body.width
+    vertebrae = 0.85 + 0.15 * _soft(np.cos(2 * np.pi * b / 0.052) + 0.6, 0.3)
+    att = 0.06 * _soft(0.035 * body.width - np.abs(d), 0.006) * vertebrae * _soft(b - 0.08, 0.02)
+    # Posterior ribs leave the spine level, then curve down laterally; ten, evenly spaced.
+    ribcage = _soft(lateral - 0.04, 0.01) * _soft(0.37 - lateral, 0.01) * inside
+    phase = (b - body.inspiration - 0.15 - 1.2 * np.clip(lateral - 0.05, 0, None) ** 2) / 0.056
+    nearest = np.round(phase)
+    posterior = np.exp(-(((phase - nearest) * 0.056 / 0.011) ** 2)) * (nearest >= 0) * (nearest <= 9)
+    # Anterior ribs run from the side down towards the sternum; fainter (cartilage).
+    phase = (b - body.inspiration - 0.2 - 0.5 * (0.37 - lateral)) / 0.075
+    nearest = np.round(phase)
+    anterior = np.exp(-(((phase - nearest) * 0.075 / 0.013) ** 2)) * (nearest >= 0) * (nearest <= 5)
+    att += rib_amp * ribcage * (posterior + 0.35 * anterior * _soft(lateral - 0.12, 0.02))
+    clavicle = 0.19 - 0.22 * (lateral - 0.035) + 0.5 * (lateral - 0.035) * (lateral - 0.3)
+    along_clavicle = _soft(lateral - 0.035, 0.005) * _soft(0.32 - lateral, 0.01)
+    att += 0.09 * np.exp(-(((b - clavicle) / 0.012) ** 2)) * along_clavicle
+    if ap:  # on AP films the scapulae are not rotated out of the lung fields
+        att += 0.04 * _soft(0.06 - np.hypot(lateral - 0.36, (b - 0.32) / 2.5), 0.01) * inside
+    # The trachea: a dark air column down the midline to the carina.
+    att -= 0.06 * _soft(0.014 - np.abs(d), 0.004) * _soft(0.34 - b, 0.01) * inside
+    return att
+
+
+def _sample_pixel(rng: np.random.Generator, weights: np.ndarray, n: int) -> tuple[float, float]:
+    """A pixel drawn with probability proportional to ``weights``; its centre as image fractions (v, u)."""
+    flat = weights.ravel().astype(np.float64)
+    row, col = divmod(int(rng.choice(flat.size, p=flat / flat.sum())), n)
+    return (row + 0.5) / n, (col + 0.5) / n
+
+
+def _opacity_sides(rng: np.random.Generator, count: int) -> list[int]:
+    """Which lung (-1 viewer's left, +1 viewer's right) each of ``count`` opacities lies in.
+
+    Two opacities are usually one per lung, as in RSNA.
+    """
+    if count == 0:
+        return []
+    if count == 2 and rng.random() < 0.85:
+        return [int(s) for s in rng.permutation([-1, 1])]
+    return [int(s) for s in rng.choice([-1, 1], size=count)]
+
+
+def _opacity(
+    rng: np.random.Generator,
+    lung: np.ndarray,
+    b: np.ndarray,
+    u: np.ndarray,
+    v: np.ndarray,
+    band: tuple[int, int],
+    n: int,
+) -> np.ndarray:
+    """One opacity's shape, peak about 1, on the ``n`` x ``n`` anatomy grid; confined to ``lung``.
+
+    ``b`` is the body coordinate down, ``u`` and ``v`` the image fractions of each grid pixel.
+
+    ``band`` = (k, m): the k-th of m opacities in the same lung takes the k-th of m
+    horizontal bands of the lung, so they do not pile up.
+    """
+    k, m = band
+    top, bottom = 0.3 + 0.45 * k / m, 0.3 + 0.45 * (k + 1) / m  # mid and lower zones, in body b
+    cy, cx = _sample_pixel(rng, lung * ((b > top) & (b < bottom)) + 1e-9, n)
+    # Nominal extents (fractions of the side), chosen so that the boxes, clipped to the lung,
+    # come out like RSNA's (mean 21 % x 33 % of the side); stacked opacities in one lung are shorter.
+    half_w, half_h = rng.uniform(0.2, 0.38) / 2, rng.uniform(0.26, 0.56) / 2 / math.sqrt(m)
+    texture = ndimage.gaussian_filter(rng.standard_normal((n, n)).astype(np.float32), 0.025 * n)
+    texture /= texture.std() + 1e-6
+    r2 = ((u - cx) / half_w) ** 2 + ((v - cy) / half_h) ** 2
+    envelope = np.exp(-1.2 * r2**1.5)  # flat-topped, 0.3 at the nominal half-width
+    return envelope * np.clip(0.65 + 0.45 * texture, 0, 1.2) * lung
+
+
+def _bounding_box(cloud: np.ndarray, size: int) -> Box:
+    """Box around where ``cloud`` exceeds a quarter of its peak, in pixels of the ``size`` image."""
+    rows, cols = np.nonzero(cloud > cloud.max() / 4)
+    scale = size / cloud.shape[0]
+    x0, x1 = math.floor(cols.min() * scale), math.ceil((cols.max() + 1) * scale)
+    y0, y1 = math.floor(rows.min() * scale), math.ceil((rows.max() + 1) * scale)
+    return Box(x=float(x0), y=float(y0), width=float(x1 - x0), height=float(y1 - y0))
+
+
+def _devices(rng: np.random.Generator, pose: _Pose, size: int) -> np.ndarray:
+    """Tubes, lines and ECG leads: thin bright lines drawn at full resolution, as attenuation."""
+    overlay = Image.new("L", (size, size))
+    draw = ImageDraw.Draw(overlay)
+    line = max(1, round(size * 0.004))
+
+    def path(points):
+        return [tuple(c * size for c in pose.to_image(a, b)) for a, b in points]
+
+    kinds = rng.choice(["tube", "line", "leads"], size=int(rng.integers(1, 4)), replace=False)
+    if "tube" in kinds:  # endotracheal tube ending above the carina, nasogastric tube into the stomach
+        x = 0.5 + rng.uniform(-0.01, 0.01)
+        draw.line(path([(x, 0.0), (x, rng.uniform(0.24, 0.3))]), fill=200, width=2 * line)
+        if rng.random() < 0.5:
+            gastric = [(x - 0.01, 0.0), (x - 0.005, 0.5), (x + 0.02, 0.78), (x + 0.1, 0.84)]
+            draw.line(path(gastric), fill=170, width=line, joint="curve")
+    if "line" in kinds:  # central venous line from the shoulder into the superior vena cava
+        s = rng.choice([-1, 1])
+        venous = [(0.5 + s * 0.33, 0.13), (0.5 + s * 0.18, 0.2), (0.5 + s * 0.05, 0.26), (0.5 + s * 0.02, 0.36)]
+        draw.line(path(venous), fill=180, width=line, joint="curve")
+    if "leads" in kinds:  # ECG electrodes with their wires running off the film
+        for _ in range(int(rng.integers(2, 5))):
+            a, b = 0.5 + rng.uniform(-0.35, 0.35), rng.uniform(0.15, 0.75)
+            x, y = path([(a, b)])[0]
+            r = 0.012 * size
+            draw.ellipse([x - r, y - r, x + r, y + r], fill=230)
+            wire = [(a, b)]
+            for _ in range(3):
+                a, b = a + rng.uniform(-0.15, 0.15), b - rng.uniform(0.1, 0.3)
+                wire.append((a, b))
+            draw.line(path(wire), fill=160, width=line, joint="curve")
+    return np.asarray(overlay, dtype=np.float32) * (0.35 / 255)
+
+
+# --------------------------------------------------------------------------- DICOM
+
+
+def write_dicom(
+    path: Path,
+    pixels: np.ndarray,
+    *,
+    patient_id: str,
+    sex: str = "M",
+    age: int = 50,
+    view: str = "PA",
+    pixel_spacing: float = 0.143,
+    jpeg: bool = True,
+    photometric: str = "MONOCHROME2",
+    bits_stored: int = 8,
+) -> None:
+    """Write one single-frame greyscale CR DICOM, with RSNA's attributes.
+
+    ``pixels``: 2-D uint8 (``bits_stored`` <= 8) or uint16 (``bits_stored`` > 8).
+    ``jpeg=True`` writes JPEG Baseline (quality 90, 8-bit only), like RSNA;
+    ``jpeg=False`` writes uncompressed Explicit VR Little Endian.
+    ``pixel_spacing`` is in mm per pixel. PatientAge is written as RSNA does, a
+    plain number of years ("51"), not the standard "051Y". Every UID is derived
+    from ``patient_id``, and the study date is RSNA's placeholder 19010101, so
+    the same arguments always give the same bytes.
+    """
+    pixels = np.asarray(pixels)
+    if pixels.ndim != 2:
+        raise ValueError(f"{path}: pixels must be a 2-D greyscale array, got shape {pixels.shape}")
+    want = np.uint8 if bits_stored <= 8 else np.uint16
+    if pixels.dtype != want:
+        raise ValueError(f"{path}: bits_stored={bits_stored} needs {np.dtype(want).name} pixels, got {pixels.dtype}")
+    if int(pixels.max(initial=0)) >= 2**bits_stored:
+        raise ValueError(f"{path}: pixel values reach {pixels.max()}, beyond bits_stored={bits_stored}")
+    if jpeg and bits_stored != 8:
+        raise ValueError(f"{path}: JPEG Baseline holds 8-bit pixels only; pass jpeg=False for bits_stored={bits_stored}")
+    if photometric not in ("MONOCHROME1", "MONOCHROME2"):
+        raise ValueError(f"{path}: photometric must be MONOCHROME1 or MONOCHROME2, got {photometric!r}")
+
+    def uid(kind: str) -> str:
+        return generate_uid(entropy_srcs=[patient_id, kind])
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = CR_IMAGE_STORAGE
+    meta.MediaStorageSOPInstanceUID = uid("instance")
+    meta.TransferSyntaxUID = JPEGBaseline8Bit if jpeg else ExplicitVRLittleEndian
+
+    ds = pydicom.Dataset()
+    ds.file_meta = meta
+    ds.preamble = b"\0" * 128
+    ds.SpecificCharacterSet = "ISO_IR 100"
+    ds.SOPClassUID = CR_IMAGE_STORAGE
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.StudyDate = "19010101"
+    ds.StudyTime = "000000.00"
+    ds.AccessionNumber = ""
+    ds.Modality = "CR"
+    ds.ConversionType = "WSD"
+    ds.ReferringPhysicianName = ""
+    ds.SeriesDescription = f"view: {view}"
+    ds.PatientName = patient_id
+    ds.PatientID = patient_id
+    ds.PatientBirthDate = ""
+    ds.PatientSex = sex
+    with pydicom.config.disable_value_validation():  # "51" is RSNA's form, not a valid AS
+        ds.PatientAge = str(age)
+    ds.BodyPartExamined = "CHEST"
+    ds.ViewPosition = view
+    ds.StudyInstanceUID = uid("study")
+    ds.SeriesInstanceUID = uid("series")
+    ds.StudyID = ""
+    ds.SeriesNumber = 1
+    ds.InstanceNumber = 1
+    ds.PatientOrientation = ""
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = photometric
+    ds.Rows, ds.Columns = pixels.shape
+    ds.PixelSpacing = [f"{pixel_spacing:.6g}", f"{pixel_spacing:.6g}"]
+    ds.BitsAllocated = 8 if bits_stored <= 8 else 16
+    ds.BitsStored = bits_stored
+    ds.HighBit = bits_stored - 1
+    ds.PixelRepresentation = 0
+    if jpeg:
+        buffer = BytesIO()
+        Image.fromarray(pixels).save(buffer, format="JPEG", quality=90)
+        ds.LossyImageCompression = "01"
+        ds.LossyImageCompressionMethod = "ISO_10918_1"
+        ds.PixelData = encapsulate([buffer.getvalue()])
+        ds["PixelData"].VR = "OB"
+        ds["PixelData"].is_undefined_length = True
+    else:
+        ds.PixelData = np.ascontiguousarray(pixels, dtype="<u2" if bits_stored > 8 else np.uint8).tobytes()
+        ds["PixelData"].VR = "OW" if bits_stored > 8 else "OB"
+    ds.save_as(path, enforce_file_format=True)
+
+
+# --------------------------------------------------------------------------- dataset
+
+
+def generate(raw_dir: Path, patients: int, size: int = 1024, seed: int = 42, workers: int = 0) -> None:
+    """Write raw_dir/stage_2_train_images/<patientId>.dcm, raw_dir/stage_2_train_labels.csv,
+    raw_dir/stage_2_detailed_class_info.csv. workers=0 means one process per CPU core.
+
+    ``raw_dir`` is replaced as a whole, atomically: a crash leaves the old one (or none).
+    Box coordinates are pixels of the ``size`` x ``size`` images.
+    """
+    drawn = draw_patients(patients, seed)
+    workers = workers or os.cpu_count() or 1
+    with atomic_dir(raw_dir) as tmp:
+        images = tmp / "stage_2_train_images"
+        images.mkdir()
+        write_one = partial(_write_patient, size=size, images=images)
+        if workers == 1 or patients < 2:
+            boxes = list(map(write_one, drawn))
+        else:
+            with multiprocessing.Pool(workers) as pool:
+                boxes = pool.map(write_one, drawn, chunksize=max(1, patients // (workers * 8)))
+        labels, classes = ["patientId,x,y,width,height,Target"], ["patientId,class"]
+        for patient, patient_boxes in zip(drawn, boxes):
+            if not patient_boxes:
+                labels.append(f"{patient.patient_id},,,,,0")
+                classes.append(f"{patient.patient_id},{patient.class_name}")
+            for box in patient_boxes:
+                labels.append(f"{patient.patient_id},{box.x},{box.y},{box.width},{box.height},1")
+                classes.append(f"{patient.patient_id},{patient.class_name}")
+        (tmp / "stage_2_train_labels.csv").write_text("\n".join(labels) + "\n", newline="\n")
+        (tmp / "stage_2_detailed_class_info.csv").write_text("\n".join(classes) + "\n", newline="\n")
+
+
+def _write_patient(patient: Patient, size: int, images: Path) -> tuple[Box, ...]:
+    """Render and write one patient's DICOM (runs in a worker); return its boxes."""
+    rendering = render(patient, size)
+    write_dicom(
+        images / f"{patient.patient_id}.dcm",
+        rendering.pixels,
+        patient_id=patient.patient_id,
+        sex=patient.sex,
+        age=patient.age,
+        view=patient.view,
+        pixel_spacing=patient.pixel_spacing,
+    )
+    return rendering.boxes
+
+
+def preview(path: Path, count: int = 8, size: int = 512, seed: int = 0) -> None:
+    """Save a PNG grid of ``count`` phantom images (4 per row), boxes in red, class on top: for tuning by eye.
+
+    Shows the three classes in turn, so a sheet always has positives to look at.
+    """
+    patients = draw_patients(40 * count, seed)
+    by_class = [[p for p in patients if p.class_name == c] for c in (LUNG_OPACITY, NOT_NORMAL, NORMAL)]
+    shown = [by_class[i % 3][i // 3] for i in range(count)]
+    columns = min(count, 4)
+    sheet = Image.new("RGB", (columns * size, math.ceil(count / columns) * size))
+    for i, patient in enumerate(shown):
+        rendering = render(patient, size)
+        tile = Image.fromarray(rendering.pixels).convert("RGB")
+        draw = ImageDraw.Draw(tile)
+        for box in rendering.boxes:
+            draw.rectangle([box.x, box.y, box.x + box.width, box.y + box.height], outline=(255, 0, 0), width=2)
+        draw.text((4, 4), f"{patient.class_name} | {patient.view} | {', '.join(patient.findings)}", fill=(255, 255, 0))
+        sheet.paste(tile, ((i % columns) * size, (i // columns) * size))
+    with atomic_path(path) as tmp:
+        sheet.save(tmp, format="PNG")

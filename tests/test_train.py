@@ -1,0 +1,80 @@
+"""Real Lightning training on tiny phantom data: the checkpoint contract and determinism."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from pneumonia import convert, evaluate, phantom, stats, train
+from pneumonia.checkpoint import load_classifier
+from pneumonia.errors import PneumoniaError
+from pneumonia.params import parse_params
+
+PARAMS = parse_params(
+    {
+        "split": {"train_size": 0.6},
+        "dicom_to_npy": {"image_size": 32, "workers": 1, "grid_images": 2},
+        "train": {"max_epochs": 1, "batch_size": 8, "grid_images": 2, "accelerator": "cpu"},
+    }
+)
+
+
+@pytest.fixture(scope="module")
+def processed(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    phantom.generate(root / "raw", patients=30, size=128, seed=5, workers=1)
+    convert.run(root / "raw", root / "processed", PARAMS.dicom_to_npy, PARAMS.split)
+    stats.run(root / "processed", root / "dataset.json")
+    return root
+
+
+def train_once(root, name):
+    out = root / name
+    result = train.run(
+        root / "processed", root / "dataset.json", PARAMS.train, seed=11,
+        model_path=out / "model.ckpt", live_dir=out / "dvclive", grid_path=out / "augmented.png",
+    )
+    return out, result
+
+
+@pytest.fixture(scope="module")
+def trained(processed):
+    return train_once(processed, "a")
+
+
+def test_checkpoint_carries_what_prediction_needs(processed, trained):
+    out, result = trained
+    assert 0 <= result["best_val/auroc"] <= 1
+    assert (out / "augmented.png").exists() and (out / "dvclive" / "metrics.json").exists()
+    assert not list(out.glob(".checkpoints-*")), "temporary checkpoint folder left behind"
+    model = load_classifier(out / "model.ckpt")
+    data_stats = json.loads((processed / "dataset.json").read_text())
+    assert (model.arch, model.image_size) == ("resnet18", 32)
+    assert (model.mean, model.std) == (data_stats["mean"], data_stats["std"])
+    val = np.load(processed / "processed" / "val.npy")
+    probs = evaluate.predict_probabilities(model, val, batch_size=5)
+    assert probs.shape == (12,) and np.all((probs >= 0) & (probs <= 1))
+
+
+def test_same_seed_same_weights(processed, trained):
+    first, _ = trained
+    second, _ = train_once(processed, "b")
+    a = torch.load(first / "model.ckpt", weights_only=True)["state_dict"]
+    b = torch.load(second / "model.ckpt", weights_only=True)["state_dict"]
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_wrong_image_size_is_refused(trained):
+    out, _ = trained
+    model = load_classifier(out / "model.ckpt")
+    with pytest.raises(PneumoniaError, match="trained on 32x32"):
+        evaluate.predict_probabilities(model, np.zeros((2, 64, 64), np.uint8), batch_size=2)
+
+
+def test_a_file_that_is_not_a_checkpoint(tmp_path):
+    path = tmp_path / "model.ckpt"
+    path.write_bytes(b"not a checkpoint")
+    with pytest.raises(PneumoniaError, match="not a checkpoint of this project"):
+        load_classifier(path)
