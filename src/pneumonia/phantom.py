@@ -41,15 +41,17 @@ from scipy import ndimage
 
 from pneumonia.atomic import atomic_dir, atomic_path
 
-OPACITY_CONTRAST = 0.2
+OPACITY_CONTRAST = 0.35
 """How bright a pneumonia opacity is at its core: the fraction of the lung's
 darkness it fills in (0 = invisible, 1 = as bright as that spot would be
 without air in the lung). Each opacity varies around it by a factor 0.7-1.3. The difficulty knob.
 
-Measured once (1500 patients at 1024, downscaled to 128 x 128; ResNet18 from
-scratch, AdamW 1e-3 one-cycle, 8 epochs on 1200, validated on 300; one run each,
-so +-0.02 or so): 0.18 -> val AUROC 0.88, 0.20 -> 0.94, 0.22 -> 0.97, 0.25 -> 0.97,
-0.30 -> 0.98, 0.45 -> 0.98."""
+With the pipeline's default params (1500 patients, 128 x 128, the reference recipe:
+Adam 1e-4, heavy augmentation, 8 epochs on 1200, validated on 300; one run each):
+0.20 -> val AUROC 0.75, 0.35 -> 0.93. The reference recipe learns slowly, so the
+default sits where that recipe lands inside the 0.85-0.98 the pipeline aims for.
+(With AdamW 1e-3 one-cycle and no augmentation the same data is far easier:
+0.18 -> 0.88, 0.20 -> 0.94, 0.25 -> 0.97.)"""
 
 # Class names, exactly as in stage_2_detailed_class_info.csv.
 NORMAL = "Normal"
