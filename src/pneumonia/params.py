@@ -54,15 +54,21 @@ class DownloadParams:
 
 @dataclass(frozen=True)
 class SplitParams:
-    # int: the first N patients (labels deduplicated in file order) are train,
-    # float in (0, 1): that fraction of them; the rest is val.
+    # Patients in file order (labels deduplicated): the first train_size are train,
+    # the last test_size are test, the rest val. An int is a count, a float in
+    # (0, 1) a fraction of all patients. stratify: the rule applies within each
+    # class separately, so every split keeps the overall positive fraction.
     train_size: Union[int, float] = 0.8
+    test_size: Union[int, float] = 0
+    stratify: bool = False
 
     def __post_init__(self):
-        if isinstance(self.train_size, float):
-            _check(0 < self.train_size < 1, "split.train_size", "a fraction must be in (0, 1)")
-        else:
-            _check(self.train_size >= 1, "split.train_size", "a count must be >= 1")
+        for key in ("train_size", "test_size"):
+            value = getattr(self, key)
+            if isinstance(value, float):
+                _check(0 < value < 1, f"split.{key}", "a fraction must be in (0, 1)")
+            else:
+                _check(value >= (1 if key == "train_size" else 0), f"split.{key}", "is a count out of range")
 
 
 @dataclass(frozen=True)
@@ -111,12 +117,35 @@ class TrainParams:
 class EvaluateParams:
     thresholds: tuple[float, ...] = (0.5, 0.25)  # 0.25 is the reference's second threshold
     batch_size: int = 128
+    target_sensitivity: float = 0.90  # an operating point chosen on val to reach it
+    bootstrap_resamples: int = 1000  # for the 95 % confidence intervals
+    temperature_scaling: bool = False  # fit a temperature on val, store it in the checkpoint
+    age_bands: tuple[int, ...] = (40, 60)  # band edges in years: <40, 40-59, >=60
 
     def __post_init__(self):
         _check(len(self.thresholds) >= 1, "evaluate.thresholds", "must list at least one threshold")
         for t in self.thresholds:
             _check(0 < t < 1, "evaluate.thresholds", f"{t} is not in (0, 1)")
         _check(self.batch_size >= 1, "evaluate.batch_size", "must be >= 1")
+        _check(0 < self.target_sensitivity < 1, "evaluate.target_sensitivity", "must be in (0, 1)")
+        _check(self.bootstrap_resamples >= 10, "evaluate.bootstrap_resamples", "must be >= 10")
+        _check(list(self.age_bands) == sorted(set(self.age_bands)), "evaluate.age_bands", "must be increasing")
+
+
+@dataclass(frozen=True)
+class LocalizeParams:
+    cam_threshold: float = 0.5  # a region is where the class activation map exceeds this fraction of its maximum
+    min_area: float = 0.005  # smallest box kept, as a fraction of the image area
+    threshold: Union[float, None] = None  # classification threshold for boxes; null = the checkpoint's
+    overlays: int = 12  # overlay PNGs drawn (true positives, false positives, false negatives)
+    batch_size: int = 64
+
+    def __post_init__(self):
+        _check(0 < self.cam_threshold < 1, "localize.cam_threshold", "must be in (0, 1)")
+        _check(0 <= self.min_area < 1, "localize.min_area", "must be in [0, 1)")
+        _check(self.threshold is None or 0 < self.threshold < 1, "localize.threshold", "must be in (0, 1) or null")
+        _check(self.overlays >= 0, "localize.overlays", "must be >= 0")
+        _check(self.batch_size >= 1, "localize.batch_size", "must be >= 1")
 
 
 @dataclass(frozen=True)
@@ -127,6 +156,7 @@ class Params:
     dicom_to_npy: DicomToNpyParams = field(default_factory=DicomToNpyParams)
     train: TrainParams = field(default_factory=TrainParams)
     evaluate: EvaluateParams = field(default_factory=EvaluateParams)
+    localize: LocalizeParams = field(default_factory=LocalizeParams)
 
 
 def _check(ok: bool, key: str, problem: str) -> None:
