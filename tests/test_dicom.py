@@ -67,3 +67,25 @@ def test_dicom_without_pixel_data(tmp_path):
     ds.save_as(path)
     with pytest.raises(DicomReadError, match="no pixel data"):
         read_dicom(path, 32)
+
+
+def test_fast_jpeg_path_stays_within_one_grey_level_of_the_plain_path(tmp_path):
+    from pneumonia.phantom import render, draw_patients
+
+    for i, patient in enumerate(draw_patients(4, seed=1)):
+        path = tmp_path / f"{i}.dcm"
+        write_dicom(path, render(patient, 512).pixels, patient_id=f"p{i}")
+        for size in (64, 128, 256):
+            fast, info = read_dicom(path, size)
+            plain, plain_info = read_dicom(path, size, fast=False)
+            assert info == plain_info
+            assert np.abs(fast.astype(int) - plain).mean() < 1.0
+
+
+def test_fast_path_inverts_monochrome1(tmp_path):
+    path = tmp_path / "m1.dcm"
+    write_dicom(path, gradient(128), patient_id="m1", photometric="MONOCHROME1")
+    fast, _ = read_dicom(path, 32)
+    plain, _ = read_dicom(path, 32, fast=False)
+    assert np.abs(fast.astype(int) - plain).mean() < 1.0
+    assert fast[:, 0].mean() > 200  # black-to-white gradient, inverted

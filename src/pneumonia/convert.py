@@ -49,7 +49,7 @@ def run(
 ) -> ConvertReport:
     """Convert ``raw_dir`` (RSNA layout) into ``out_dir``; optionally draw a sample grid."""
     patients = rsna.read_patients(raw_dir)
-    splits = assign_splits(len(patients), split.train_size)
+    splits = assign_splits([p.target for p in patients], split)
     size = params.image_size
     counts = {name: splits.count(name) for name in SPLITS}
 

@@ -3,6 +3,13 @@
 Pixels are scaled to [0, 1] by the largest value their stored bits allow
 (255 for the 8-bit RSNA files), MONOCHROME1 is inverted so that bone is bright,
 and the image is resized to ``size`` x ``size`` and stored as uint8 (value/255).
+
+Fast path: for 8-bit JPEG Baseline files (all of RSNA's) shrunk to at most a
+quarter of their side, Pillow decodes the JPEG frame with ``draft``, which lets
+the decoder downscale in the DCT domain (by 2, 4 or 8, to no less than twice
+the target) before the final bilinear resize. It differs from decoding in full
+and then resizing by well under one grey level on average (tests/test_dicom.py
+guards this); every other file takes the plain pydicom path.
 """
 
 from __future__ import annotations
@@ -10,9 +17,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import io
+
 import numpy as np
 import pydicom
+from pydicom.encaps import generate_frames
 from pydicom.errors import InvalidDicomError
+from pydicom.uid import JPEGBaseline8Bit
 from PIL import Image
 
 from pneumonia.errors import DicomReadError
@@ -30,7 +41,7 @@ class DicomInfo:
     pixel_spacing_mm: float | None  # row spacing in mm, when the file declares PixelSpacing
 
 
-def read_dicom(path: str | Path, size: int) -> tuple[np.ndarray, DicomInfo]:
+def read_dicom(path: str | Path, size: int, fast: bool = True) -> tuple[np.ndarray, DicomInfo]:
     """Return the image as a ``size`` x ``size`` uint8 array (value = intensity*255) and its header facts.
 
     Raises :class:`DicomReadError` naming the file for anything that is not a
@@ -48,6 +59,10 @@ def read_dicom(path: str | Path, size: int) -> tuple[np.ndarray, DicomInfo]:
         raise DicomReadError(path, "colour (RGB) DICOM; only greyscale X-rays are supported")
     if int(ds.get("NumberOfFrames", 1) or 1) != 1:
         raise DicomReadError(path, "multi-frame DICOM; only single images are supported")
+    if fast:
+        image = _draft_decode(ds, size)
+        if image is not None:
+            return image, _info(ds, (int(ds.Rows), int(ds.Columns)))
     try:
         pixels = ds.pixel_array
     except Exception as exc:
@@ -64,6 +79,29 @@ def read_dicom(path: str | Path, size: int) -> tuple[np.ndarray, DicomInfo]:
         # Pillow's bilinear filter antialiases when shrinking, unlike a plain bilinear sample.
         image = np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR))
     return image, _info(ds, pixels.shape)
+
+
+def _draft_decode(ds: pydicom.Dataset, size: int) -> np.ndarray | None:
+    """The fast path for 8-bit JPEG Baseline; None when it does not apply (the caller decodes plainly)."""
+    meta = getattr(ds, "file_meta", None)
+    if (
+        meta is None
+        or meta.get("TransferSyntaxUID") != JPEGBaseline8Bit
+        or int(ds.get("BitsStored", 0)) != 8
+        or ds.get("PhotometricInterpretation") not in ("MONOCHROME1", "MONOCHROME2")
+        or 4 * size > min(int(ds.get("Rows", 0)), int(ds.get("Columns", 0)))
+    ):
+        return None
+    try:
+        frame = next(generate_frames(ds.PixelData, number_of_frames=1))
+        jpeg = Image.open(io.BytesIO(frame))
+        # Stop the DCT downscale at twice the target: the final antialiased resize
+        # then smooths like the plain path's (8x DCT scaling straight to size drifts).
+        jpeg.draft("L", (2 * size, 2 * size))
+        image = np.asarray(jpeg.convert("L").resize((size, size), Image.BILINEAR))
+    except Exception:
+        return None  # let the plain path decode it or report the error
+    return 255 - image if ds.PhotometricInterpretation == "MONOCHROME1" else image
 
 
 def _info(ds: pydicom.Dataset, shape: tuple[int, int]) -> DicomInfo:
