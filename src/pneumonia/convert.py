@@ -2,8 +2,9 @@
 
 Each split becomes ``<split>.npy``, an ``N x S x S`` uint8 array (value/255 is
 the [0, 1] intensity) that training memory-maps. Worker processes write their
-images straight into the memory-mapped output, so memory stays flat whatever
-the dataset size. Everything is built in a temporary folder that replaces
+images straight into the preallocated output files, so nothing but file names
+and header facts travels between processes and memory stays flat whatever the
+dataset size. Everything is built in a temporary folder that replaces
 ``out_dir`` only when every file has been converted.
 """
 
@@ -94,14 +95,11 @@ def _convert_all(tasks: list[tuple[str, str, int]], out_dir: Path, size: int, wo
     # The context closes the bar before an error propagates, so the error starts its own line.
     with tqdm(total=len(tasks), desc="dicom_to_npy", unit="img") as progress:
         if workers == 1:
-            try:
-                for chunk in chunks:
-                    infos.extend(_convert_chunk(chunk, str(out_dir), size))
-                    progress.update(len(chunk))
-            finally:
-                _open_arrays.clear()
+            for chunk in chunks:
+                infos.extend(_convert_chunk(chunk, str(out_dir), size))
+                progress.update(len(chunk))
         else:
-            # fork shares the imported modules; each worker opens the arrays once.
+            # fork shares the already imported modules with the workers.
             with get_context("fork").Pool(workers) as pool:
                 for result in pool.imap(_convert_chunk_star, [(c, str(out_dir), size) for c in chunks]):
                     infos.extend(result)
@@ -109,25 +107,37 @@ def _convert_all(tasks: list[tuple[str, str, int]], out_dir: Path, size: int, wo
     return infos
 
 
-_open_arrays: dict[str, np.ndarray] = {}
-
-
 def _convert_chunk_star(args) -> list[DicomInfo]:
     return _convert_chunk(*args)
 
 
 def _convert_chunk(chunk: list[tuple[str, str, int]], out_dir: str, size: int) -> list[DicomInfo]:
+    """Convert a few files, writing each image at its row of ``<out_dir>/<split>.npy``.
+
+    Rows are written with ``pwrite`` into the preallocated array file rather than
+    through a memory map: written pages go to the page cache instead of staying
+    resident in the worker, so memory does not grow with the dataset.
+    """
     infos = []
-    for path, split, row in chunk:
-        key = f"{out_dir}/{split}.npy"
-        if key not in _open_arrays:
-            _open_arrays[key] = np.load(key, mmap_mode="r+")
-        image, info = read_dicom(path, size)
-        _open_arrays[key][row] = image
-        infos.append(info)
-    for array in _open_arrays.values():
-        array.flush()
+    files: dict[str, tuple[int, int]] = {}  # split -> (descriptor, data offset)
+    try:
+        for path, split, row in chunk:
+            if split not in files:
+                array_path = f"{out_dir}/{split}.npy"
+                files[split] = (os.open(array_path, os.O_WRONLY), _data_offset(array_path))
+            image, info = read_dicom(path, size)
+            fd, offset = files[split]
+            os.pwrite(fd, np.ascontiguousarray(image).tobytes(), offset + row * size * size)
+            infos.append(info)
+    finally:
+        for fd, _ in files.values():
+            os.close(fd)
     return infos
+
+
+def _data_offset(array_path: str) -> int:
+    """Where the array data starts in a .npy file (after its header)."""
+    return np.load(array_path, mmap_mode="r").offset
 
 
 def _save_samples(path: Path, processed: Path, manifest: list[ManifestRow], n: int, seed: int) -> None:
