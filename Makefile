@@ -22,3 +22,8 @@ repro: $(STAMP)
 
 test: $(STAMP)
 	python -m pytest
+
+# Benchmarks: throughput and memory beside their references; writes benchmarks/results.json.
+bench: $(STAMP)
+	python -m pip install -q -e '.[bench]' 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
+	python benchmarks/run.py

@@ -1,4 +1,4 @@
-"""Stage evaluate: the checkpoint on the val split into metrics/eval.json and plots/."""
+"""Stage evaluate: the checkpoint on val and test into metrics/eval.json and plots/."""
 
 from pathlib import Path
 
@@ -7,9 +7,12 @@ from pneumonia.stage import run_stage
 
 
 def main(params):
-    result = evaluate.run(Path("data/processed"), Path("models/model.ckpt"), params.evaluate)
-    val = result[evaluate.SPLIT]
-    print(f"val AUROC {val['auroc']:.4f}, AP {val['average_precision']:.4f} (checkpoint selected on val)")
+    result = evaluate.run(Path("data/processed"), Path("models/model.ckpt"), params.evaluate, seed=params.base.seed)
+    split = result["headline_split"]
+    head = result[split]
+    note = " (checkpoint and thresholds chosen on this split: optimistic)" if split == evaluate.SPLIT else ""
+    low, high = head["ci95"]["auroc"]["low"], head["ci95"]["auroc"]["high"]
+    print(f"{split} AUROC {head['auroc']:.3f} (95% CI {low:.3f}-{high:.3f}), AP {head['average_precision']:.3f}{note}")
 
 
 if __name__ == "__main__":

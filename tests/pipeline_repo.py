@@ -15,11 +15,11 @@ ROOT = Path(__file__).resolve().parents[1]
 # A few dozen small images, one epoch: the whole pipeline in well under a minute.
 TINY_PARAMS = {
     "base": {"seed": 3},
-    "download": {"phantom": {"patients": 40, "size": 256}},
-    "split": {"train_size": 0.7},
+    "download": {"phantom": {"patients": 48, "size": 256}},
+    "split": {"train_size": 0.5, "test_size": 0.25, "stratify": True},
     "dicom_to_npy": {"image_size": 32, "workers": 2, "grid_images": 4},
     "train": {"max_epochs": 1, "batch_size": 8, "grid_images": 4},
-    "evaluate": {"batch_size": 16},
+    "evaluate": {"batch_size": 16, "bootstrap_resamples": 200},
 }
 
 

@@ -1,6 +1,7 @@
 """The real `dvc repro` and `dvc exp run` on tiny params in a temporary git repository."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -27,16 +28,31 @@ def test_repro_then_experiment(tmp_path):
         assert (repo / out).exists(), f"{out} declared in dvc.yaml but not written"
     processed = repo / "data/processed"
     manifest = (processed / "manifest.csv").read_text().splitlines()
-    train, val = np.load(processed / "train.npy"), np.load(processed / "val.npy")
-    assert train.shape == (28, 32, 32) and val.shape == (12, 32, 32) and train.dtype == np.uint8
-    assert len(manifest) == 1 + 40
+    shapes = {split: np.load(processed / f"{split}.npy").shape for split in ("train", "val", "test")}
+    assert shapes == {"train": (24, 32, 32), "val": (12, 32, 32), "test": (12, 32, 32)}
+    assert len(manifest) == 1 + 48
 
     shown = json.loads(run(["dvc", "metrics", "show", "--json"], repo).stdout)
     metrics = next(iter(shown.values()))["data"]
-    assert 0 <= metrics["metrics/eval.json"]["data"]["val"]["auroc"] <= 1
-    assert metrics["metrics/dataset.json"]["data"]["counts"]["train"]["total"] == 28
+    evaluation = metrics["metrics/eval.json"]["data"]
+    assert evaluation["headline_split"] == "test"
+    assert evaluation["val"]["model_selected_on_this_split"] and not evaluation["test"]["model_selected_on_this_split"]
+    ci = evaluation["test"]["ci95"]["auroc"]
+    assert ci["low"] <= evaluation["test"]["auroc"] <= ci["high"]
+    assert set(evaluation["test"]["operating_points"]) == {"0p50", "0p25", "sensitivity_0p90", "youden"}
+    assert metrics["metrics/dataset.json"]["data"]["counts"]["train"]["total"] == 24
     assert metrics["dvclive/metrics.json"]["data"]["train"]["loss"] > 0
     assert "Data and pipelines are up to date" in run(["dvc", "status"], repo).stdout
+
+    run(["dvc", "plots", "show", "-o", "html"], repo)
+    page = (repo / "html" / "index.html").read_text()
+    plots = yaml.safe_load((repo / "dvc.yaml").read_text())["plots"]
+    for plot in plots:
+        name = plot if isinstance(plot, str) else next(iter(plot))
+        if name.endswith(".png"):
+            assert list((repo / "html" / "static").glob(f"*{Path(name).stem}*")), name
+        else:
+            assert name in page, f"plot {name!r} missing from dvc plots show"
 
     commit(repo, "baseline run")
     experiment = run(["dvc", "exp", "run", "-S", "train.lr=0.003"], repo).stdout

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from pneumonia import convert, evaluate, phantom, stats, train
+from pneumonia import convert, inference, phantom, stats, train
 from pneumonia.checkpoint import load_classifier
 from pneumonia.errors import PneumoniaError
 from pneumonia.params import parse_params
@@ -53,7 +53,7 @@ def test_checkpoint_carries_what_prediction_needs(processed, trained):
     assert (model.arch, model.image_size) == ("resnet18", 32)
     assert (model.mean, model.std) == (data_stats["mean"], data_stats["std"])
     val = np.load(processed / "processed" / "val.npy")
-    probs = evaluate.predict_probabilities(model, val, batch_size=5)
+    probs = inference.predict_probabilities(model, val, batch_size=5)
     assert probs.shape == (12,) and np.all((probs >= 0) & (probs <= 1))
 
 
@@ -70,7 +70,7 @@ def test_wrong_image_size_is_refused(trained):
     out, _ = trained
     model = load_classifier(out / "model.ckpt")
     with pytest.raises(PneumoniaError, match="trained on 32x32"):
-        evaluate.predict_probabilities(model, np.zeros((2, 64, 64), np.uint8), batch_size=2)
+        inference.predict_probabilities(model, np.zeros((2, 64, 64), np.uint8), batch_size=2)
 
 
 def test_a_file_that_is_not_a_checkpoint(tmp_path):

@@ -28,6 +28,7 @@ class LoadedModel:
     mean: float
     std: float
     threshold: float
+    temperature: float  # probability = sigmoid(logit / temperature)
 
 
 def load_classifier(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
@@ -55,4 +56,5 @@ def load_classifier(path: str | Path, device: str | torch.device = "cpu") -> Loa
         mean=float(hparams["mean"]),
         std=float(hparams["std"]),
         threshold=float(hparams.get("threshold", 0.5)),
+        temperature=float(hparams.get("temperature", 1.0)),
     )

@@ -1,9 +1,17 @@
-"""The evaluate stage: the trained classifier on the val split.
+"""The evaluate stage: the trained classifier on val and, when there is one, the held-out test split.
 
-Writes ``metrics/eval.json`` (nested by split, then threshold), the ROC and
-precision-recall curves and a per-image predictions CSV for `dvc plots show`.
-The checkpoint was selected on val (best ``val/auroc``), so these val metrics
-are optimistic; eval.json says so with ``model_selected_on_this_split``.
+The checkpoint (best ``val/auroc``), the logit temperature and the operating
+thresholds are all chosen on val; the headline numbers are test's. Without a
+test split the val numbers are reported, marked ``model_selected_on_this_split``.
+
+``metrics/eval.json``, per reported split: counts; AUROC and average precision
+with bootstrap 95 % intervals; ``threshold_0p50`` / ``threshold_0p25`` (the
+reference's thresholds; stable keys); ``operating_points`` (the fixed thresholds,
+the one reaching ``target_sensitivity`` on val and Youden's J on val), each with
+sensitivity, specificity, PPV, NPV, F1, confusion matrix and intervals;
+calibration (Brier, ECE with 15 bins, before and after temperature scaling);
+subgroups by view, sex and age band; false-positive rates of "Not Normal" and
+"Normal" negatives. Plots for `dvc plots show` are drawn on the headline split.
 """
 
 from __future__ import annotations
@@ -12,42 +20,31 @@ import csv
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from pneumonia.atomic import atomic_path, write_json
-from pneumonia.checkpoint import LoadedModel, load_classifier
+from pneumonia.bootstrap import bootstrap_metrics
+from pneumonia.calibration import brier_score, expected_calibration_error, reliability_curve
+from pneumonia.checkpoint import load_classifier
 from pneumonia.errors import DatasetError
-from pneumonia.manifest import read_manifest, split_rows
+from pneumonia.inference import default_device, predict_logits, sigmoid
+from pneumonia.manifest import ManifestRow, read_manifest, split_rows
 from pneumonia.metrics import pr_curve_points, ranking_metrics, roc_curve_points, threshold_metrics
+from pneumonia.operating_points import choose_thresholds, operating_points, threshold_name
 from pneumonia.params import EvaluateParams
+from pneumonia.subgroups import age_band_labels, false_positive_rates_by_detailed_class, subgroup_metrics
 
-SPLIT = "val"
+SPLIT = "val"  # where everything is chosen
+HISTOGRAM_BINS = 20
 
 
 def threshold_key(threshold: float) -> str:
-    """A key without dots, so `dvc metrics` flattening stays unambiguous: 0.5 -> threshold_0p50."""
-    return f"threshold_{threshold:.2f}".replace(".", "p")
+    """The reference thresholds' stable keys in eval.json: 0.5 -> threshold_0p50."""
+    return f"threshold_{threshold_name(threshold)}"
 
 
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-@torch.inference_mode()
-def predict_probabilities(model: LoadedModel, images: np.ndarray, batch_size: int) -> np.ndarray:
-    """Probabilities for an ``N x S x S`` uint8 array (or memmap) of the model's image size."""
-    if images.shape[1:] != (model.image_size, model.image_size):
-        raise DatasetError(
-            f"images are {images.shape[1]}x{images.shape[2]} but the model was trained on "
-            f"{model.image_size}x{model.image_size}; rerun dicom_to_npy and train together (dvc repro)"
-        )
-    device = next(model.network.parameters()).device
-    probs = []
-    for start in range(0, len(images), batch_size):
-        batch = torch.from_numpy(np.asarray(images[start : start + batch_size], dtype=np.float32)).to(device)
-        batch = (batch.unsqueeze(1) / 255.0 - model.mean) / model.std
-        probs.append(model.network(batch).squeeze(1).sigmoid().float().cpu())
-    return torch.cat(probs).numpy().astype(np.float64)
+def sensitivity_key(params: EvaluateParams) -> str:
+    """The operating point reaching the target sensitivity on val: sensitivity_0p90."""
+    return f"sensitivity_{threshold_name(params.target_sensitivity)}"
 
 
 def run(
@@ -56,30 +53,107 @@ def run(
     params: EvaluateParams,
     out_json: Path = Path("metrics/eval.json"),
     plots_dir: Path = Path("plots"),
+    seed: int = 0,
 ) -> dict:
     model = load_classifier(model_path, default_device())
-    rows = split_rows(read_manifest(processed_dir), SPLIT)
-    labels = np.array([r.label for r in rows])
-    probs = predict_probabilities(model, np.load(processed_dir / f"{SPLIT}.npy", mmap_mode="r"), params.batch_size)
+    manifest = read_manifest(processed_dir)
+    splits = [s for s in ("val", "test") if split_rows(manifest, s)]
+    data = {}
+    for split in splits:
+        rows = split_rows(manifest, split)
+        logits = predict_logits(model, np.load(processed_dir / f"{split}.npy", mmap_mode="r"), params.batch_size)
+        data[split] = (rows, np.array([r.label for r in rows]), logits)
+    for split, (_, labels, _) in data.items():
+        if len(np.unique(labels)) < 2:
+            raise DatasetError(f"the {split} split has a single class: AUROC is undefined; use a larger or stratified split")
 
+    _, val_labels, val_logits = data[SPLIT]
+    thresholds = choose_thresholds(
+        val_labels, sigmoid(val_logits / model.temperature), params.target_sensitivity, fixed=params.thresholds
+    )
+    result = {
+        "headline_split": splits[-1],
+        "temperature": model.temperature,
+        "chosen_on_val": {"thresholds": thresholds},
+    }
+    for split, (rows, labels, logits) in data.items():
+        result[split] = _report(rows, labels, logits, model.temperature, thresholds, params, seed)
+        result[split]["model_selected_on_this_split"] = split == SPLIT
+
+    headline = splits[-1]
+    rows, labels, logits = data[headline]
+    _write_plots(plots_dir, rows, labels, sigmoid(logits / model.temperature), thresholds, params)
+    write_json(out_json, result)
+    return result
+
+
+def _report(rows, labels, logits, temperature, thresholds, params: EvaluateParams, seed: int) -> dict:
+    probs = sigmoid(logits / temperature)
     report = {
         "n": len(labels),
         "positive": int(labels.sum()),
         "negative": int(len(labels) - labels.sum()),
-        "model_selected_on_this_split": True,
         **ranking_metrics(labels, probs),
     }
     for threshold in params.thresholds:
         report[threshold_key(threshold)] = threshold_metrics(labels, probs, threshold)
-    result = {SPLIT: report}
+    points = operating_points(labels, probs, thresholds)
+    intervals = bootstrap_metrics(labels, probs, thresholds, resamples=params.bootstrap_resamples, seed=seed)
+    report["ci95"] = {"auroc": intervals["auroc"], "average_precision": intervals["average_precision"]}
+    for name, point in points.items():
+        point["ci95"] = intervals[name]
+    report["operating_points"] = points
+    uncalibrated = sigmoid(logits)
+    report["calibration"] = {
+        "brier": brier_score(labels, probs),
+        "ece_15_bins": expected_calibration_error(labels, probs),
+        "brier_before_temperature": brier_score(labels, uncalibrated),
+        "ece_15_bins_before_temperature": expected_calibration_error(labels, uncalibrated),
+    }
+    chosen = thresholds[sensitivity_key(params)]
+    report["subgroups"] = {
+        "at_threshold": chosen,
+        "view": subgroup_metrics(labels, probs, np.array([r.view or "unknown" for r in rows]), chosen),
+        "sex": subgroup_metrics(labels, probs, np.array([r.sex or "unknown" for r in rows]), chosen),
+        "age": subgroup_metrics(labels, probs, age_band_labels([r.age for r in rows], params.age_bands), chosen),
+        "false_positive_rate_by_class": false_positive_rates_by_detailed_class(
+            labels, probs, np.array([r.detailed_class for r in rows]), chosen
+        ),
+    }
+    return report
 
+
+def _write_plots(
+    plots_dir: Path, rows: list[ManifestRow], labels: np.ndarray, probs: np.ndarray, thresholds: dict, params
+) -> None:
+    """ROC and PR with the operating points, predictions (confusion matrix), reliability, score histograms."""
     write_json(plots_dir / "roc.json", {"roc": roc_curve_points(labels, probs)})
     write_json(plots_dir / "precision_recall.json", {"precision_recall": pr_curve_points(labels, probs)})
-    with atomic_path(plots_dir / f"predictions_{SPLIT}.csv") as tmp, open(tmp, "w", newline="") as handle:
+    points = operating_points(labels, probs, thresholds)
+    write_json(
+        plots_dir / "operating_points.json",
+        {
+            "operating_points": [
+                {"name": name, "threshold": p["threshold"], "fpr": 1 - (p["specificity"] or 0),
+                 "tpr": p["sensitivity"], "recall": p["sensitivity"], "precision": p["ppv"]}
+                for name, p in points.items()
+            ]
+        },
+    )
+    write_json(plots_dir / "reliability.json", {"reliability": reliability_curve(labels, probs)})
+    edges = np.linspace(0, 1, HISTOGRAM_BINS + 1)
+    positive, _ = np.histogram(probs[labels == 1], edges)
+    negative, _ = np.histogram(probs[labels == 0], edges)
+    write_json(
+        plots_dir / "score_histogram.json",
+        {"histogram": [
+            {"probability": round(float(lo + (hi - lo) / 2), 4), "pneumonia": int(p), "no_pneumonia": int(n)}
+            for lo, hi, p, n in zip(edges[:-1], edges[1:], positive, negative)
+        ]},
+    )
+    chosen = thresholds[sensitivity_key(params)]
+    with atomic_path(plots_dir / "predictions.csv") as tmp, open(tmp, "w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["patient_id", "label", "probability", "predicted"])
-        first = params.thresholds[0]
+        writer.writerow(["patient_id", "split", "label", "probability", "predicted"])
         for row, label, prob in zip(rows, labels, probs):
-            writer.writerow([row.patient_id, int(label), f"{prob:.6f}", int(prob >= first)])
-    write_json(out_json, result)
-    return result
+            writer.writerow([row.patient_id, row.split, int(label), f"{prob:.6f}", int(prob >= chosen)])

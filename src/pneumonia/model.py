@@ -24,7 +24,8 @@ class PneumoniaClassifier(pl.LightningModule):
     """Binary pneumonia classifier; its hyperparameters carry everything prediction needs.
 
     ``image_size`` (pixels), ``mean``/``std`` (of value/255 on the train split),
-    ``arch`` and ``threshold`` are saved in the checkpoint.
+    ``arch``, ``threshold`` and ``temperature`` (probability = sigmoid(logit /
+    temperature), fitted on val when enabled) are saved in the checkpoint.
     """
 
     def __init__(
@@ -36,6 +37,7 @@ class PneumoniaClassifier(pl.LightningModule):
         pos_weight: float = 1.0,
         arch: str = "resnet18",
         threshold: float = 0.5,
+        temperature: float = 1.0,
     ):
         super().__init__()
         self.save_hyperparameters()

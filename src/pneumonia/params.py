@@ -97,6 +97,7 @@ class TrainParams:
     # negative/positive ratio; oversample: positives drawn as often as negatives.
     class_balance: Literal["none", "weighted_loss", "oversample"] = "none"
     augment: bool = True  # the reference's RandomAffine + RandomResizedCrop on train
+    temperature_scaling: bool = False  # fit a logit temperature on val; stored in the checkpoint
     grid_images: int = 16  # augmented samples in plots/images/augmented.png
 
     def __post_init__(self):
@@ -119,7 +120,6 @@ class EvaluateParams:
     batch_size: int = 128
     target_sensitivity: float = 0.90  # an operating point chosen on val to reach it
     bootstrap_resamples: int = 1000  # for the 95 % confidence intervals
-    temperature_scaling: bool = False  # fit a temperature on val, store it in the checkpoint
     age_bands: tuple[int, ...] = (40, 60)  # band edges in years: <40, 40-59, >=60
 
     def __post_init__(self):

@@ -19,8 +19,11 @@ from dvclive.lightning import DVCLiveLogger
 from pytorch_lightning.callbacks import ModelCheckpoint
 
 from pneumonia.atomic import atomic_path
+from pneumonia.calibration import fit_temperature
+from pneumonia.checkpoint import load_classifier
 from pneumonia.data import XrayDataset, make_loader
 from pneumonia.errors import DatasetError
+from pneumonia.inference import predict_logits
 from pneumonia.grid import save_grid
 from pneumonia.manifest import read_manifest, split_labels
 from pneumonia.model import PneumoniaClassifier
@@ -86,7 +89,18 @@ def run(
         if trainer.is_global_zero:
             with atomic_path(model_path) as tmp:
                 shutil.copyfile(best.best_model_path, tmp)
+                if params.temperature_scaling:
+                    _fit_temperature(tmp, processed_dir, val_labels, params.batch_size)
     return {k: float(v) for k, v in trainer.callback_metrics.items()} | {"best_" + MONITOR: float(best.best_model_score)}
+
+
+def _fit_temperature(checkpoint_path: Path, processed_dir: Path, val_labels: np.ndarray, batch_size: int) -> None:
+    """Fit the logit temperature of the selected checkpoint on val and store it in the checkpoint."""
+    model = load_classifier(checkpoint_path)
+    logits = predict_logits(model, np.load(processed_dir / "val.npy", mmap_mode="r"), batch_size)
+    checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+    checkpoint["hyper_parameters"]["temperature"] = fit_temperature(val_labels, logits)
+    torch.save(checkpoint, checkpoint_path)
 
 
 def _save_augmented(path: Path, dataset: XrayDataset, n: int, seed: int) -> None:

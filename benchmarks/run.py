@@ -1,0 +1,303 @@
+"""`make bench`: throughput and memory of the pipeline's hot paths, each beside its reference.
+
+Every ratio is the median over paired runs on the same data in the same process
+run, so machine noise hits both sides alike. Prints a table and writes
+benchmarks/results.json. Phantom datasets are generated once into
+benchmarks/.cache (git-ignored).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+import psutil
+import torch
+
+from pneumonia import phantom, rsna
+from pneumonia.checkpoint import load_classifier
+from pneumonia.data import XrayDataset, make_loader
+from pneumonia.inference import predict_probabilities
+from pneumonia.model import PneumoniaClassifier, build_network
+from pneumonia.params import parse_params
+
+ROOT = Path(__file__).resolve().parents[1]
+CACHE = ROOT / "benchmarks" / ".cache"
+
+
+def dataset(patients: int) -> Path:
+    raw = CACHE / f"phantom_{patients}"
+    if not (raw / rsna.LABELS_CSV).exists():
+        print(f"generating {patients} phantom DICOMs (once) ...", flush=True)
+        phantom.generate(raw, patients=patients, size=1024, seed=7)
+    return raw
+
+
+def dicom_paths(raw: Path) -> list[str]:
+    return [str(raw / rsna.IMAGES_DIR / f"{p.patient_id}.dcm") for p in rsna.read_patients(raw)]
+
+
+# --- conversion -------------------------------------------------------------------------------
+
+CONVERT_SNIPPET = """
+import sys
+from pathlib import Path
+from pneumonia import convert
+from pneumonia.params import parse_params
+p = parse_params({"dicom_to_npy": {"image_size": int(sys.argv[3])}, "split": {"train_size": 0.8}})
+convert.run(Path(sys.argv[1]), Path(sys.argv[2]), p.dicom_to_npy, p.split)
+"""
+
+
+def run_convert_stage(raw: Path, size: int) -> tuple[float, float]:
+    """The dicom_to_npy stage's code in its own process: (seconds, peak RSS in MB of all its processes)."""
+    with tempfile.TemporaryDirectory(dir=CACHE) as out:
+        start = time.perf_counter()
+        process = psutil.Popen(
+            [sys.executable, "-c", CONVERT_SNIPPET, str(raw), f"{out}/processed", str(size)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        peak = 0
+        while process.poll() is None:
+            try:
+                tree = [process, *process.children(recursive=True)]
+                peak = max(peak, sum(p.memory_info().rss for p in tree if p.is_running()))
+            except psutil.Error:
+                pass
+            time.sleep(0.02)
+        seconds = time.perf_counter() - start
+        if process.returncode != 0:
+            raise SystemExit(f"conversion failed with exit code {process.returncode}")
+    return seconds, peak / 2**20
+
+
+def reference_convert(paths: list[str], size: int) -> float:
+    """The reference notebook's loop: one process, pixel_array / 255, cv2.resize, float16, np.save per file."""
+    import cv2
+    import pydicom
+
+    with tempfile.TemporaryDirectory(dir=CACHE) as out:
+        start = time.perf_counter()
+        for i, path in enumerate(paths):
+            array = pydicom.dcmread(path).pixel_array / 255
+            np.save(f"{out}/{i}.npy", cv2.resize(array, (size, size)).astype(np.float16))
+        return time.perf_counter() - start
+
+
+def _decode_only(args: tuple[list[str], int]) -> int:
+    """Read each file and decode its pixels (JPEG frame, DCT-downscaled as far as the stage may): nothing else."""
+    from PIL import Image
+    from pydicom.encaps import generate_frames
+    import pydicom
+
+    paths, size = args
+    for path in paths:
+        ds = pydicom.dcmread(path)
+        jpeg = Image.open(io.BytesIO(next(generate_frames(ds.PixelData, number_of_frames=1))))
+        jpeg.draft("L", (2 * size, 2 * size))
+        jpeg.load()
+    return len(paths)
+
+
+def decode_bound(paths: list[str], size: int) -> float:
+    workers = os.cpu_count() or 1
+    chunks = [(paths[i : i + 16], size) for i in range(0, len(paths), 16)]
+    start = time.perf_counter()
+    with get_context("fork").Pool(workers) as pool:
+        sum(pool.imap_unordered(_decode_only, chunks))
+    return time.perf_counter() - start
+
+
+# --- training and inference -------------------------------------------------------------------
+
+
+def arrays(n: int, size: int) -> Path:
+    """A processed-like train array of phantom-free random images (the data path's cost does not depend on content)."""
+    path = CACHE / f"train_{n}_{size}.npy"
+    if not path.exists():
+        array = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=(n, size, size))
+        array[:] = np.random.default_rng(0).integers(0, 256, size=array.shape, dtype=np.uint8)
+        array.flush()
+    return path
+
+
+class _StepTimer:
+    """Lightning callback: wall time of the steady-state training steps (the first `warmup` are skipped)."""
+
+    def __init__(self, warmup: int):
+        import pytorch_lightning as pl
+
+        outer = self
+
+        class Callback(pl.Callback):
+            def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+                if batch_idx == warmup - 1:
+                    outer.start = time.perf_counter()
+                outer.end, outer.steps = time.perf_counter(), batch_idx + 1 - warmup
+
+        self.callback = Callback()
+
+
+def stage_train_rate(array_path: Path, batch: int, steps: int, warmup: int = 2) -> float:
+    """The train stage's loop: Lightning, memory-mapped dataset, augmentation, DataLoader as configured."""
+    import pytorch_lightning as pl
+
+    params = parse_params({}).train
+    labels = np.arange(np.load(array_path, mmap_mode="r").shape[0]) % 2
+    dataset = XrayDataset(array_path, labels, 0.4, 0.3, augment=True)
+    loader = make_loader(dataset, batch, params.num_workers, shuffle=True)
+    model = PneumoniaClassifier(image_size=dataset.image_size, mean=0.4, std=0.3)
+    timer = _StepTimer(warmup)
+    trainer = pl.Trainer(
+        max_epochs=1, limit_train_batches=steps + warmup, limit_val_batches=0, logger=False,
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        callbacks=[timer.callback], accelerator="auto", devices=1, deterministic=True,
+    )
+    trainer.fit(model, loader)
+    return timer.steps * batch / (timer.end - timer.start)
+
+
+def bare_train_rate(size: int, batch: int, steps: int, warmup: int = 2) -> float:
+    """The same model, batch size, image size and optimizer over tensors already in memory."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    net = build_network().to(device)
+    optimizer = torch.optim.Adam(net.parameters(), lr=1e-4)
+    loss_fn = torch.nn.BCEWithLogitsLoss()
+    images = torch.randn(batch, 1, size, size, device=device)
+    labels = (torch.arange(batch, device=device) % 2).float().unsqueeze(1)
+    for step in range(steps + warmup):
+        if step == warmup:
+            start = time.perf_counter()
+        optimizer.zero_grad()
+        loss_fn(net(images), labels).backward()
+        optimizer.step()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return steps * batch / (time.perf_counter() - start)
+
+
+def stage_infer_rate(array_path: Path, checkpoint: Path, batch: int) -> float:
+    model = load_classifier(checkpoint)
+    images = np.load(array_path, mmap_mode="r")
+    predict_probabilities(model, images[:batch], batch)  # warm-up
+    start = time.perf_counter()
+    predict_probabilities(model, images, batch)
+    return len(images) / (time.perf_counter() - start)
+
+
+@torch.inference_mode()
+def bare_infer_rate(n: int, size: int, batch: int) -> float:
+    net = build_network().eval()
+    images = torch.randn(n, 1, size, size)
+    net(images[:batch])
+    start = time.perf_counter()
+    for i in range(0, n, batch):
+        net(images[i : i + batch]).sigmoid()
+    return n / (time.perf_counter() - start)
+
+
+def save_checkpoint(path: Path, size: int) -> Path:
+    """A checkpoint in the train stage's format (Lightning's), with random weights."""
+    import pytorch_lightning as pl
+
+    model = PneumoniaClassifier(image_size=size, mean=0.4, std=0.3)
+    trainer = pl.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, max_epochs=0)
+    trainer.strategy.connect(model)
+    trainer.save_checkpoint(path)
+    return path
+
+
+# --- dvc ----------------------------------------------------------------------------------------
+
+
+def repro_noop_seconds(repeats: int = 3) -> float:
+    sys.path.insert(0, str(ROOT / "tests"))
+    from pipeline_repo import make_repo, run
+
+    with tempfile.TemporaryDirectory(dir=CACHE) as tmp:
+        repo = make_repo(Path(tmp) / "repo")
+        run(["dvc", "repro"], repo)
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            out = run(["dvc", "repro"], repo).stdout
+            times.append(time.perf_counter() - start)
+            assert "Running stage" not in out, out
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--small", type=int, default=2000, help="DICOMs for the conversion figures")
+    parser.add_argument("--large", type=int, default=10000, help="DICOMs for the large-dataset memory figure")
+    parser.add_argument("--size", type=int, default=224, help="conversion image size (the reference: 224)")
+    parser.add_argument("--train-size", type=int, default=128, help="image size for the train/infer figures (the default params)")
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    CACHE.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+
+    small, large = dataset(args.small), dataset(args.large)
+    paths = dicom_paths(small)
+    rows = []
+    stage_s, reference_s, bound_s, rss_small = [], [], [], []
+    for _ in range(args.repeats):
+        seconds, rss = run_convert_stage(small, args.size)
+        stage_s.append(seconds)
+        rss_small.append(rss)
+        reference_s.append(reference_convert(paths, args.size))
+        bound_s.append(decode_bound(paths, args.size))
+    _, rss_large = run_convert_stage(large, args.size)
+    convert_rate = len(paths) / statistics.median(stage_s)
+
+    batch, steps = 64, 8
+    train_array = arrays(batch * (steps + 2), args.train_size)
+    stage_train, bare_train = [], []
+    for _ in range(args.repeats):
+        stage_train.append(stage_train_rate(train_array, batch, steps))
+        bare_train.append(bare_train_rate(args.train_size, batch, steps))
+    with tempfile.TemporaryDirectory(dir=CACHE) as tmp:
+        checkpoint = save_checkpoint(Path(tmp) / "model.ckpt", args.train_size)
+        infer_array = arrays(1024, args.train_size)
+        stage_infer, bare_infer = [], []
+        for _ in range(args.repeats):
+            stage_infer.append(stage_infer_rate(infer_array, checkpoint, 128))
+            bare_infer.append(bare_infer_rate(1024, args.train_size, 128))
+
+    results = {
+        "convert_images_per_s": round(convert_rate, 1),
+        "convert_speedup_vs_reference": round(statistics.median(r / s for r, s in zip(reference_s, stage_s)), 2),
+        "convert_fraction_of_decode_bound": round(statistics.median(b / s for b, s in zip(bound_s, stage_s)), 3),
+        "convert_peak_rss_mb_small": round(statistics.median(rss_small), 1),
+        "convert_peak_rss_mb_large": round(rss_large, 1),
+        "train_images_per_s": round(statistics.median(stage_train), 1),
+        "train_fraction_of_raw": round(statistics.median(s / b for s, b in zip(stage_train, bare_train)), 3),
+        "infer_images_per_s": round(statistics.median(stage_infer), 1),
+        "infer_fraction_of_raw": round(statistics.median(s / b for s, b in zip(stage_infer, bare_infer)), 3),
+        "repro_noop_s": round(repro_noop_seconds(), 2),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
+        + (torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU only"),
+        "settings": {"convert_images": args.small, "convert_images_large": args.large, "convert_size": args.size,
+                     "train_size": args.train_size, "batch_size": batch, "repeats": args.repeats},
+    }
+    (ROOT / "benchmarks" / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    width = max(map(len, results))
+    for key, value in results.items():
+        if key != "settings":
+            print(f"{key:<{width}}  {value}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,43 @@
+"""Running the classifier on arrays of images: logits and probabilities.
+
+Input: ``N x S x S`` uint8 arrays (value/255 = intensity) of the checkpoint's
+image size; they are standardized with the checkpoint's mean and std.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from pneumonia.checkpoint import LoadedModel
+from pneumonia.errors import DatasetError
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@torch.inference_mode()
+def predict_logits(model: LoadedModel, images: np.ndarray, batch_size: int) -> np.ndarray:
+    """Raw logits (before temperature) for an ``N x S x S`` uint8 array (or memmap) of the model's image size."""
+    if images.shape[1:] != (model.image_size, model.image_size):
+        raise DatasetError(
+            f"images are {images.shape[1]}x{images.shape[2]} but the model was trained on "
+            f"{model.image_size}x{model.image_size}; rerun dicom_to_npy and train together (dvc repro)"
+        )
+    device = next(model.network.parameters()).device
+    logits = [torch.zeros(0)]
+    for start in range(0, len(images), batch_size):
+        batch = torch.from_numpy(np.asarray(images[start : start + batch_size], dtype=np.float32)).to(device)
+        batch = (batch.unsqueeze(1) / 255.0 - model.mean) / model.std
+        logits.append(model.network(batch).squeeze(1).float().cpu())
+    return torch.cat(logits).numpy().astype(np.float64)
+
+
+def predict_probabilities(model: LoadedModel, images: np.ndarray, batch_size: int) -> np.ndarray:
+    """Probabilities, sigmoid(logit / the checkpoint's temperature)."""
+    return sigmoid(predict_logits(model, images, batch_size) / model.temperature)
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    return 0.5 * (1.0 + np.tanh(0.5 * x))  # overflow-free
