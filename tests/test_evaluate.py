@@ -6,9 +6,10 @@ from dataclasses import replace
 
 import pytest
 
-from pneumonia import convert, evaluate, phantom, stats, train
+from pneumonia import evaluate, train
 from pneumonia.manifest import read_manifest, write_manifest
 from pneumonia.params import parse_params
+from tiny_data import prepare
 
 PARAMS = parse_params(
     {
@@ -22,10 +23,7 @@ PARAMS = parse_params(
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    root = tmp_path_factory.mktemp("eval")
-    phantom.generate(root / "raw", patients=48, size=128, seed=2, workers=1)
-    convert.run(root / "raw", root / "processed", PARAMS.dicom_to_npy, PARAMS.split)
-    stats.run(root / "processed", root / "dataset.json")
+    root = prepare(tmp_path_factory.mktemp("eval"), PARAMS, patients=48, size=128, seed=2)
     train.run(root / "processed", root / "dataset.json", PARAMS.train, seed=1,
               model_path=root / "model.ckpt", live_dir=root / "dvclive")
     return root

@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from pneumonia import convert, inference, phantom, stats, train
+from pneumonia import inference, train
 from pneumonia.checkpoint import load_classifier
 from pneumonia.errors import PneumoniaError
 from pneumonia.params import parse_params
+from tiny_data import prepare
 
 PARAMS = parse_params(
     {
@@ -22,11 +23,7 @@ PARAMS = parse_params(
 
 @pytest.fixture(scope="module")
 def processed(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    phantom.generate(root / "raw", patients=30, size=128, seed=5, workers=1)
-    convert.run(root / "raw", root / "processed", PARAMS.dicom_to_npy, PARAMS.split)
-    stats.run(root / "processed", root / "dataset.json")
-    return root
+    return prepare(tmp_path_factory.mktemp("data"), PARAMS, patients=30, size=128, seed=5)
 
 
 def train_once(root, name):

@@ -1,0 +1,93 @@
+"""The command line: ``python -m pneumonia predict PATH... --model models/model.ckpt`` (or ``pneumonia predict``)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from pneumonia.errors import PneumoniaError
+from pneumonia.params import LocalizeParams
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pneumonia", description="Pneumonia detection on chest X-ray DICOMs.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    predict = commands.add_parser(
+        "predict",
+        help="classify DICOMs and localize opacities with the trained model",
+        description=(
+            "Classify chest X-ray DICOMs with a trained checkpoint and localize opacities with class "
+            "activation maps. Prints a table and writes a CSV; boxes are x y width height in pixels of "
+            "the original image. Exit code 1 if any file could not be read."
+        ),
+    )
+    predict.add_argument(
+        "paths", nargs="+", metavar="PATH", help="DICOM files, or folders searched recursively for *.dcm"
+    )
+    predict.add_argument(
+        "--model", type=Path, default=Path("models/model.ckpt"), help="checkpoint (default: %(default)s)"
+    )
+    predict.add_argument("--out", type=Path, default=Path("predictions.csv"), help="CSV written (default: %(default)s)")
+    predict.add_argument("--overlays", type=Path, metavar="DIR", help="write an overlay PNG per image into DIR")
+    predict.add_argument("--rsna-submission", type=Path, metavar="FILE", help="write Kaggle's RSNA submission CSV")
+    predict.add_argument(
+        "--batch-size", type=_positive_int, default=32, help="images per forward pass (default: %(default)s)"
+    )
+    defaults = LocalizeParams()
+    predict.add_argument(
+        "--cam-threshold", type=_fraction(inclusive_zero=False), default=defaults.cam_threshold,
+        help="a region is where the map reaches this fraction of its maximum (default: %(default)s)",
+    )
+    predict.add_argument(
+        "--min-area", type=_fraction(inclusive_zero=True), default=defaults.min_area,
+        help="smallest box kept, as a fraction of the image area (default: %(default)s)",
+    )
+    return parser
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _fraction(inclusive_zero: bool):
+    def parse(text: str) -> float:
+        value = float(text)
+        if not (0 <= value < 1 if inclusive_zero else 0 < value < 1):
+            raise argparse.ArgumentTypeError(f"must be in {'[0' if inclusive_zero else '(0'}, 1), got {value}")
+        return value
+
+    return parse
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from pneumonia import predict  # torch and friends load only when there is work to do
+
+    model, predictions = predict.run(
+        args.paths, args.model, out_csv=args.out, overlays_dir=args.overlays, submission=args.rsna_submission,
+        batch_size=args.batch_size, cam_threshold=args.cam_threshold, min_area=args.min_area,
+    )
+    print(predict.format_table(predictions, model.threshold))
+    failed = [p for p in predictions if p.error]
+    for prediction in failed:
+        print(f"pneumonia predict: {prediction.file}: {prediction.error}", file=sys.stderr)
+    written = [str(p) for p in (args.out, args.rsna_submission, args.overlays) if p is not None]
+    print(f"{len(predictions) - len(failed)} predicted, {len(failed)} failed; wrote {', '.join(written)}")
+    return 1 if failed else 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return _predict(args)
+    except PneumoniaError as exc:
+        print(f"pneumonia {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,226 @@
+"""`pneumonia predict`: the trained classifier on DICOM files, with where and how large.
+
+Everything the model needs (image size, mean/std, threshold, temperature)
+comes from the checkpoint. Boxes are (x, y, width, height) in pixels of each
+ORIGINAL image; their confidence is the image's probability times the region's
+strength (see :mod:`pneumonia.localization`). The map threshold and minimum box
+area default to the localize stage's defaults.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import pydicom
+from tqdm import tqdm
+
+from pneumonia.atomic import atomic_path
+from pneumonia.checkpoint import LoadedModel, load_classifier
+from pneumonia.dicom import read_dicom
+from pneumonia.errors import DicomReadError, PneumoniaError
+from pneumonia.inference import default_device
+from pneumonia.localization import ImageLocalization, localize_images, upsample_map
+from pneumonia.overlay import draw_overlay
+from pneumonia.params import LocalizeParams
+
+PROGRESS_MIN_FILES = 8  # a progress bar only for more files than a handful
+OVERLAY_SIZE = 512  # pixels: overlays are drawn from the DICOM read again at this size
+CSV_COLUMNS = ["file", "patientId", "probability", "label", "boxes", "confidences", "area_percent", "area_mm2", "error"]
+
+
+@dataclass(frozen=True)
+class FilePrediction:
+    """One file's result: ``localization`` when it could be read, else ``error`` (one line)."""
+
+    file: Path
+    patient_id: str
+    localization: ImageLocalization | None = None
+    error: str | None = None
+
+
+def find_dicoms(paths: Sequence[str | Path]) -> list[Path]:
+    """Files as given (any name), and every ``*.dcm`` under a folder (recursively, any case, sorted).
+
+    Raises :class:`PneumoniaError` for a path that does not exist or when no file is found.
+    """
+    files: list[Path] = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            files.extend(sorted(p for p in path.rglob("*") if p.suffix.lower() == ".dcm" and p.is_file()))
+        elif path.exists():
+            files.append(path)
+        else:
+            raise PneumoniaError(f"{path}: no such file or folder; give DICOM files or folders holding *.dcm files")
+    files = list(dict.fromkeys(files))  # a file named twice (or inside a folder also named) once
+    if not files:
+        raise PneumoniaError(f"no DICOM (*.dcm) found in {', '.join(map(str, paths))}; give DICOM files or folders")
+    return files
+
+
+def patient_id_of(path: Path) -> str:
+    """The DICOM's PatientID, else the file name without its extension."""
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["PatientID"])
+        value = str(ds.get("PatientID", "")).strip()
+    except Exception:  # the pixels were readable; a header quirk only costs the ID
+        value = ""
+    return value or path.stem
+
+
+def _chunks(items: Sequence, size: int) -> Iterator[Sequence]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def predict_files(
+    files: Sequence[Path],
+    model: LoadedModel,
+    cam_threshold: float,
+    min_area: float,
+    batch_size: int,
+    overlays_dir: Path | None = None,
+) -> list[FilePrediction]:
+    """Read, classify and localize each file, ``batch_size`` at a time; unreadable files carry their error."""
+    results: list[FilePrediction] = []
+    overlay_names: set[str] = set()
+    with tqdm(total=len(files), unit="file", disable=len(files) < PROGRESS_MIN_FILES, desc="predict") as bar:
+        for chunk in _chunks(list(files), batch_size):
+            images, infos, readable = [], [], []
+            for path in chunk:
+                try:
+                    image, info = read_dicom(path, model.image_size)
+                except DicomReadError as exc:
+                    results.append(FilePrediction(path, path.stem, error=exc.reason))
+                    continue
+                images.append(image)
+                infos.append(info)
+                readable.append((len(results), path))
+                results.append(FilePrediction(path, patient_id_of(path)))
+            if images:
+                found = localize_images(
+                    model, np.stack(images), [(i.rows, i.columns, i.pixel_spacing_mm) for i in infos],
+                    model.threshold, cam_threshold, min_area, batch_size,
+                )
+                for (index, path), localization, info in zip(readable, found, infos):
+                    results[index] = FilePrediction(path, results[index].patient_id, localization)
+                    if overlays_dir is not None:
+                        name = _unique_name(path.stem, overlay_names)
+                        out = Path(overlays_dir) / f"{name}.png"
+                        _draw(path, localization, model.image_size, info.rows, info.columns, out)
+            bar.update(len(chunk))
+    return results
+
+
+def _unique_name(stem: str, taken: set[str]) -> str:
+    name, n = stem, 1
+    while name in taken:
+        n += 1
+        name = f"{stem}-{n}"
+    taken.add(name)
+    return name
+
+
+def _draw(path: Path, localization: ImageLocalization, input_size: int, rows: int, columns: int, out: Path) -> None:
+    image, _ = read_dicom(path, OVERLAY_SIZE)
+    sx, sy = OVERLAY_SIZE / columns, OVERLAY_SIZE / rows
+    draw_overlay(
+        image,
+        upsample_map(localization.cam, OVERLAY_SIZE, OVERLAY_SIZE, input_size),
+        [(b.x * sx, b.y * sy, b.width * sx, b.height * sy) for b in localization.boxes],
+        None,
+        localization.probability,
+        out,
+        title=path.name,
+        display_size=OVERLAY_SIZE,
+    )
+
+
+def _fields(prediction: FilePrediction) -> dict[str, str]:
+    """The CSV's (and the table's) text for one file."""
+    found = prediction.localization
+    row = {"file": str(prediction.file), "patientId": prediction.patient_id, "error": prediction.error or ""}
+    if found is None:
+        return row | {k: "" for k in ("probability", "label", "boxes", "confidences", "area_percent", "area_mm2")}
+    return row | {
+        "probability": f"{found.probability:.4f}",
+        "label": str(int(found.positive)),
+        "boxes": ";".join(" ".join(f"{v:g}" for v in b.xywh) for b in found.boxes),
+        "confidences": ";".join(f"{b.confidence:.4f}" for b in found.boxes),
+        "area_percent": f"{100 * found.area_fraction:.2f}",
+        "area_mm2": "" if found.area_mm2 is None else f"{found.area_mm2:.0f}",
+    }
+
+
+def write_predictions_csv(path: Path, predictions: Sequence[FilePrediction]) -> None:
+    """One row per file: ``CSV_COLUMNS``; boxes as "x y w h;x y w h" in original pixels."""
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS)
+        writer.writeheader()
+        for prediction in predictions:
+            writer.writerow(_fields(prediction))
+
+
+def write_submission(path: Path, predictions: Sequence[FilePrediction]) -> None:
+    """Kaggle's RSNA submission: ``patientId,PredictionString``, each box "confidence x y width height".
+
+    Files that could not be read are left out (the command exits 1 for them); a
+    patient without boxes gets an empty string.
+    """
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["patientId", "PredictionString"])
+        for prediction in predictions:
+            if prediction.localization is None:
+                continue
+            boxes = sorted(prediction.localization.boxes, key=lambda b: -b.confidence)
+            text = " ".join(f"{b.confidence:.4f} {b.x:g} {b.y:g} {b.width:g} {b.height:g}" for b in boxes)
+            writer.writerow([prediction.patient_id, text])
+
+
+def format_table(predictions: Sequence[FilePrediction], threshold: float) -> str:
+    """A plain-text table of the predictions, one line per file."""
+    label = f"label (p>={threshold:.2f})"
+    header = ["file", "patientId", "probability", label, "boxes (x y w h)", "area %", "area mm2"]
+    lines = []
+    for prediction in predictions:
+        f = _fields(prediction)
+        if prediction.error:
+            lines.append([f["file"], f["patientId"], "error: " + prediction.error, "", "", "", ""])
+        else:
+            lines.append(
+                [f["file"], f["patientId"], f["probability"], f["label"], f["boxes"] or "-", f["area_percent"],
+                 f["area_mm2"] or "-"]
+            )
+    widths = [max(len(row[i]) for row in [header, *lines]) for i in range(len(header))]
+    # An error message is long: let it run past its column rather than widen the whole table.
+    widths[2] = max(len(header[2]), max((len(r[2]) for r in lines if not r[2].startswith("error")), default=0))
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in [header, *lines])
+
+
+def run(
+    paths: Sequence[str | Path],
+    model_path: Path,
+    out_csv: Path | None = Path("predictions.csv"),
+    overlays_dir: Path | None = None,
+    submission: Path | None = None,
+    batch_size: int = 32,
+    cam_threshold: float = LocalizeParams.cam_threshold,
+    min_area: float = LocalizeParams.min_area,
+) -> tuple[LoadedModel, list[FilePrediction]]:
+    """Predict every DICOM in ``paths``; write the CSV, overlays and submission asked for.
+
+    Raises :class:`PneumoniaError` (missing checkpoint, no DICOM found); a file that
+    cannot be read is returned with its error instead.
+    """
+    files = find_dicoms(paths)
+    model = load_classifier(model_path, default_device())
+    predictions = predict_files(files, model, cam_threshold, min_area, batch_size, overlays_dir)
+    if out_csv is not None:
+        write_predictions_csv(out_csv, predictions)
+    if submission is not None:
+        write_submission(submission, predictions)
+    return model, predictions

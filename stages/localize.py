@@ -1,0 +1,19 @@
+"""Stage localize: class activation maps into boxes, scored against the RSNA boxes (metrics/localization.json)."""
+
+from pathlib import Path
+
+from pneumonia import localization
+from pneumonia.stage import run_stage
+
+
+def main(params):
+    result = localization.run(Path("data/processed"), Path("models/model.ckpt"), params.localize, seed=params.base.seed)
+    for split, metrics in result.items():
+        print(
+            f"{split}: pointing game {metrics['pointing_game']:.3f}, "
+            f"IoBB accuracy at 0.1 {metrics['iobb_accuracy']['t0p10']:.3f}, RSNA score {metrics['rsna_score']:.3f}"
+        )
+
+
+if __name__ == "__main__":
+    run_stage("localize", main)

@@ -1,0 +1,167 @@
+"""`pneumonia predict` on real pydicom-written DICOMs, with a tiny checkpoint trained here."""
+
+import csv
+
+import numpy as np
+import pytest
+
+from pneumonia import phantom, train
+from pneumonia.__main__ import main
+from pneumonia.checkpoint import load_classifier
+from pneumonia.localization import ImageLocalization, PredictedBox
+from pneumonia.params import parse_params
+from pneumonia.predict import CSV_COLUMNS, FilePrediction, find_dicoms, write_predictions_csv, write_submission
+from tiny_data import prepare
+
+PARAMS = parse_params(
+    {
+        "split": {"train_size": 0.6},
+        "dicom_to_npy": {"image_size": 32, "workers": 1, "grid_images": 2},
+        "train": {"max_epochs": 1, "batch_size": 8, "grid_images": 2, "accelerator": "cpu"},
+    }
+)
+SIDE = 128  # pixels of the DICOMs predicted on
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    root = prepare(tmp_path_factory.mktemp("model"), PARAMS, patients=30, size=64, seed=5)
+    train.run(
+        root / "processed", root / "dataset.json", PARAMS.train, seed=11,
+        model_path=root / "model.ckpt", live_dir=root / "dvclive", grid_path=None,
+    )
+    return root / "model.ckpt"
+
+
+@pytest.fixture(scope="module")
+def dicoms(tmp_path_factory):
+    """Two JPEG and one uncompressed phantom DICOM (one in a subfolder), one broken .dcm and a stray text file."""
+    folder = tmp_path_factory.mktemp("dicoms")
+    (folder / "nested").mkdir()
+    patients = phantom.draw_patients(20, seed=2)
+    positive = next(p for p in patients if p.opacities)
+    negatives = [p for p in patients if not p.opacities][:2]
+    ids = {}
+    for path, patient, jpeg in (
+        (folder / "a.dcm", positive, True),
+        (folder / "b.dcm", negatives[0], False),
+        (folder / "nested" / "c.DCM", negatives[1], True),
+    ):
+        phantom.write_dicom(
+            path, phantom.render(patient, SIDE).pixels, patient_id=patient.patient_id, pixel_spacing=0.5, jpeg=jpeg
+        )
+        ids[path.name] = patient.patient_id
+    (folder / "broken.dcm").write_bytes(b"this is not a DICOM file")
+    (folder / "notes.txt").write_text("not an image")
+    return folder, ids
+
+
+def read_csv(path):
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_a_folder_with_one_unreadable_file(checkpoint, dicoms, tmp_path, capsys):
+    folder, ids = dicoms
+    out, submission, overlays = tmp_path / "pred.csv", tmp_path / "submission.csv", tmp_path / "overlays"
+    code = main(["predict", str(folder), "--model", str(checkpoint), "--out", str(out),
+                 "--rsna-submission", str(submission), "--overlays", str(overlays), "--batch-size", "2"])
+    assert code == 1
+    captured = capsys.readouterr()
+    errors = captured.err.strip().splitlines()
+    assert len(errors) == 1 and "broken.dcm" in errors[0] and "not a DICOM" in errors[0]
+    for name in ("a.dcm", "b.dcm", "c.DCM", "broken.dcm"):
+        assert name in captured.out
+    assert "notes.txt" not in captured.out
+
+    threshold = load_classifier(checkpoint).threshold
+    rows = read_csv(out)
+    assert list(rows[0]) == CSV_COLUMNS
+    by_name = {row["file"].rsplit("/", 1)[-1]: row for row in rows}
+    assert sorted(by_name) == ["a.dcm", "b.dcm", "broken.dcm", "c.DCM"]
+    assert by_name["broken.dcm"]["error"] and by_name["broken.dcm"]["probability"] == ""
+    for name in ("a.dcm", "b.dcm", "c.DCM"):
+        row = by_name[name]
+        assert row["error"] == "" and row["patientId"] == ids[name]
+        probability = float(row["probability"])
+        assert 0 <= probability <= 1 and row["label"] == str(int(probability >= threshold))
+        boxes = [list(map(float, b.split())) for b in row["boxes"].split(";") if b]
+        assert all(len(b) == 4 and min(b) >= 0 and b[0] + b[2] <= SIDE and b[1] + b[3] <= SIDE for b in boxes)
+        assert bool(boxes) <= (row["label"] == "1")  # boxes only above the threshold
+        assert 0 <= float(row["area_percent"]) <= 100 and float(row["area_mm2"]) >= 0
+
+    lines = submission.read_text().splitlines()
+    assert lines[0] == "patientId,PredictionString"
+    entries = dict(line.split(",") for line in lines[1:])
+    assert sorted(entries) == sorted(ids.values())  # the broken file is left out
+    for text in entries.values():
+        numbers = [float(v) for v in text.split()]
+        assert len(numbers) % 5 == 0 and all(0 <= c <= 1 for c in numbers[::5])
+    assert sorted(p.name for p in overlays.glob("*.png")) == ["a.png", "b.png", "c.png"]
+
+
+def test_files_that_all_read_exit_zero(checkpoint, dicoms, tmp_path, capsys):
+    folder, _ = dicoms
+    out = tmp_path / "pred.csv"
+    files = [str(folder / "a.dcm"), str(folder / "nested" / "c.DCM")]
+    assert main(["predict", *files, "--model", str(checkpoint), "--out", str(out)]) == 0
+    assert capsys.readouterr().err == ""
+    assert [row["error"] for row in read_csv(out)] == ["", ""]
+
+
+def test_patient_id_falls_back_to_the_file_name(checkpoint, tmp_path):
+    path = tmp_path / "anonymous.dcm"
+    phantom.write_dicom(path, np.full((64, 64), 90, np.uint8), patient_id="", jpeg=False)
+    assert main(["predict", str(path), "--model", str(checkpoint), "--out", str(tmp_path / "p.csv")]) == 0
+    assert read_csv(tmp_path / "p.csv")[0]["patientId"] == "anonymous"
+
+
+def test_missing_checkpoint_is_one_line(dicoms, tmp_path, capsys):
+    folder, _ = dicoms
+    assert main(["predict", str(folder), "--model", str(tmp_path / "none.ckpt"), "--out", str(tmp_path / "p.csv")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("pneumonia predict: error: ") and "checkpoint not found" in err
+    assert len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "p.csv").exists()
+
+
+def test_no_dicom_found_is_one_line(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert main(["predict", str(tmp_path / "empty"), "--model", str(tmp_path / "none.ckpt")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("pneumonia predict: error: no DICOM") and len(err.strip().splitlines()) == 1
+    assert main(["predict", str(tmp_path / "missing.dcm")]) == 1
+    assert "no such file or folder" in capsys.readouterr().err
+
+
+def test_folders_are_searched_recursively_and_sorted(dicoms):
+    folder, _ = dicoms
+    assert [p.relative_to(folder).as_posix() for p in find_dicoms([folder])] == [
+        "a.dcm", "b.dcm", "broken.dcm", "nested/c.DCM",
+    ]
+
+
+def test_csv_and_submission_formats(tmp_path):
+    boxes = (
+        PredictedBox(50, 60, 70, 80, confidence=0.5, area_fraction=0.01),
+        PredictedBox(10, 20, 30, 40, confidence=0.9, area_fraction=0.02),
+    )
+    found = ImageLocalization(0.95, True, np.zeros((2, 2), np.float32), (1.0, 1.0), boxes, 0.03, 300.0)
+    none = ImageLocalization(0.1, False, np.zeros((2, 2), np.float32), (1.0, 1.0), (), 0.0, None)
+    predictions = [
+        FilePrediction(tmp_path / "x.dcm", "P1", found),
+        FilePrediction(tmp_path / "y.dcm", "P2", none),
+        FilePrediction(tmp_path / "z.dcm", "z", error="corrupt"),
+    ]
+    write_predictions_csv(tmp_path / "p.csv", predictions)
+    rows = read_csv(tmp_path / "p.csv")
+    assert rows[0]["boxes"] == "50 60 70 80;10 20 30 40" and rows[0]["confidences"] == "0.5000;0.9000"
+    assert (rows[0]["area_percent"], rows[0]["area_mm2"]) == ("3.00", "300")
+    assert (rows[1]["boxes"], rows[1]["label"], rows[1]["area_mm2"]) == ("", "0", "")
+    assert rows[2]["error"] == "corrupt"
+    write_submission(tmp_path / "s.csv", predictions)
+    assert (tmp_path / "s.csv").read_text().splitlines() == [
+        "patientId,PredictionString",
+        "P1,0.9000 10 20 30 40 0.5000 50 60 70 80",
+        "P2,",
+    ]
