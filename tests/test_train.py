@@ -4,7 +4,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from pneumonia import inference, train
 from pneumonia.checkpoint import load_classifier
@@ -44,7 +43,7 @@ def test_checkpoint_carries_what_prediction_needs(processed, trained):
     out, result = trained
     assert 0 <= result["best_val/auroc"] <= 1
     assert (out / "augmented.png").exists() and (out / "dvclive" / "metrics.json").exists()
-    assert not list(out.glob(".checkpoints-*")), "temporary checkpoint folder left behind"
+    assert not list(out.glob(".*checkpoints*")), "temporary checkpoint folder left behind"
     model = load_classifier(out / "model.ckpt")
     data_stats = json.loads((processed / "dataset.json").read_text())
     assert (model.arch, model.image_size) == ("resnet18", 32)
@@ -54,13 +53,12 @@ def test_checkpoint_carries_what_prediction_needs(processed, trained):
     assert probs.shape == (12,) and np.all((probs >= 0) & (probs <= 1))
 
 
-def test_same_seed_same_weights(processed, trained):
+def test_same_seed_same_checkpoint_bytes(processed, trained):
     first, _ = trained
-    second, _ = train_once(processed, "b")
-    a = torch.load(first / "model.ckpt", weights_only=True)["state_dict"]
-    b = torch.load(second / "model.ckpt", weights_only=True)["state_dict"]
-    assert a.keys() == b.keys()
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    before = (first / "model.ckpt").read_bytes()
+    again, _ = train_once(processed, first.name)  # the same run, into the same place
+    # byte-identical, so DVC's hash of models/model.ckpt is stable across `dvc repro --force`
+    assert (again / "model.ckpt").read_bytes() == before
 
 
 def test_wrong_image_size_is_refused(trained):

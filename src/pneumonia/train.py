@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -70,8 +69,12 @@ def run(
 
     model_path = Path(model_path)
     model_path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=model_path.parent, prefix=".checkpoints-") as ckpt_dir:
-        best = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=MONITOR, mode="max", save_top_k=1)
+    # A fixed folder name: Lightning records the checkpoint's path inside it, and a random
+    # temporary name would make two identical runs write different bytes (and DVC hashes).
+    ckpt_dir = model_path.parent / f".{model_path.stem}-checkpoints"
+    shutil.rmtree(ckpt_dir, ignore_errors=True)
+    try:
+        best = ModelCheckpoint(dirpath=str(ckpt_dir), filename="best", monitor=MONITOR, mode="max", save_top_k=1)
         trainer = pl.Trainer(
             max_epochs=params.max_epochs,
             accelerator=params.accelerator,
@@ -83,7 +86,7 @@ def run(
             log_every_n_steps=1,
             num_sanity_val_steps=0,
             enable_model_summary=False,
-            default_root_dir=ckpt_dir,
+            default_root_dir=str(ckpt_dir),
         )
         trainer.fit(model, train_loader, val_loader)
         if trainer.is_global_zero:
@@ -91,6 +94,8 @@ def run(
                 shutil.copyfile(best.best_model_path, tmp)
                 if params.temperature_scaling:
                     _fit_temperature(tmp, processed_dir, val_labels, params.batch_size)
+    finally:
+        shutil.rmtree(ckpt_dir, ignore_errors=True)
     return {k: float(v) for k, v in trainer.callback_metrics.items()} | {"best_" + MONITOR: float(best.best_model_score)}
 
 
