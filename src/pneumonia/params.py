@@ -90,8 +90,10 @@ class TrainParams:
     batch_size: int = 64
     num_workers: int = 0
     accelerator: str = "auto"
-    devices: Union[int, str] = "auto"
-    precision: str = "32-true"
+    devices: Union[int, str] = "auto"  # per node; DDP runs one process per device
+    num_nodes: int = 1
+    strategy: str = "auto"  # auto, ddp, ddp_spawn, fsdp, ...: passed to the Lightning Trainer
+    precision: Literal["32-true", "bf16-mixed", "16-mixed", "64-true", "bf16-true", "16-true"] = "32-true"
     pos_weight: float = 1.0  # BCEWithLogitsLoss pos_weight
     # none: the reference; weighted_loss: pos_weight times the train split's
     # negative/positive ratio; oversample: positives drawn as often as negatives.
@@ -107,6 +109,7 @@ class TrainParams:
         _check(self.num_workers >= 0, "train.num_workers", "must be >= 0")
         _check(self.pos_weight > 0, "train.pos_weight", "must be > 0")
         _check(self.grid_images >= 1, "train.grid_images", "must be >= 1")
+        _check(self.num_nodes >= 1, "train.num_nodes", "must be >= 1")
         _check(
             self.devices == "auto" or (isinstance(self.devices, int) and self.devices >= 1),
             "train.devices",

@@ -16,6 +16,7 @@ import pytorch_lightning as pl
 import torch
 from dvclive.lightning import DVCLiveLogger
 from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.utilities import rank_zero_only
 
 from pneumonia.atomic import atomic_path
 from pneumonia.calibration import fit_temperature
@@ -55,7 +56,7 @@ def run(
     if params.class_balance == "weighted_loss":
         pos_weight *= float((train_labels == 0).sum() / (train_labels == 1).sum())
 
-    if grid_path is not None:
+    if grid_path is not None and rank_zero_only.rank == 0:
         _save_augmented(grid_path, train_set, params.grid_images, seed)
 
     model = PneumoniaClassifier(
@@ -72,13 +73,16 @@ def run(
     # A fixed folder name: Lightning records the checkpoint's path inside it, and a random
     # temporary name would make two identical runs write different bytes (and DVC hashes).
     ckpt_dir = model_path.parent / f".{model_path.stem}-checkpoints"
-    shutil.rmtree(ckpt_dir, ignore_errors=True)
+    if rank_zero_only.rank == 0:
+        shutil.rmtree(ckpt_dir, ignore_errors=True)
     try:
         best = ModelCheckpoint(dirpath=str(ckpt_dir), filename="best", monitor=MONITOR, mode="max", save_top_k=1)
         trainer = pl.Trainer(
             max_epochs=params.max_epochs,
             accelerator=params.accelerator,
             devices=params.devices,
+            num_nodes=params.num_nodes,
+            strategy=params.strategy,
             precision=params.precision,
             deterministic=True,
             logger=DVCLiveLogger(dir=str(live_dir), save_dvc_exp=False, dvcyaml=False),
@@ -95,7 +99,9 @@ def run(
                 if params.temperature_scaling:
                     _fit_temperature(tmp, processed_dir, val_labels, params.batch_size)
     finally:
-        shutil.rmtree(ckpt_dir, ignore_errors=True)
+        # Under DDP only rank 0 writes the checkpoint and DVCLive's files, and only it tidies up.
+        if rank_zero_only.rank == 0:
+            shutil.rmtree(ckpt_dir, ignore_errors=True)
     return {k: float(v) for k, v in trainer.callback_metrics.items()} | {"best_" + MONITOR: float(best.best_model_score)}
 
 

@@ -1,0 +1,26 @@
+"""The real train stage under Lightning DDP: two CPU processes on gloo, in a temporary repository."""
+
+import json
+
+import pytest
+
+from pipeline_repo import TINY_PARAMS, make_repo, run
+
+pytestmark = pytest.mark.slow
+
+
+def test_ddp_on_two_cpu_processes_trains_once_and_agrees_with_one_process(tmp_path):
+    params = {**TINY_PARAMS, "train": {**TINY_PARAMS["train"], "accelerator": "cpu", "devices": 2, "strategy": "ddp"}}
+    repo = make_repo(tmp_path / "repo", params)
+    out = run(["dvc", "repro", "evaluate"], repo).stdout
+
+    assert out.count("best val/auroc") == 2, "both ranks should have run the stage"
+    models = sorted(p.name for p in (repo / "models").iterdir() if p.name != ".gitignore")
+    assert models == ["model.ckpt"], f"one checkpoint, no leftovers: {models}"
+    auroc_rows = (repo / "dvclive/plots/metrics/val/auroc.tsv").read_text().strip().splitlines()
+    assert len(auroc_rows) == 2, "DVCLive wrote its curve once (header + one epoch), not once per rank"
+
+    # val/auroc synchronised across the ranks equals the single-process evaluate stage on the checkpoint
+    logged = json.loads((repo / "dvclive/metrics.json").read_text())["val"]["auroc"]
+    evaluated = json.loads((repo / "metrics/eval.json").read_text())["val"]["auroc"]
+    assert evaluated == pytest.approx(logged, abs=1e-6)
