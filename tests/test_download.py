@@ -118,6 +118,9 @@ def test_local_folder_is_left_untouched(tmp_path):
     assert_rsna_raw_dir(raw_dir)
     for name, content in files.items():
         assert (source / name).read_bytes() == content
+        # copies, not hard links: DVC's cache may make its files read-only, and the user's must stay theirs
+        if (raw_dir / name).exists():
+            assert (source / name).stat().st_ino != (raw_dir / name).stat().st_ino
 
 
 def test_zip_slip_member_refused(tmp_path):

@@ -92,7 +92,9 @@ def install(source_path: Path, raw_dir: Path, source: str) -> DownloadReport:
     listed in ``raw_dir/unlabelled_dicoms.txt``. ``source`` only labels the report.
     """
     source_path = Path(source_path)
-    with _open_layout(source_path) as layout, atomic_dir(raw_dir) as staging:
+    # Only files this stage generated itself may be hard-linked: a user's own files could
+    # otherwise share an inode with the DVC cache, which makes cached files read-only.
+    with _open_layout(source_path, link=source == "synthetic") as layout, atomic_dir(raw_dir) as staging:
         return _assemble(layout, staging, source)
 
 
@@ -112,10 +114,11 @@ class _Layout(Protocol):
 
 
 class _FolderLayout:
-    """An RSNA folder; files are hard-linked (same file system) or copied, never moved."""
+    """An RSNA folder; files are copied (hard-linked when ``link`` and possible), never moved."""
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, link: bool = False):
         self.root = root
+        self.link = link
         self.description = str(root)
         if not (root / rsna.LABELS_CSV).is_file():
             raise DatasetError(
@@ -135,11 +138,13 @@ class _FolderLayout:
 
     def place(self, name: str, destination: Path) -> None:
         source = self.root / name
-        try:
-            os.link(source, destination)
-        except OSError:
-            # another file system, or one without hard links
-            shutil.copyfile(source, destination)
+        if self.link:
+            try:
+                os.link(source, destination)
+                return
+            except OSError:
+                pass  # another file system, or one without hard links
+        shutil.copyfile(source, destination)  # reflinks where the file system can
 
 
 class _ZipLayout:
@@ -222,9 +227,9 @@ def _layout_root(names: list[str], archive: Path) -> tuple[str, ...]:
 
 
 @contextlib.contextmanager
-def _open_layout(path: Path) -> Iterator[_Layout]:
+def _open_layout(path: Path, link: bool = False) -> Iterator[_Layout]:
     if path.is_dir():
-        yield _FolderLayout(path)
+        yield _FolderLayout(path, link)
         return
     try:
         archive = zipfile.ZipFile(path)
