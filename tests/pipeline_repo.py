@@ -47,8 +47,7 @@ def make_repo(path: Path, params: dict | None = None) -> Path:
     run(["git", "config", "user.email", "test@example.com"], path)
     run(["git", "config", "user.name", "test"], path)
     run(["dvc", "init", "-q"], path)
-    run(["dvc", "config", "core.analytics", "false"], path)
-    run(["dvc", "config", "core.check_update", "false"], path)
+    shutil.copy(ROOT / ".dvc" / "config", path / ".dvc" / "config")  # the project's settings, cache link type included
     commit(path, "pipeline")
     return path
 

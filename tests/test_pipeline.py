@@ -65,3 +65,18 @@ def test_repro_then_experiment(tmp_path):
     params_diff = json.loads(run(["dvc", "params", "diff", "--json"], repo).stdout)
     lr = params_diff["params.yaml"]["train.lr"]
     assert (lr["old"], lr["new"]) == (0.0001, 0.003)
+
+
+def test_shared_cache_push_pull_and_a_fresh_clone_reproduces_nothing(tmp_path):
+    repo = make_repo(tmp_path / "repo")
+    run(["dvc", "repro"], repo)
+    run(["dvc", "remote", "add", "-d", "shared", str(tmp_path / "remote")], repo)
+    commit(repo, "run, and a shared remote")
+    run(["dvc", "push"], repo)
+
+    clone = tmp_path / "clone"
+    run(["git", "clone", "-q", str(repo), str(clone)], tmp_path)
+    run(["dvc", "pull"], clone)
+    assert (clone / "models/model.ckpt").exists() and (clone / "data/processed/train.npy").exists()
+    assert "Data and pipelines are up to date" in run(["dvc", "status"], clone).stdout
+    assert "Running stage" not in run(["dvc", "repro"], clone).stdout
