@@ -82,7 +82,8 @@ def run(
 
     headline = splits[-1]
     rows, labels, logits = data[headline]
-    _write_plots(plots_dir, rows, labels, sigmoid(logits / model.temperature), thresholds, params)
+    points = result[headline]["operating_points"]
+    _write_plots(plots_dir, rows, labels, sigmoid(logits / model.temperature), thresholds[sensitivity_key(params)], points)
     write_json(out_json, result)
     return result
 
@@ -124,12 +125,11 @@ def _report(rows, labels, logits, temperature, thresholds, params: EvaluateParam
 
 
 def _write_plots(
-    plots_dir: Path, rows: list[ManifestRow], labels: np.ndarray, probs: np.ndarray, thresholds: dict, params
+    plots_dir: Path, rows: list[ManifestRow], labels: np.ndarray, probs: np.ndarray, chosen: float, points: dict
 ) -> None:
-    """ROC and PR with the operating points, predictions (confusion matrix), reliability, score histograms."""
+    """ROC and PR with the operating ``points``, predictions at ``chosen`` (confusion matrix), reliability, histograms."""
     write_json(plots_dir / "roc.json", {"roc": roc_curve_points(labels, probs)})
     write_json(plots_dir / "precision_recall.json", {"precision_recall": pr_curve_points(labels, probs)})
-    points = operating_points(labels, probs, thresholds)
     write_json(
         plots_dir / "operating_points.json",
         {
@@ -151,7 +151,6 @@ def _write_plots(
             for lo, hi, p, n in zip(edges[:-1], edges[1:], positive, negative)
         ]},
     )
-    chosen = thresholds[sensitivity_key(params)]
     with atomic_path(plots_dir / "predictions.csv") as tmp, open(tmp, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["patient_id", "split", "label", "probability", "predicted"])
