@@ -83,3 +83,44 @@ def test_a_dcm_that_is_not_dicom_stops_the_conversion(tmp_path):
     result = stage("dicom_to_npy", tmp_path, {"split": {"train_size": 2}, "dicom_to_npy": {"workers": 2}})
     assert_one_line_error(result, "p3.dcm", "not a DICOM file")
     assert_nothing_written(tmp_path / "data", "processed")
+
+
+def test_on_error_skip_lists_every_bad_file_and_keeps_the_rest(tmp_path):
+    raw = tmp_path / "data" / "raw"
+    patients = [(f"p{i}", i % 2) for i in range(8)]
+    write_rsna_folder(raw, patients)
+    images = raw / "stage_2_train_images"
+    for i, (pid, _) in enumerate(patients):  # a different grey per patient, to check rows
+        write_dicom(images / f"{pid}.dcm", np.full((64, 64), 20 * i + 10, np.uint8), patient_id=pid, jpeg=False)
+    (images / "p2.dcm").write_text("not a DICOM at all")
+    whole = (images / "p5.dcm").read_bytes()
+    (images / "p5.dcm").write_bytes(whole[: len(whole) // 2])  # a truncated copy
+    params = {"split": {"train_size": 4, "test_size": 2}, "dicom_to_npy": {"workers": 2, "on_error": "skip", "image_size": 16}}
+
+    result = stage("dicom_to_npy", tmp_path, params)
+
+    assert result.returncode == 0, result.stderr
+    assert "2 failed and were skipped" in result.stdout
+    processed = tmp_path / "data" / "processed"
+    failed = (processed / "failed.csv").read_text().splitlines()
+    assert failed[0] == "patient_id,path,reason" and len(failed) == 3
+    assert failed[1].startswith("p2,") and "not a DICOM file" in failed[1]
+    assert failed[2].startswith("p5,")
+    from pneumonia.manifest import read_manifest
+
+    manifest = read_manifest(processed)
+    assert [r.patient_id for r in manifest] == ["p0", "p1", "p3", "p4", "p6", "p7"]
+    for r in manifest:  # every kept image sits at the row the manifest names
+        array = np.load(processed / f"{r.split}.npy", mmap_mode="r")
+        assert len(array) == sum(m.split == r.split for m in manifest)
+        assert array[r.row].mean() == pytest.approx(20 * int(r.patient_id[1:]) + 10, abs=1)
+
+
+def test_on_error_skip_with_nothing_readable_stops(tmp_path):
+    raw = tmp_path / "data" / "raw"
+    write_rsna_folder(raw, [("p1", 1), ("p2", 0)])
+    for pid in ("p1", "p2"):
+        (raw / "stage_2_train_images" / f"{pid}.dcm").write_text("text")
+    result = stage("dicom_to_npy", tmp_path, {"split": {"train_size": 1, "test_size": 0}, "dicom_to_npy": {"on_error": "skip", "workers": 1}})
+    assert_one_line_error(result, "none of the 2 DICOMs could be read", "p1.dcm")
+    assert_nothing_written(tmp_path / "data", "processed")

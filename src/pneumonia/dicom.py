@@ -4,12 +4,12 @@ Pixels are scaled to [0, 1] by the largest value their stored bits allow
 (255 for the 8-bit RSNA files), MONOCHROME1 is inverted so that bone is bright,
 and the image is resized to ``size`` x ``size`` and stored as uint8 (value/255).
 
-Fast path: for 8-bit JPEG Baseline files (all of RSNA's) shrunk to at most a
-quarter of their side, Pillow decodes the JPEG frame with ``draft``, which lets
-the decoder downscale in the DCT domain (by 2, 4 or 8, to no less than twice
-the target) before the final bilinear resize. It differs from decoding in full
-and then resizing by well under one grey level on average (tests/test_dicom.py
-guards this); every other file takes the plain pydicom path.
+Fast path: for 8-bit JPEG Baseline files (all of RSNA's) shrunk to at most
+half their side, Pillow decodes the JPEG frame with ``draft``, which lets the
+decoder downscale in the DCT domain (by 2, 4 or 8) to the smallest size still
+larger than the target, before the final bilinear resize. It differs from
+decoding in full and then resizing by well under one grey level on average
+(tests/test_dicom.py guards this); every other file takes the plain pydicom path.
 """
 
 from __future__ import annotations
@@ -89,15 +89,16 @@ def _draft_decode(ds: pydicom.Dataset, size: int) -> np.ndarray | None:
         or meta.get("TransferSyntaxUID") != JPEGBaseline8Bit
         or int(ds.get("BitsStored", 0)) != 8
         or ds.get("PhotometricInterpretation") not in ("MONOCHROME1", "MONOCHROME2")
-        or 4 * size > min(int(ds.get("Rows", 0)), int(ds.get("Columns", 0)))
+        or 2 * size > min(int(ds.get("Rows", 0)), int(ds.get("Columns", 0)))
     ):
         return None
     try:
         frame = next(generate_frames(ds.PixelData, number_of_frames=1))
         jpeg = Image.open(io.BytesIO(frame))
-        # Stop the DCT downscale at twice the target: the final antialiased resize
-        # then smooths like the plain path's (8x DCT scaling straight to size drifts).
-        jpeg.draft("L", (2 * size, 2 * size))
+        # Stop the DCT downscale above the target, never at it: the final antialiased
+        # resize then smooths like the plain path's (DCT scaling exactly to size is a
+        # box filter over 8x8 blocks, which drifts by about a grey level on grainy films).
+        jpeg.draft("L", (size + 1, size + 1))
         image = np.asarray(jpeg.convert("L").resize((size, size), Image.BILINEAR))
     except Exception:
         return None  # let the plain path decode it or report the error

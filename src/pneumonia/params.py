@@ -76,6 +76,7 @@ class DicomToNpyParams:
     image_size: int = 128  # side of the square arrays the model sees (the reference: 224)
     workers: int = 0  # conversion processes; 0 = one per CPU core
     grid_images: int = 16  # images in the plots/images/samples.png grid
+    on_error: Literal["fail", "skip"] = "fail"  # skip: unreadable files go to failed.csv
 
     def __post_init__(self):
         _check(16 <= self.image_size <= 1024, "dicom_to_npy.image_size", "must be between 16 and 1024")
