@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.transforms import v2
 
 
@@ -59,6 +59,39 @@ class XrayDataset(Dataset):
         return image, self.labels[index]
 
 
+class EpochSampler(Sampler[int]):
+    """A shuffled (or, with ``weights``, class-balanced) order that depends only on (seed, epoch).
+
+    Lightning calls ``set_epoch`` before every epoch, so a run resumed from a
+    checkpoint draws exactly the order an uninterrupted run would have drawn.
+    Where nothing calls it (inside Lightning's DDP wrapper) each pass moves on to
+    the next epoch by itself.
+    """
+
+    def __init__(self, n: int, seed: int, weights: torch.Tensor | None = None):
+        self.n, self.seed, self.weights, self.epoch = n, seed, weights, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch))
+        self.epoch += 1
+        if self.weights is None:
+            order = torch.randperm(self.n, generator=generator)
+        else:
+            order = torch.multinomial(self.weights, self.n, replacement=True, generator=generator)
+        return iter(order.tolist())
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The random seed of one epoch of a run."""
+    return (seed * 1_000_003 + epoch) % 2**63
+
+
 def make_loader(
     dataset: XrayDataset,
     batch_size: int,
@@ -67,21 +100,24 @@ def make_loader(
     oversample: bool = False,
     seed: int = 0,
 ) -> DataLoader:
-    """A DataLoader; with ``oversample`` positives and negatives are drawn equally often."""
+    """A DataLoader; with ``oversample`` positives and negatives are drawn equally often.
+
+    Shuffled orders come from :class:`EpochSampler`; the loader's own generator
+    (the worker seeds) is seeded too, so nothing draws from the global RNG that
+    the augmentation uses.
+    """
     sampler = None
     if oversample:
         labels = dataset.labels.long()
         class_weight = 1.0 / torch.bincount(labels, minlength=2).clamp(min=1).double()
-        sampler = WeightedRandomSampler(
-            class_weight[labels], num_samples=len(labels), replacement=True,
-            generator=torch.Generator().manual_seed(seed),
-        )
-        shuffle = False
+        sampler = EpochSampler(len(labels), seed, weights=class_weight[labels])
+    elif shuffle:
+        sampler = EpochSampler(len(dataset), seed)
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        shuffle=shuffle,
         sampler=sampler,
         num_workers=num_workers,
         persistent_workers=num_workers > 0,
+        generator=torch.Generator().manual_seed(seed),
     )

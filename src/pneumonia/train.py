@@ -3,12 +3,24 @@
 Reads ``<processed>/{train,val}.npy`` and the manifest, normalises with the
 mean/std of ``metrics/dataset.json``, logs curves with DVCLive, keeps the
 checkpoint with the best ``val/auroc`` and writes it to ``models/model.ckpt``.
+
+Resuming: every epoch ends with ``resume.ckpt`` in ``models/.model-checkpoints/``
+beside a fingerprint of the run's params and data. A run that was killed is
+resumed from it by the next ``dvc repro`` (only when the fingerprint matches),
+and ends with the same weights and metrics as an uninterrupted run: the sample
+order and the augmentation are seeded per epoch, not drawn from one stream.
+The folder is removed when training finishes.
 """
 
 from __future__ import annotations
 
+import csv
+import hashlib
 import json
+import random
 import shutil
+import warnings
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -21,15 +33,17 @@ from pytorch_lightning.utilities import rank_zero_only
 from pneumonia.atomic import atomic_path
 from pneumonia.calibration import fit_temperature
 from pneumonia.checkpoint import load_classifier
-from pneumonia.data import XrayDataset, make_loader
+from pneumonia.data import XrayDataset, epoch_seed, make_loader
 from pneumonia.errors import DatasetError
 from pneumonia.inference import predict_logits
 from pneumonia.grid import save_grid
-from pneumonia.manifest import read_manifest, split_labels
+from pneumonia.manifest import MANIFEST, read_manifest, split_labels
 from pneumonia.model import PneumoniaClassifier
 from pneumonia.params import TrainParams
 
 MONITOR = "val/auroc"
+LAST = "resume.ckpt"
+FINGERPRINT = "fingerprint.json"
 
 
 def run(
@@ -73,36 +87,92 @@ def run(
     # A fixed folder name: Lightning records the checkpoint's path inside it, and a random
     # temporary name would make two identical runs write different bytes (and DVC hashes).
     ckpt_dir = model_path.parent / f".{model_path.stem}-checkpoints"
+    fingerprint = _fingerprint(params, seed, stats, processed_dir)
+    resume = _resumable(ckpt_dir, fingerprint)
     if rank_zero_only.rank == 0:
-        shutil.rmtree(ckpt_dir, ignore_errors=True)
-    try:
-        best = ModelCheckpoint(dirpath=str(ckpt_dir), filename="best", monitor=MONITOR, mode="max", save_top_k=1)
-        trainer = pl.Trainer(
-            max_epochs=params.max_epochs,
-            accelerator=params.accelerator,
-            devices=params.devices,
-            num_nodes=params.num_nodes,
-            strategy=params.strategy,
-            precision=params.precision,
-            deterministic=True,
-            logger=DVCLiveLogger(dir=str(live_dir), save_dvc_exp=False, dvcyaml=False),
-            callbacks=[best],
-            log_every_n_steps=1,
-            num_sanity_val_steps=0,
-            enable_model_summary=False,
-            default_root_dir=str(ckpt_dir),
-        )
-        trainer.fit(model, train_loader, val_loader)
-        if trainer.is_global_zero:
-            with atomic_path(model_path) as tmp:
-                shutil.copyfile(best.best_model_path, tmp)
-                if params.temperature_scaling:
-                    _fit_temperature(tmp, processed_dir, val_labels, params.batch_size)
-    finally:
-        # Under DDP only rank 0 writes the checkpoint and DVCLive's files, and only it tidies up.
-        if rank_zero_only.rank == 0:
+        if resume is None:
             shutil.rmtree(ckpt_dir, ignore_errors=True)
+            ckpt_dir.mkdir(parents=True)
+            (ckpt_dir / FINGERPRINT).write_text(json.dumps(fingerprint) + "\n")
+        else:
+            epoch = torch.load(resume, map_location="cpu", weights_only=True)["epoch"]
+            print(f"resuming from {resume} (epochs done: {epoch + 1} of {params.max_epochs})", flush=True)
+            _trim_live(live_dir, torch.load(resume, map_location="cpu", weights_only=True)["global_step"])
+    best = ModelCheckpoint(dirpath=str(ckpt_dir), filename="best", monitor=MONITOR, mode="max", save_top_k=1)
+    # After validation, at the very end of each epoch: what a resumed run starts from.
+    last = ModelCheckpoint(dirpath=str(ckpt_dir), filename=LAST.removesuffix(".ckpt"), save_top_k=1,
+                           save_on_train_epoch_end=True, enable_version_counter=False)
+    trainer = pl.Trainer(
+        max_epochs=params.max_epochs,
+        accelerator=params.accelerator,
+        devices=params.devices,
+        num_nodes=params.num_nodes,
+        strategy=params.strategy,
+        precision=params.precision,
+        deterministic=True,
+        logger=DVCLiveLogger(dir=str(live_dir), save_dvc_exp=False, dvcyaml=False, resume=resume is not None),
+        callbacks=[best, last, _SeedEachEpoch(seed)],
+        log_every_n_steps=1,
+        num_sanity_val_steps=0,
+        enable_model_summary=False,
+        default_root_dir=str(ckpt_dir),
+    )
+    with warnings.catch_warnings():
+        # The folder holds the fingerprint (and, resuming, the checkpoints): expected here.
+        warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
+        trainer.fit(model, train_loader, val_loader, ckpt_path=resume)
+    if trainer.is_global_zero:
+        with atomic_path(model_path) as tmp:
+            shutil.copyfile(best.best_model_path, tmp)
+            if params.temperature_scaling:
+                _fit_temperature(tmp, processed_dir, val_labels, params.batch_size)
+        # Finished: nothing to resume. (A failed or killed run keeps the folder for the next try.)
+        shutil.rmtree(ckpt_dir, ignore_errors=True)
     return {k: float(v) for k, v in trainer.callback_metrics.items()} | {"best_" + MONITOR: float(best.best_model_score)}
+
+
+class _SeedEachEpoch(pl.Callback):
+    """Reseed the global RNGs (augmentation) at the start of every epoch from (seed, epoch)."""
+
+    def __init__(self, seed: int):
+        self.seed = seed
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        value = epoch_seed(self.seed, trainer.current_epoch)
+        torch.manual_seed(value)
+        np.random.seed(value % 2**32)
+        random.seed(value)
+
+
+def _fingerprint(params: TrainParams, seed: int, stats: dict, processed_dir: Path) -> dict:
+    """What a checkpoint must have been trained with to be resumed: params, seed and data."""
+    manifest = hashlib.sha256((Path(processed_dir) / MANIFEST).read_bytes()).hexdigest()
+    return {"params": asdict(params), "seed": seed, "stats": stats, "manifest_sha256": manifest}
+
+
+def _resumable(ckpt_dir: Path, fingerprint: dict) -> str | None:
+    """``last.ckpt`` of an unfinished run with the same fingerprint, if there is one that loads."""
+    last, stamp = ckpt_dir / LAST, ckpt_dir / FINGERPRINT
+    if not (last.exists() and stamp.exists()):
+        return None
+    try:
+        if json.loads(stamp.read_text()) != json.loads(json.dumps(fingerprint)):
+            return None
+        torch.load(last, map_location="cpu", weights_only=True)  # killed while writing it?
+    except Exception:
+        return None
+    return str(last)
+
+
+def _trim_live(live_dir: Path, global_step: int) -> None:
+    """Drop DVCLive rows logged after the checkpoint (the killed epoch): the resumed run logs them again."""
+    for path in Path(live_dir).rglob("*.tsv"):
+        with open(path, newline="") as handle:
+            rows = list(csv.reader(handle, delimiter="\t"))
+        step = rows[0].index("step") if rows else -1
+        kept = rows[:1] + [r for r in rows[1:] if step >= 0 and int(r[step]) <= global_step]
+        with open(path, "w", newline="") as handle:
+            csv.writer(handle, delimiter="\t", lineterminator="\n").writerows(kept)
 
 
 def _fit_temperature(checkpoint_path: Path, processed_dir: Path, val_labels: np.ndarray, batch_size: int) -> None:
