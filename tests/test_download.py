@@ -1,6 +1,7 @@
 """The download stage's library: local zip/folder, safe extraction, validation, Kaggle credentials."""
 
 import io
+import os
 import stat
 import sys
 import types
@@ -317,6 +318,51 @@ def test_kaggle_http_errors(tmp_path, no_kaggle_credentials, monkeypatch, status
     assert "secret-key" not in message
     assert info.value.__cause__ is None and info.value.__suppress_context__
     assert not (tmp_path / "raw").exists() and no_leftovers(tmp_path)
+
+
+FAKE_KAGGLE_MODULE = """
+import os
+
+import requests
+
+SEEN = {"import": {name: os.environ.get(name) for name in ("VERBOSE", "VERBOSE_OUTPUT")}}
+
+
+class KaggleApi:
+    args = ["--verbose"]  # what kaggle sets at import when VERBOSE is 1/true/yes
+
+    def authenticate(self):
+        pass
+
+    def competition_download_files(self, competition, path=None, force=False, quiet=True, unzip=False):
+        SEEN["args"] = list(self.args)
+        raise requests.exceptions.ConnectionError("no route to host")
+"""
+
+
+def test_kaggle_never_runs_verbose(tmp_path, no_kaggle_credentials, monkeypatch):
+    """Verbose kaggle prints every request with its Authorization header: VERBOSE must not reach it."""
+    monkeypatch.setenv("KAGGLE_USERNAME", "u")
+    monkeypatch.setenv("KAGGLE_KEY", "secret-key")
+    monkeypatch.setenv("VERBOSE", "1")
+    monkeypatch.setenv("VERBOSE_OUTPUT", "true")
+    site = tmp_path / "site"
+    (site / "kaggle" / "api").mkdir(parents=True)
+    (site / "kaggle" / "__init__.py").write_text("")
+    (site / "kaggle" / "api" / "__init__.py").write_text("")
+    (site / "kaggle" / "api" / "kaggle_api_extended.py").write_text(FAKE_KAGGLE_MODULE)
+    for name in ("kaggle", "kaggle.api", "kaggle.api.kaggle_api_extended"):
+        monkeypatch.setitem(sys.modules, name, None)  # so that undo removes what this test imports
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.syspath_prepend(str(site))
+
+    with pytest.raises(PneumoniaError, match=r"\(ConnectionError\)") as info:
+        download.run(DownloadParams(source="kaggle"), seed=0, raw_dir=tmp_path / "raw")
+    error_message(info)
+    seen = sys.modules["kaggle.api.kaggle_api_extended"].SEEN
+    assert seen == {"import": {"VERBOSE": None, "VERBOSE_OUTPUT": None}, "args": []}
+    # hidden only while kaggle was imported
+    assert (os.environ["VERBOSE"], os.environ["VERBOSE_OUTPUT"]) == ("1", "true")
 
 
 def test_synthetic_uses_phantom(tmp_path):

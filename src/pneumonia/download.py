@@ -353,6 +353,21 @@ def _rules_url(competition: str) -> str:
     return f"https://www.kaggle.com/c/{competition}/rules"
 
 
+# Read by kaggle when imported: any of them set to 1/true/yes makes it print each request,
+# headers included, and turns on DEBUG logging for the whole process.
+_KAGGLE_VERBOSE_VARIABLES = ("VERBOSE", "VERBOSE_OUTPUT")
+
+
+def _import_kaggle_api() -> type:
+    """``KaggleApi``, imported (only now: the package authenticates when imported) with verbosity off."""
+    hidden = {name: os.environ.pop(name) for name in _KAGGLE_VERBOSE_VARIABLES if name in os.environ}
+    try:
+        from kaggle.api.kaggle_api_extended import KaggleApi
+    finally:
+        os.environ.update(hidden)
+    return KaggleApi
+
+
 def _download_from_kaggle(competition: str, folder: Path) -> Path:
     """Download the competition's archive into ``folder``; return the zip's path.
 
@@ -361,10 +376,10 @@ def _download_from_kaggle(competition: str, folder: Path) -> Path:
     """
     import requests  # a dependency of kaggle
 
-    # Imported only now: the kaggle package authenticates when imported.
-    from kaggle.api.kaggle_api_extended import KaggleApi
-
-    api = KaggleApi()
+    api = _import_kaggle_api()()
+    # kaggle's verbose mode prints every request with its Authorization header (the key,
+    # base64-encoded) to stdout: keep it off even where kaggle was imported before.
+    api.args = [arg for arg in getattr(api, "args", []) if arg not in ("--verbose", "-v")]
     try:
         api.authenticate()
     except SystemExit:
