@@ -124,3 +124,14 @@ def test_on_error_skip_with_nothing_readable_stops(tmp_path):
     result = stage("dicom_to_npy", tmp_path, {"split": {"train_size": 1, "test_size": 0}, "dicom_to_npy": {"on_error": "skip", "workers": 1}})
     assert_one_line_error(result, "none of the 2 DICOMs could be read", "p1.dcm")
     assert_nothing_written(tmp_path / "data", "processed")
+
+
+def test_a_split_with_a_single_class_is_named(tmp_path):
+    raw = tmp_path / "data" / "raw"
+    write_rsna_folder(raw, [("p0", 1), ("p1", 0), ("p2", 1), ("p3", 0), ("p4", 0), ("p5", 0)])
+    params = {"split": {"train_size": 4, "test_size": 0}, "dicom_to_npy": {"workers": 1, "image_size": 16}}
+    for name in ("dicom_to_npy", "compute_stats"):
+        assert stage(name, tmp_path, params).returncode == 0
+    result = stage("train", tmp_path, params)
+    assert_one_line_error(result, "the val split has a single class")
+    assert not (tmp_path / "models" / "model.ckpt").exists()
