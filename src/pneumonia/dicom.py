@@ -51,7 +51,6 @@ from __future__ import annotations
 
 import io
 import math
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -444,7 +443,7 @@ def _jpeg_problem(frame: bytes, header: _Header) -> str | None:
         pos += 2 + length
     # Inside the compressed data a 0xFF byte is followed by 0x00 (a stuffed 0xFF), a restart
     # marker or another 0xFF (fill); any other marker means bytes were overwritten or inserted,
-    # which libjpeg would decode as grey or garbage without an error. One vectorised pass.
+    # which libjpeg would decode as grey or garbage without an error.
     # Every 8 x 8 block takes at least two Huffman codes (its DC difference and an end-of-block),
     # at least 2 bits: less data than that cannot be the image (the decoder would fill it in with grey).
     blocks = -(-header.rows // 8) * -(-header.columns // 8)
@@ -452,31 +451,12 @@ def _jpeg_problem(frame: bytes, header: _Header) -> str | None:
         shape = f"{header.rows} x {header.columns}"
         return corrupt + f"{max(end - 2 - pos, 0):,} bytes of compressed data cannot hold {shape} pixels"
     data = np.frombuffer(frame, np.uint8, count=end)
-    is_ff, bare = _scratch(end - 2 - pos)
-    np.equal(data[pos : end - 2], 0xFF, out=is_ff)
-    np.not_equal(data[pos + 1 : end - 1], 0x00, out=bare)  # the byte after each, up to the 0xFF of the final EOI
-    np.logical_and(is_ff, bare, out=is_ff)
-    if is_ff.any():  # rare: only restart markers and fill bytes are allowed
-        follower = data[np.flatnonzero(is_ff) + (pos + 1)]
-        wrong = (follower != 0xFF) & ((follower < 0xD0) | (follower > 0xD7))
-        if wrong.any():
-            marker = int(follower[wrong.argmax()])
-            return corrupt + f"marker FF{marker:02X} inside the compressed data (bytes overwritten or inserted)"
+    follower = data[np.flatnonzero(data[pos : end - 2] == 0xFF) + (pos + 1)]  # up to the 0xFF of the final EOI
+    wrong = (follower != 0x00) & (follower != 0xFF) & ((follower < 0xD0) | (follower > 0xD7))
+    if wrong.any():
+        marker = int(follower[wrong.argmax()])
+        return corrupt + f"marker FF{marker:02X} inside the compressed data (bytes overwritten or inserted)"
     return None
-
-
-_SCRATCH = threading.local()
-
-
-def _scratch(length: int) -> tuple[np.ndarray, np.ndarray]:
-    """Two reused boolean buffers of ``length``: fresh 100 KB temporaries for every file cost more in page
-    faults (the allocator hands such blocks back to the system) than the comparisons themselves."""
-    buffers = getattr(_SCRATCH, "buffers", None)
-    if buffers is None or len(buffers[0]) < length:
-        buffers = np.empty(max(length, 1 << 18), bool), np.empty(max(length, 1 << 18), bool)
-        if length <= 1 << 23:  # keep at most 16 MB per thread
-            _SCRATCH.buffers = buffers
-    return buffers[0][:length], buffers[1][:length]
 
 
 def _draft_decode(frame: bytes, size: int) -> np.ndarray | None:
