@@ -73,7 +73,7 @@ def test_sigkill_mid_epoch_then_rerun_resumes_and_matches_an_uninterrupted_run(p
                             env=env, capture_output=True, text=True, timeout=300)
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     assert not (out / "model.ckpt").exists()
-    resume_point = torch.load(out / ".model-checkpoints" / train.LAST, weights_only=True)
+    resume_point = torch.load(out / ".model-checkpoints" / train.RESUME, weights_only=True)
     assert resume_point["epoch"] == 0  # the first epoch finished; the second was killed
 
     result = run_train(processed, out)
@@ -92,7 +92,7 @@ def test_a_checkpoint_of_other_params_is_not_resumed(processed, tmp_path):
     out = tmp_path / "run"
     ckpt_dir = out / ".model-checkpoints"
     ckpt_dir.mkdir(parents=True)
-    (ckpt_dir / train.LAST).write_bytes(b"left over from another run")
+    (ckpt_dir / train.RESUME).write_bytes(b"left over from another run")
     (ckpt_dir / train.FINGERPRINT).write_text(json.dumps({"params": {"max_epochs": 99}}))
     run_train(processed, out)  # starts afresh instead of failing or resuming
     assert (out / "model.ckpt").exists() and not ckpt_dir.exists()

@@ -35,8 +35,6 @@ from pneumonia.params import DicomToNpyParams, SplitParams
 from pneumonia.split import SPLITS, assign_splits
 
 CHUNK = 16  # files per task: large enough to amortise inter-process calls
-
-
 FAILED = "failed.csv"  # on_error=skip: the files left out, with their reasons
 
 

@@ -42,7 +42,7 @@ from pneumonia.model import PneumoniaClassifier
 from pneumonia.params import TrainParams
 
 MONITOR = "val/auroc"
-LAST = "resume.ckpt"
+RESUME = "resume.ckpt"
 FINGERPRINT = "fingerprint.json"
 
 
@@ -88,19 +88,19 @@ def run(
     # temporary name would make two identical runs write different bytes (and DVC hashes).
     ckpt_dir = model_path.parent / f".{model_path.stem}-checkpoints"
     fingerprint = _fingerprint(params, seed, stats, processed_dir)
-    resume = _resumable(ckpt_dir, fingerprint)
+    resume, progress = _resumable(ckpt_dir, fingerprint)
     if rank_zero_only.rank == 0:
         if resume is None:
             shutil.rmtree(ckpt_dir, ignore_errors=True)
             ckpt_dir.mkdir(parents=True)
             (ckpt_dir / FINGERPRINT).write_text(json.dumps(fingerprint) + "\n")
         else:
-            epoch = torch.load(resume, map_location="cpu", weights_only=True)["epoch"]
+            epoch, global_step = progress
             print(f"resuming from {resume} (epochs done: {epoch + 1} of {params.max_epochs})", flush=True)
-            _trim_live(live_dir, torch.load(resume, map_location="cpu", weights_only=True)["global_step"])
+            _trim_live(live_dir, global_step)
     best = ModelCheckpoint(dirpath=str(ckpt_dir), filename="best", monitor=MONITOR, mode="max", save_top_k=1)
     # After validation, at the very end of each epoch: what a resumed run starts from.
-    last = ModelCheckpoint(dirpath=str(ckpt_dir), filename=LAST.removesuffix(".ckpt"), save_top_k=1,
+    last = ModelCheckpoint(dirpath=str(ckpt_dir), filename=RESUME.removesuffix(".ckpt"), save_top_k=1,
                            save_on_train_epoch_end=True, enable_version_counter=False)
     trainer = pl.Trainer(
         max_epochs=params.max_epochs,
@@ -150,18 +150,18 @@ def _fingerprint(params: TrainParams, seed: int, stats: dict, processed_dir: Pat
     return {"params": asdict(params), "seed": seed, "stats": stats, "manifest_sha256": manifest}
 
 
-def _resumable(ckpt_dir: Path, fingerprint: dict) -> str | None:
-    """``last.ckpt`` of an unfinished run with the same fingerprint, if there is one that loads."""
-    last, stamp = ckpt_dir / LAST, ckpt_dir / FINGERPRINT
-    if not (last.exists() and stamp.exists()):
-        return None
+def _resumable(ckpt_dir: Path, fingerprint: dict) -> tuple[str | None, tuple[int, int] | None]:
+    """``resume.ckpt`` of an unfinished run with the same fingerprint, if one loads, and its (epoch, global step)."""
+    path, stamp = ckpt_dir / RESUME, ckpt_dir / FINGERPRINT
+    if not (path.exists() and stamp.exists()):
+        return None, None
     try:
         if json.loads(stamp.read_text()) != json.loads(json.dumps(fingerprint)):
-            return None
-        torch.load(last, map_location="cpu", weights_only=True)  # killed while writing it?
+            return None, None
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)  # fails if killed while writing it
+        return str(path), (int(checkpoint["epoch"]), int(checkpoint["global_step"]))
     except Exception:
-        return None
-    return str(last)
+        return None, None
 
 
 def _trim_live(live_dir: Path, global_step: int) -> None:
