@@ -2,12 +2,12 @@
 
 from pathlib import Path
 
-from pneumonia import localization
+from pneumonia.localization import cam_stage
 from pneumonia.stage import run_stage
 
 
 def main(params):
-    result = localization.run(Path("data/processed"), Path("models/model.ckpt"), params.localize, seed=params.base.seed)
+    result = cam_stage.run(Path("data/processed"), Path("models/model.ckpt"), params.localize, seed=params.base.seed)
     for split, metrics in result.items():
         print(
             f"{split}: pointing game {metrics['pointing_game']:.3f}, "

@@ -21,7 +21,7 @@ from pneumonia import inference, phantom
 from pneumonia.__main__ import main
 from pneumonia.checkpoint import load_classifier
 from pneumonia.errors import DatasetError, PneumoniaError
-from pneumonia.localization import localize_images
+from pneumonia.localization.cam import localize_images
 from pneumonia.model import PneumoniaClassifier
 
 SIZE = 32

@@ -8,7 +8,7 @@ import pytest
 from pneumonia import phantom, train
 from pneumonia.__main__ import main
 from pneumonia.checkpoint import load_classifier
-from pneumonia.localization import ImageLocalization, PredictedBox
+from pneumonia.localization.cam import ImageLocalization, PredictedBox
 from pneumonia.params import parse_params
 from pneumonia.predict import CSV_COLUMNS, FilePrediction, find_dicoms, write_predictions_csv, write_submission
 from tiny_data import prepare

@@ -23,7 +23,7 @@ from pneumonia.checkpoint import LoadedModel, load_classifier
 from pneumonia.dicom import read_dicom
 from pneumonia.errors import DicomReadError, PneumoniaError
 from pneumonia.inference import default_device
-from pneumonia.localization import ImageLocalization, localize_images, upsample_map
+from pneumonia.localization.cam import ImageLocalization, localize_images, upsample_map
 from pneumonia.overlay import draw_overlay
 from pneumonia.params import LocalizeParams
 

@@ -1,0 +1,262 @@
+"""The weakly-supervised baseline: the classifier's class activation maps turned into boxes and sizes.
+
+Coordinates: every box is ``(x, y, width, height)`` with the origin at the
+top-left corner, x along columns and y down rows. Boxes of a map are in that
+map's pixels; boxes of an image (predicted or ground truth) are in pixels of
+the ORIGINAL image (``rows`` x ``columns`` of its DICOM, 1024 x 1024 for
+RSNA), like the RSNA labels. A pixel ``(row, col)`` covers ``[col, col + 1)`` x
+``[row, row + 1)``, so a region spanning columns 3..5 has x = 3, width = 3.
+
+The map of an image (Zhou et al. 2016, as ChestX-ray8 used it): the feature maps
+``F_k`` of ResNet18's last block (``layer4``, ``S/32`` x ``S/32`` for an
+``S`` x ``S`` input) weighted by the single logit's fc weights,
+``ReLU(sum_k w_k F_k)``, in the logit's units. It is upsampled bilinearly to the
+original size, each cell placed where its receptive field peaks (see
+:func:`cell_centres`); regions are where it reaches ``cam_threshold`` times its maximum.
+
+Box confidence = image probability x region strength, where strength is the
+region's mean map value over the map's maximum (in (cam_threshold, 1]): boxes
+of a confident image on the map's hot spot rank first, which is what the RSNA
+metric's descending-confidence matching rewards.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+from scipy import ndimage
+from torch import nn
+
+from pneumonia.checkpoint import LoadedModel
+from pneumonia.errors import DatasetError
+from pneumonia.localization.box_metrics import XYWH
+
+LAYER4_STRIDE = 32  # input pixels per cell of ResNet18's last block
+
+
+@dataclass(frozen=True)
+class Region:
+    """A connected region of a map above the threshold.
+
+    ``box`` in the map's pixels; ``area_fraction`` = the region's pixels / all the
+    map's pixels; ``strength`` = the region's mean map value / the map's maximum.
+    """
+
+    box: tuple[int, int, int, int]
+    area_fraction: float
+    strength: float
+
+
+@dataclass(frozen=True)
+class PredictedBox:
+    """A box in ORIGINAL pixels with its confidence (probability x strength) and its region's area fraction."""
+
+    x: float
+    y: float
+    width: float
+    height: float
+    confidence: float
+    area_fraction: float
+
+    @property
+    def xywh(self) -> XYWH:
+        return (self.x, self.y, self.width, self.height)
+
+
+@dataclass(frozen=True)
+class ImageLocalization:
+    """What the model says about one image.
+
+    ``cam``: the low-resolution map (h x w, float32, >= 0, logit units);
+    ``peak``: (x, y) in original pixels of the map's maximum (the centre of its
+    hottest cell, where the bilinear upsampling also peaks), taken before the
+    ReLU so that it is defined when the map is zero everywhere; ``boxes``: empty when
+    ``probability`` is below the classification threshold; ``area_fraction``:
+    the thresholded area of the kept regions over the image area (0 without
+    boxes); ``area_mm2``: the same in mm², None without PixelSpacing.
+    """
+
+    probability: float
+    positive: bool
+    cam: np.ndarray
+    peak: tuple[float, float]
+    boxes: tuple[PredictedBox, ...]
+    area_fraction: float
+    area_mm2: float | None
+
+
+@torch.inference_mode()
+def class_activation_maps(
+    network: nn.Module, images: torch.Tensor, temperature: float = 1.0, relu: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Probabilities (N,) and class activation maps (N, h, w) for standardized images (N, 1, S, S).
+
+    One forward pass; a hook keeps ``layer4``'s output. Probability =
+    sigmoid(logit / ``temperature``) (pass the checkpoint's). The map is
+    ``ReLU(sum_k w_k F_k)``; ``relu=False`` returns the signed evidence before the
+    ReLU (its mean plus the fc bias is the logit). The fc bias shifts the logit,
+    not where it comes from, so it is left out of the map. Both float32.
+    """
+    captured: list[torch.Tensor] = []
+    handle = network.layer4.register_forward_hook(lambda module, inputs, output: captured.append(output))
+    try:
+        logits = network(images)
+    finally:
+        handle.remove()
+    features = captured[0].float()
+    weights = network.fc.weight[0].float()
+    maps = torch.einsum("k,nkhw->nhw", weights, features)
+    return (logits[:, 0].float() / temperature).sigmoid(), torch.relu(maps) if relu else maps
+
+
+def cell_centres(cells: int, input_size: int, original_size: int) -> np.ndarray:
+    """Where the map's cells along one axis are centred, in pixels of the original image (pixel k covers [k, k+1)).
+
+    Every stride-2 layer of ResNet18 (conv1 7x7 pad 3, maxpool 3x3 pad 1, the 3x3
+    pad 1 and 1x1 pad 0 convolutions opening layers 2-4) puts its output o on
+    input pixel 2o, so ``layer4``'s cell j sits on input pixel 32j, centre 32j + 0.5
+    (the peak of its receptive field), not 32j + 16, the middle of the 32-pixel
+    block that a plain resize assumes. Ignoring that shifts the map by half a cell
+    (an eighth of the image for a 4 x 4 map) to the right and down.
+    """
+    return (LAYER4_STRIDE * np.arange(cells) + 0.5) * original_size / input_size
+
+
+def _interpolation_matrix(cells: int, input_size: int, size: int) -> np.ndarray:
+    """``size`` x ``cells`` weights of linear interpolation between the cell centres, flat beyond the outer ones."""
+    centres = cell_centres(cells, input_size, size)
+    pixels = np.arange(size) + 0.5
+    return np.stack([np.interp(pixels, centres, np.eye(cells)[j]) for j in range(cells)], axis=1)
+
+
+def upsample_map(cam: np.ndarray | torch.Tensor, rows: int, columns: int, input_size: int) -> np.ndarray:
+    """Bilinear upsampling of an h x w map of an ``input_size`` x ``input_size`` input to ``rows`` x ``columns``.
+
+    The map's values sit at the cell centres of :func:`cell_centres`; in between
+    they are interpolated linearly along each axis, beyond the outer centres held
+    constant (float32). torch's ``interpolate`` cannot place the samples there,
+    hence the two small interpolation matrices.
+    """
+    cam = np.asarray(cam, dtype=np.float64)
+    h, w = cam.shape
+    out = _interpolation_matrix(h, input_size, rows) @ cam @ _interpolation_matrix(w, input_size, columns).T
+    return out.astype(np.float32)
+
+
+def map_peak(evidence: np.ndarray, rows: int, columns: int, input_size: int) -> tuple[float, float]:
+    """(x, y) in pixels of a ``rows`` x ``columns`` image: the centre of the map's hottest cell.
+
+    The bilinear upsampling of :func:`upsample_map` peaks there too.
+    """
+    row, col = np.unravel_index(int(np.argmax(evidence)), evidence.shape)
+    h, w = evidence.shape
+    return float(cell_centres(w, input_size, columns)[col]), float(cell_centres(h, input_size, rows)[row])
+
+
+def regions_from_map(cam: np.ndarray, cam_threshold: float, min_area: float) -> list[Region]:
+    """Connected regions (8-connectivity) where ``cam >= cam_threshold * cam.max()``, largest first.
+
+    Regions covering less than ``min_area`` of the map are dropped; a map that is
+    zero everywhere has no regions.
+    """
+    cam = np.asarray(cam, dtype=np.float32)
+    peak = float(cam.max(initial=0.0))
+    if peak <= 0:
+        return []
+    labels, count = ndimage.label(cam >= cam_threshold * peak, structure=np.ones((3, 3), dtype=bool))
+    if count == 0:
+        return []
+    sizes = np.bincount(labels.ravel(), minlength=count + 1)[1:]
+    means = ndimage.mean(cam, labels, np.arange(1, count + 1))
+    regions = []
+    for slices, size, mean in zip(ndimage.find_objects(labels), sizes, means):
+        fraction = float(size) / cam.size
+        if fraction < min_area:
+            continue
+        rows, cols = slices
+        box = (cols.start, rows.start, cols.stop - cols.start, rows.stop - rows.start)
+        regions.append(Region(box=box, area_fraction=fraction, strength=float(mean) / peak))
+    return sorted(regions, key=lambda r: -r.area_fraction)
+
+
+def localize_map(
+    evidence: np.ndarray,
+    probability: float,
+    threshold: float,
+    input_size: int,
+    rows: int,
+    columns: int,
+    pixel_spacing_mm: float | None,
+    cam_threshold: float,
+    min_area: float,
+) -> ImageLocalization:
+    """Boxes, size and peak of one image from its low-resolution map (see :class:`ImageLocalization`).
+
+    ``evidence``: the map before the ReLU (``class_activation_maps(..., relu=False)``)
+    of an ``input_size`` x ``input_size`` model input, rows x columns originally;
+    an already rectified map gives the same result. The peak is taken before the
+    ReLU, so an image with no positive evidence anywhere (a zero map, common for
+    confident negatives) still points at its strongest evidence rather than at
+    an arbitrary first pixel.
+    """
+    evidence = np.asarray(evidence, dtype=np.float32)
+    cam = np.maximum(evidence, 0)
+    positive = probability >= threshold
+    boxes: tuple[PredictedBox, ...] = ()
+    if positive:
+        regions = regions_from_map(upsample_map(cam, rows, columns, input_size), cam_threshold, min_area)
+        boxes = tuple(
+            PredictedBox(*map(float, r.box), confidence=probability * r.strength, area_fraction=r.area_fraction)
+            for r in regions
+        )
+    area_fraction = float(sum(b.area_fraction for b in boxes))
+    area_mm2 = None if pixel_spacing_mm is None else area_fraction * rows * columns * pixel_spacing_mm**2
+    return ImageLocalization(
+        probability=float(probability),
+        positive=bool(positive),
+        cam=cam,
+        peak=map_peak(evidence, rows, columns, input_size),
+        boxes=boxes,
+        area_fraction=area_fraction,
+        area_mm2=area_mm2,
+    )
+
+
+def standardize(model: LoadedModel, images: np.ndarray) -> torch.Tensor:
+    """uint8 images (N, S, S) -> the model's input (N, 1, S, S) on its device: (value/255 - mean)/std."""
+    device = next(model.network.parameters()).device
+    batch = torch.from_numpy(np.asarray(images, dtype=np.float32)).to(device)
+    return (batch.unsqueeze(1) / 255.0 - model.mean) / model.std
+
+
+def localize_images(
+    model: LoadedModel,
+    images: np.ndarray,
+    sizes: Sequence[tuple[int, int, float | None]],
+    threshold: float,
+    cam_threshold: float,
+    min_area: float,
+    batch_size: int,
+) -> list[ImageLocalization]:
+    """Localize ``N x S x S`` uint8 images; ``sizes[i]`` = (rows, columns, pixel spacing mm or None) of the original."""
+    if images.shape[1:] != (model.image_size, model.image_size):
+        raise DatasetError(
+            f"images are {images.shape[1]}x{images.shape[2]} but the model was trained on "
+            f"{model.image_size}x{model.image_size}; rerun dicom_to_npy and train together (dvc repro)"
+        )
+    results = []
+    for start in range(0, len(images), batch_size):
+        batch = standardize(model, images[start : start + batch_size])
+        probs, maps = class_activation_maps(model.network, batch, model.temperature, relu=False)
+        for prob, evidence, (rows, columns, spacing) in zip(
+            probs.cpu().numpy(), maps.cpu().numpy(), sizes[start : start + batch_size]
+        ):
+            results.append(
+                localize_map(
+                    evidence, float(prob), threshold, model.image_size, rows, columns, spacing, cam_threshold, min_area
+                )
+            )
+    return results

@@ -1,0 +1,170 @@
+"""The localize stage: the CAM baseline on a split, its metrics JSON, boxes CSV and overlays."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from pneumonia.atomic import atomic_dir, atomic_path, write_json
+from pneumonia.checkpoint import load_classifier
+from pneumonia.errors import DatasetError
+from pneumonia.inference import default_device
+from pneumonia.localization.box_metrics import (
+    XYWH, iobb_accuracy, iou_accuracy, pointing_game, rsna_score, size_agreement, threshold_key, union_area,
+)
+from pneumonia.localization.cam import ImageLocalization, localize_images, upsample_map
+from pneumonia.manifest import ManifestRow, read_manifest, split_rows
+from pneumonia.overlay import draw_overlay
+from pneumonia.params import LocalizeParams
+
+
+def localization_metrics(
+    results: Sequence[ImageLocalization],
+    gt_boxes_per_image: Sequence[Sequence[XYWH]],
+    sizes: Sequence[tuple[int, int]],
+) -> dict:
+    """Every localization metric over a split; ``sizes[i]`` = (rows, columns) of image i's original."""
+    predicted = [[b.xywh for b in r.boxes] for r in results]
+    confidences = [[b.confidence for b in r.boxes] for r in results]
+    labels = [len(g) > 0 for g in gt_boxes_per_image]
+    iobb = iobb_accuracy(predicted, gt_boxes_per_image)
+    iou = iou_accuracy(predicted, gt_boxes_per_image)
+    true_positives = [i for i, r in enumerate(results) if r.positive and labels[i]]
+    return {
+        "n": len(results),
+        "positive": int(sum(labels)),
+        "predicted_positive": int(sum(r.positive for r in results)),
+        "gt_boxes": int(sum(len(g) for g in gt_boxes_per_image)),
+        "predicted_boxes": int(sum(len(p) for p in predicted)),
+        "pointing_game": pointing_game([r.peak for r in results], gt_boxes_per_image),
+        "iobb_accuracy": {threshold_key(t): a.accuracy for t, a in iobb.items()},
+        "iobb_false_positives_per_image": {threshold_key(t): a.false_positives_per_image for t, a in iobb.items()},
+        "iou_accuracy": {threshold_key(t): a.accuracy for t, a in iou.items()},
+        "iou_false_positives_per_image": {threshold_key(t): a.false_positives_per_image for t, a in iou.items()},
+        "rsna_score": rsna_score(predicted, confidences, gt_boxes_per_image),
+        "size_true_positives": size_agreement(
+            [results[i].area_fraction for i in true_positives],
+            [union_area(gt_boxes_per_image[i]) / (sizes[i][0] * sizes[i][1]) for i in true_positives],
+        ),
+    }
+
+
+
+def run(
+    processed_dir: Path,
+    model_path: Path,
+    params: LocalizeParams,
+    out_json: Path = Path("metrics/localization.json"),
+    overlays_dir: Path = Path("plots/localization"),
+    boxes_csv: Path = Path("data/localization/boxes.csv"),
+    split: str = "val",
+    seed: int = 0,
+) -> dict:
+    """Localize every image of ``split``; write the metrics JSON, the boxes CSV and overlay PNGs.
+
+    Returns ``{split: metrics}`` (what ``out_json`` holds). The overlays are a
+    ``seed``-fixed sample of true positives, false positives and false negatives
+    (at the classification threshold), taken in turn, ``params.overlays`` in all.
+    """
+    processed_dir = Path(processed_dir)
+    model = load_classifier(model_path, default_device())
+    rows = split_rows(read_manifest(processed_dir), split)
+    if not rows:
+        raise DatasetError(
+            f"{processed_dir / 'manifest.csv'}: no images in split {split!r}; "
+            "check split params and rerun dicom_to_npy (dvc repro)"
+        )
+    images = np.load(processed_dir / f"{split}.npy", mmap_mode="r")
+    if len(images) != len(rows):
+        raise DatasetError(
+            f"{processed_dir / f'{split}.npy'} has {len(images)} images but the manifest lists {len(rows)}; "
+            "rerun dicom_to_npy (dvc repro)"
+        )
+    threshold = params.threshold if params.threshold is not None else model.threshold
+    results = localize_images(
+        model, images, [(r.rows, r.columns, r.pixel_spacing_mm) for r in rows],
+        threshold, params.cam_threshold, params.min_area, params.batch_size,
+    )
+    gt = [r.boxes for r in rows]
+    report = {
+        # The checkpoint (and its threshold) were chosen on val: val numbers are optimistic.
+        "model_selected_on_this_split": split == "val",
+        "threshold": threshold,
+        "cam_threshold": params.cam_threshold,
+        "min_area": params.min_area,
+        **localization_metrics(results, gt, [(r.rows, r.columns) for r in rows]),
+    }
+    write_boxes_csv(boxes_csv, rows, results)
+    _write_overlays(overlays_dir, images, rows, results, params.overlays, seed)
+    result = {split: report}
+    write_json(out_json, result)
+    return result
+
+
+BOXES_COLUMNS = [
+    "patient_id", "label", "probability", "predicted",
+    "x", "y", "width", "height", "confidence", "area_fraction", "area_mm2",
+]
+
+
+def write_boxes_csv(path: Path, rows: Sequence[ManifestRow], results: Sequence[ImageLocalization]) -> None:
+    """One line per predicted box (original pixels), and one with empty box fields for an image without any.
+
+    ``area_fraction`` and ``area_mm2`` are the box's region's, so an image's boxes
+    sum to its estimated size; ``area_mm2`` is empty without PixelSpacing.
+    """
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(BOXES_COLUMNS)
+        for row, result in zip(rows, results, strict=True):
+            head = [row.patient_id, row.label, f"{result.probability:.6f}", int(result.positive)]
+            for box in result.boxes:
+                spacing = row.pixel_spacing_mm
+                mm2 = "" if spacing is None else f"{box.area_fraction * row.rows * row.columns * spacing**2:.1f}"
+                coordinates = [f"{v:g}" for v in box.xywh]
+                writer.writerow(head + coordinates + [f"{box.confidence:.6f}", f"{box.area_fraction:.6f}", mm2])
+            if not result.boxes:
+                writer.writerow(head + [""] * 7)
+
+
+def _write_overlays(
+    overlays_dir: Path,
+    images: np.ndarray,
+    rows: Sequence[ManifestRow],
+    results: Sequence[ImageLocalization],
+    count: int,
+    seed: int,
+) -> None:
+    rng = np.random.default_rng(seed)
+    groups = {"tp": [], "fp": [], "fn": []}
+    for i, (row, result) in enumerate(zip(rows, results)):
+        if result.positive and row.label:
+            groups["tp"].append(i)
+        elif result.positive:
+            groups["fp"].append(i)
+        elif row.label:
+            groups["fn"].append(i)
+    queues = {kind: list(rng.permutation(indices)) for kind, indices in groups.items()}
+    picked: list[tuple[str, int]] = []
+    while len(picked) < count and any(queues.values()):
+        for kind, queue in queues.items():
+            if queue and len(picked) < count:
+                picked.append((kind, int(queue.pop(0))))
+    size = images.shape[1]
+    with atomic_dir(overlays_dir) as tmp:
+        for kind, i in picked:
+            row, result = rows[i], results[i]
+            sx, sy = size / row.columns, size / row.rows
+            scale = lambda b: (b[0] * sx, b[1] * sy, b[2] * sx, b[3] * sy)  # noqa: E731 original -> array pixels
+            draw_overlay(
+                np.asarray(images[i]),
+                upsample_map(result.cam, size, size, size),
+                [scale(b.xywh) for b in result.boxes],
+                [scale(b) for b in row.boxes],
+                result.probability,
+                tmp / f"{kind}_{row.patient_id}.png",
+                title=f"{kind.upper()} {row.patient_id[:8]}",
+            )
