@@ -1,16 +1,20 @@
-"""`pneumonia predict` on real pydicom-written DICOMs, with a tiny checkpoint trained here."""
+"""`pneumonia predict` on real pydicom-written DICOMs, with a tiny checkpoint trained here and an untrained detector."""
 
 import csv
 
 import numpy as np
 import pytest
+import torch
 
 from pneumonia import phantom, train
 from pneumonia.__main__ import main
 from pneumonia.checkpoint import load_classifier
-from pneumonia.localization.cam import ImageLocalization, PredictedBox
+from pneumonia.detection.detector import LoadedDetector, save_detector
+from pneumonia.detection.network import build_detector
 from pneumonia.params import parse_params
-from pneumonia.predict import CSV_COLUMNS, FilePrediction, find_dicoms, write_predictions_csv, write_submission
+from pneumonia.predict import (
+    CSV_COLUMNS, FilePrediction, ImagePrediction, find_dicoms, write_predictions_csv, write_submission,
+)
 from tiny_data import prepare
 
 PARAMS = parse_params(
@@ -30,6 +34,13 @@ def checkpoint(tmp_path_factory):
         root / "processed", root / "dataset.json", PARAMS.train, seed=11,
         model_path=root / "model.ckpt", live_dir=root / "dvclive", grid_path=None,
     )
+    # An untrained detector with a low box threshold: predict's plumbing, not its accuracy, is tested here.
+    torch.manual_seed(0)
+    network = build_detector("centernet_resnet18", 16)
+    save_detector(root / "detector.safetensors", network, LoadedDetector(
+        network, "centernet_resnet18", 16, image_size=64, mean=0.4, std=0.3, image_threshold=0.0,
+        box_threshold=0.002, nms_iou=0.5, max_boxes=3,
+    ))
     return root / "model.ckpt"
 
 
@@ -56,6 +67,10 @@ def dicoms(tmp_path_factory):
     return folder, ids
 
 
+def detector(checkpoint):
+    return checkpoint.parent / "detector.safetensors"
+
+
 def read_csv(path):
     with open(path, newline="") as handle:
         return list(csv.DictReader(handle))
@@ -64,7 +79,8 @@ def read_csv(path):
 def test_a_folder_with_one_unreadable_file(checkpoint, dicoms, tmp_path, capsys):
     folder, ids = dicoms
     out, submission, overlays = tmp_path / "pred.csv", tmp_path / "submission.csv", tmp_path / "overlays"
-    code = main(["predict", str(folder), "--model", str(checkpoint), "--out", str(out),
+    code = main(["predict", str(folder), "--model", str(checkpoint), "--detector", str(detector(checkpoint)),
+                 "--out", str(out),
                  "--rsna-submission", str(submission), "--overlays", str(overlays), "--batch-size", "2"])
     assert code == 1
     captured = capsys.readouterr()
@@ -87,7 +103,9 @@ def test_a_folder_with_one_unreadable_file(checkpoint, dicoms, tmp_path, capsys)
         assert 0 <= probability <= 1 and row["label"] == str(int(probability >= threshold))
         boxes = [list(map(float, b.split())) for b in row["boxes"].split(";") if b]
         assert all(len(b) == 4 and min(b) >= 0 and b[0] + b[2] <= SIDE and b[1] + b[3] <= SIDE for b in boxes)
-        assert bool(boxes) <= (row["label"] == "1")  # boxes only above the threshold
+        confidences = [float(c) for c in row["confidences"].split(";") if c]
+        assert len(confidences) == len(boxes) <= 3 and all(c >= 0.002 for c in confidences)
+        assert 0 <= float(row["detector_probability"]) <= 1
         assert 0 <= float(row["area_percent"]) <= 100 and float(row["area_mm2"]) >= 0
 
     lines = submission.read_text().splitlines()
@@ -104,7 +122,8 @@ def test_files_that_all_read_exit_zero(checkpoint, dicoms, tmp_path, capsys):
     folder, _ = dicoms
     out = tmp_path / "pred.csv"
     files = [str(folder / "a.dcm"), str(folder / "nested" / "c.DCM")]
-    assert main(["predict", *files, "--model", str(checkpoint), "--out", str(out)]) == 0
+    assert main(["predict", *files, "--model", str(checkpoint), "--detector", str(detector(checkpoint)),
+                 "--out", str(out)]) == 0
     assert capsys.readouterr().err == ""
     assert [row["error"] for row in read_csv(out)] == ["", ""]
 
@@ -112,7 +131,8 @@ def test_files_that_all_read_exit_zero(checkpoint, dicoms, tmp_path, capsys):
 def test_patient_id_falls_back_to_the_file_name(checkpoint, tmp_path):
     path = tmp_path / "anonymous.dcm"
     phantom.write_dicom(path, np.full((64, 64), 90, np.uint8), patient_id="", jpeg=False)
-    assert main(["predict", str(path), "--model", str(checkpoint), "--out", str(tmp_path / "p.csv")]) == 0
+    assert main(["predict", str(path), "--model", str(checkpoint), "--detector", str(detector(checkpoint)),
+                 "--out", str(tmp_path / "p.csv")]) == 0
     assert read_csv(tmp_path / "p.csv")[0]["patientId"] == "anonymous"
 
 
@@ -141,13 +161,18 @@ def test_folders_are_searched_recursively_and_sorted(dicoms):
     ]
 
 
+def test_missing_detector_is_one_line(checkpoint, dicoms, tmp_path, capsys):
+    folder, _ = dicoms
+    assert main(["predict", str(folder), "--model", str(checkpoint), "--detector", str(tmp_path / "none.safetensors"),
+                 "--out", str(tmp_path / "p.csv")]) == 1
+    err = capsys.readouterr().err
+    assert "none.safetensors: model file not found; retrain it with `dvc repro detect`" in err
+    assert len(err.strip().splitlines()) == 1
+
+
 def test_csv_and_submission_formats(tmp_path):
-    boxes = (
-        PredictedBox(50, 60, 70, 80, confidence=0.5, area_fraction=0.01),
-        PredictedBox(10, 20, 30, 40, confidence=0.9, area_fraction=0.02),
-    )
-    found = ImageLocalization(0.95, True, np.zeros((2, 2), np.float32), (1.0, 1.0), boxes, 0.03, 300.0)
-    none = ImageLocalization(0.1, False, np.zeros((2, 2), np.float32), (1.0, 1.0), (), 0.0, None)
+    found = ImagePrediction(0.95, True, 0.9, ((50, 60, 70, 80), (10, 20, 30, 40)), (0.5, 0.9), 0.03, 300.0)
+    none = ImagePrediction(0.1, False, 0.05, (), (), 0.0, None)
     predictions = [
         FilePrediction(tmp_path / "x.dcm", "P1", found),
         FilePrediction(tmp_path / "y.dcm", "P2", none),
@@ -155,13 +180,13 @@ def test_csv_and_submission_formats(tmp_path):
     ]
     write_predictions_csv(tmp_path / "p.csv", predictions)
     rows = read_csv(tmp_path / "p.csv")
-    assert rows[0]["boxes"] == "50 60 70 80;10 20 30 40" and rows[0]["confidences"] == "0.5000;0.9000"
-    assert (rows[0]["area_percent"], rows[0]["area_mm2"]) == ("3.00", "300")
+    assert rows[0]["boxes"] == "50.0 60.0 70.0 80.0;10.0 20.0 30.0 40.0" and rows[0]["confidences"] == "0.5000;0.9000"
+    assert (rows[0]["area_percent"], rows[0]["area_mm2"], rows[0]["detector_probability"]) == ("3.00", "300", "0.9000")
     assert (rows[1]["boxes"], rows[1]["label"], rows[1]["area_mm2"]) == ("", "0", "")
     assert rows[2]["error"] == "corrupt"
     write_submission(tmp_path / "s.csv", predictions)
     assert (tmp_path / "s.csv").read_text().splitlines() == [
         "patientId,PredictionString",
-        "P1,0.9000 10 20 30 40 0.5000 50 60 70 80",
+        "P1,0.9000 10.0 20.0 30.0 40.0 0.5000 50.0 60.0 70.0 80.0",
         "P2,",
     ]

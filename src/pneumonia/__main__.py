@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Sequence
 
 from pneumonia.errors import PneumoniaError
-from pneumonia.params import LocalizeParams
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -16,11 +15,11 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     predict = commands.add_parser(
         "predict",
-        help="classify DICOMs and localize opacities with the trained model",
+        help="classify DICOMs and find the opacities with the trained classifier and detector",
         description=(
-            "Classify chest X-ray DICOMs with a trained checkpoint and localize opacities with class "
-            "activation maps. Prints a table and writes a CSV; boxes are x y width height in pixels of "
-            "the original image. Exit code 1 if any file could not be read."
+            "Classify chest X-ray DICOMs with the trained classifier and find the opacities with the trained "
+            "detector (boxes with confidences and the estimated area). Prints a table and writes a CSV; boxes "
+            "are x y width height in pixels of the original image. Exit code 1 if any file could not be read."
         ),
     )
     predict.add_argument(
@@ -35,14 +34,9 @@ def _parser() -> argparse.ArgumentParser:
     predict.add_argument(
         "--batch-size", type=_positive_int, default=32, help="images per forward pass (default: %(default)s)"
     )
-    defaults = LocalizeParams()
     predict.add_argument(
-        "--cam-threshold", type=_fraction(inclusive_zero=False), default=defaults.cam_threshold,
-        help="a region is where the map reaches this fraction of its maximum (default: %(default)s)",
-    )
-    predict.add_argument(
-        "--min-area", type=_fraction(inclusive_zero=True), default=defaults.min_area,
-        help="smallest box kept, as a fraction of the image area (default: %(default)s)",
+        "--detector", type=Path, default=Path("models/detector.safetensors"),
+        help="the detector's model file (default: %(default)s)",
     )
     return parser
 
@@ -54,22 +48,12 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _fraction(inclusive_zero: bool):
-    def parse(text: str) -> float:
-        value = float(text)
-        if not (0 <= value < 1 if inclusive_zero else 0 < value < 1):
-            raise argparse.ArgumentTypeError(f"must be in {'[0' if inclusive_zero else '(0'}, 1), got {value}")
-        return value
-
-    return parse
-
-
 def _predict(args: argparse.Namespace) -> int:
     from pneumonia import predict  # torch and friends load only when there is work to do
 
     model, predictions = predict.run(
         args.paths, args.model, out_csv=args.out, overlays_dir=args.overlays, submission=args.rsna_submission,
-        batch_size=args.batch_size, cam_threshold=args.cam_threshold, min_area=args.min_area,
+        batch_size=args.batch_size, detector_path=args.detector,
     )
     print(predict.format_table(predictions, model.threshold))
     failed = [p for p in predictions if p.error]

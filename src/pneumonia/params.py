@@ -153,6 +153,53 @@ class LocalizeParams:
 
 
 @dataclass(frozen=True)
+class DetectParams:
+    """The detector (stage detect); every value lives in params.yaml."""
+
+    arch: str  # a name of pneumonia.detection.network.DETECTOR_ARCHITECTURES
+    width: int  # channels of the merged stride-8 features and of the heads
+    image_size: int  # model input, pixels (the arrays are resized when they differ); a multiple of 32
+    max_epochs: int
+    lr: float  # AdamW, cosine-annealed to 0 over max_epochs
+    weight_decay: float
+    batch_size: int
+    negative_ratio: float  # images without boxes drawn per image with boxes, each epoch
+    num_workers: int
+    accelerator: str  # passed to the Lightning Trainer (one device)
+    precision: Literal["32-true", "bf16-mixed", "16-mixed"]
+    augment: bool  # box-aware affine + crop on train
+    score_thresholds: tuple[float, ...]  # candidates for the image gate and the box threshold, chosen on val
+    nms_iou: float
+    max_boxes: int  # per image, after NMS
+
+    def __post_init__(self):
+        # arch is checked against the registry when the detector is built (importing torch here would slow every stage)
+        _check(8 <= self.width <= 512, "detect.width", "must be between 8 and 512")
+        _check(self.image_size >= 32 and self.image_size % 32 == 0, "detect.image_size", "must be a multiple of 32")
+        _check(self.max_epochs >= 1, "detect.max_epochs", "must be >= 1")
+        _check(0 < self.lr < 1, "detect.lr", "must be in (0, 1)")
+        _check(0 <= self.weight_decay < 1, "detect.weight_decay", "must be in [0, 1)")
+        _check(self.batch_size >= 1, "detect.batch_size", "must be >= 1")
+        _check(self.negative_ratio >= 0, "detect.negative_ratio", "must be >= 0")
+        _check(self.num_workers >= 0, "detect.num_workers", "must be >= 0")
+        _check(len(self.score_thresholds) >= 1, "detect.score_thresholds", "must list at least one threshold")
+        for t in self.score_thresholds:
+            _check(0 < t < 1, "detect.score_thresholds", f"{t} is not in (0, 1)")
+        _check(0 < self.nms_iou <= 1, "detect.nms_iou", "must be in (0, 1]")
+        _check(1 <= self.max_boxes <= 100, "detect.max_boxes", "must be between 1 and 100")
+
+
+@dataclass(frozen=True)
+class EvaluateDetectionParams:
+    overlays: int  # per role: true positives, false positives and misses on test
+    bootstrap_resamples: int  # for the image-level AUROC intervals
+
+    def __post_init__(self):
+        _check(self.overlays >= 0, "evaluate_detection.overlays", "must be >= 0")
+        _check(self.bootstrap_resamples >= 10, "evaluate_detection.bootstrap_resamples", "must be >= 10")
+
+
+@dataclass(frozen=True)
 class Params:
     base: BaseParams = field(default_factory=BaseParams)
     download: DownloadParams = field(default_factory=DownloadParams)
@@ -161,6 +208,9 @@ class Params:
     train: TrainParams = field(default_factory=TrainParams)
     evaluate: EvaluateParams = field(default_factory=EvaluateParams)
     localize: LocalizeParams = field(default_factory=LocalizeParams)
+    # No defaults (params.yaml holds them): None only when a params file lacks the section.
+    detect: Union[DetectParams, None] = None
+    evaluate_detection: Union[EvaluateDetectionParams, None] = None
 
 
 def _check(ok: bool, key: str, problem: str) -> None:
@@ -196,6 +246,12 @@ def _build(cls, raw: Any, prefix: str):
         key = prefix + str(unknown[0])
         raise ParamsError(f"params.yaml: unknown key {key}; valid keys here: {', '.join(sorted(names))}")
     values = {name: _coerce(hints[name], raw[name], prefix + name) for name in names if name in raw}
+    required = [f.name for f in dataclasses.fields(cls)
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    missing = [name for name in required if name not in raw]
+    if missing:
+        raise ParamsError(f"params.yaml: missing key {prefix}{missing[0]}; every {where} key must be set "
+                          "(the project's params.yaml lists them)")
     return cls(**values)
 
 
@@ -219,6 +275,8 @@ def _coerce(hint, value: Any, key: str):
         for arg in args:
             if arg is type(None):
                 continue
+            if dataclasses.is_dataclass(arg):
+                return _build(arg, value, prefix=key + ".")
             if _is_instance(value, arg):
                 return value
         names = " or ".join("null" if a is type(None) else a.__name__ for a in args)

@@ -1,10 +1,11 @@
-"""`pneumonia predict`: the trained classifier on DICOM files, with where and how large.
+"""`pneumonia predict`: the trained classifier and detector on DICOM files: whether, where and how large.
 
-Everything the model needs (image size, mean/std, threshold, temperature)
-comes from the checkpoint. Boxes are (x, y, width, height) in pixels of each
-ORIGINAL image; their confidence is the image's probability times the region's
-strength (see :mod:`pneumonia.localization`). The map threshold and minimum box
-area default to the localize stage's defaults.
+The image's probability and label are the classifier's (its checkpoint gives image size, mean/std,
+threshold, temperature). The boxes are the detector's (``models/detector.safetensors``, see
+:mod:`pneumonia.detection`): (x, y, width, height) in pixels of each ORIGINAL image, each with its
+confidence (the detector's score), kept when the detector's own image probability passes its gate
+and the box its threshold, both chosen together on val for the best RSNA score. The estimated area
+is the union of the boxes, as a percentage of the image and in mm² where PixelSpacing is known.
 """
 
 from __future__ import annotations
@@ -20,16 +21,31 @@ from tqdm import tqdm
 
 from pneumonia.atomic import atomic_path
 from pneumonia.checkpoint import LoadedModel, load_classifier
+from pneumonia.detection.detector import LoadedDetector, area_fraction, detect_images, load_detector
 from pneumonia.dicom import read_dicom
 from pneumonia.errors import DicomReadError, PneumoniaError
-from pneumonia.inference import default_device
-from pneumonia.localization.cam import ImageLocalization, localize_images, upsample_map
+from pneumonia.inference import default_device, predict_probabilities
 from pneumonia.overlay import draw_overlay
-from pneumonia.params import LocalizeParams
 
 PROGRESS_MIN_FILES = 8  # a progress bar only for more files than a handful
 OVERLAY_SIZE = 512  # pixels: overlays are drawn from the DICOM read again at this size
-CSV_COLUMNS = ["file", "patientId", "probability", "label", "boxes", "confidences", "area_percent", "area_mm2", "error"]
+CSV_COLUMNS = [
+    "file", "patientId", "probability", "label", "detector_probability", "boxes", "confidences", "area_percent",
+    "area_mm2", "error",
+]
+
+
+@dataclass(frozen=True)
+class ImagePrediction:
+    """What the models say about one image; boxes in ORIGINAL pixels, most confident first."""
+
+    probability: float  # the classifier's: sigmoid(logit / temperature)
+    positive: bool  # probability >= the classifier's threshold
+    detector_probability: float  # the detector's image probability: its boxes are kept only above its gate
+    boxes: tuple[tuple[float, float, float, float], ...]  # (x, y, width, height)
+    confidences: tuple[float, ...]
+    area_fraction: float  # the union of the boxes over the image (0 without boxes)
+    area_mm2: float | None  # the same in mm², None without PixelSpacing
 
 
 @dataclass(frozen=True)
@@ -38,7 +54,7 @@ class FilePrediction:
 
     file: Path
     patient_id: str
-    localization: ImageLocalization | None = None
+    localization: ImagePrediction | None = None
     error: str | None = None
 
 
@@ -76,15 +92,39 @@ def _chunks(items: Sequence, size: int) -> Iterator[Sequence]:
         yield items[start : start + size]
 
 
+def predict_images(
+    images: np.ndarray, infos: Sequence, model: LoadedModel, detector: LoadedDetector, batch_size: int
+) -> list[ImagePrediction]:
+    """Both models on ``N x S x S`` uint8 images of the classifier's size; ``infos`` give each original's size."""
+    probabilities = predict_probabilities(model, images, batch_size)
+    found = detect_images(detector, images, [(i.rows, i.columns) for i in infos], batch_size)
+    predictions = []
+    for probability, detections, info in zip(probabilities, found, infos):
+        boxes, scores = detections.kept(detector.image_threshold, detector.box_threshold)
+        fraction = area_fraction(boxes, info.rows, info.columns)
+        spacing = info.pixel_spacing_mm
+        predictions.append(
+            ImagePrediction(
+                probability=float(probability),
+                positive=bool(probability >= model.threshold),
+                detector_probability=detections.image_probability,
+                boxes=tuple(tuple(float(v) for v in b) for b in boxes),
+                confidences=tuple(float(s) for s in scores),
+                area_fraction=fraction,
+                area_mm2=None if spacing is None else fraction * info.rows * info.columns * spacing**2,
+            )
+        )
+    return predictions
+
+
 def predict_files(
     files: Sequence[Path],
     model: LoadedModel,
-    cam_threshold: float,
-    min_area: float,
+    detector: LoadedDetector,
     batch_size: int,
     overlays_dir: Path | None = None,
 ) -> list[FilePrediction]:
-    """Read, classify and localize each file, ``batch_size`` at a time; unreadable files carry their error."""
+    """Read, classify and detect in each file, ``batch_size`` at a time; unreadable files carry their error."""
     results: list[FilePrediction] = []
     overlay_names: set[str] = set()
     with tqdm(total=len(files), unit="file", disable=len(files) < PROGRESS_MIN_FILES, desc="predict") as bar:
@@ -101,16 +141,12 @@ def predict_files(
                 readable.append((len(results), path))
                 results.append(FilePrediction(path, patient_id_of(path)))
             if images:
-                found = localize_images(
-                    model, np.stack(images), [(i.rows, i.columns, i.pixel_spacing_mm) for i in infos],
-                    model.threshold, cam_threshold, min_area, batch_size,
-                )
-                for (index, path), localization, info in zip(readable, found, infos):
-                    results[index] = FilePrediction(path, results[index].patient_id, localization)
+                found = predict_images(np.stack(images), infos, model, detector, batch_size)
+                for (index, path), prediction, info in zip(readable, found, infos):
+                    results[index] = FilePrediction(path, results[index].patient_id, prediction)
                     if overlays_dir is not None:
                         name = _unique_name(path.stem, overlay_names)
-                        out = Path(overlays_dir) / f"{name}.png"
-                        _draw(path, localization, model.image_size, info.rows, info.columns, out)
+                        _draw(path, prediction, info.rows, info.columns, Path(overlays_dir) / f"{name}.png")
             bar.update(len(chunk))
     return results
 
@@ -124,15 +160,16 @@ def _unique_name(stem: str, taken: set[str]) -> str:
     return name
 
 
-def _draw(path: Path, localization: ImageLocalization, input_size: int, rows: int, columns: int, out: Path) -> None:
+def _draw(path: Path, prediction: ImagePrediction, rows: int, columns: int, out: Path) -> None:
+    """The DICOM read again at ``OVERLAY_SIZE`` with the detector's boxes (no truth is known here)."""
     image, _ = read_dicom(path, OVERLAY_SIZE)
     sx, sy = OVERLAY_SIZE / columns, OVERLAY_SIZE / rows
     draw_overlay(
         image,
-        upsample_map(localization.cam, OVERLAY_SIZE, OVERLAY_SIZE, input_size),
-        [(b.x * sx, b.y * sy, b.width * sx, b.height * sy) for b in localization.boxes],
+        np.zeros(image.shape, np.float32),
+        [(x * sx, y * sy, w * sx, h * sy) for x, y, w, h in prediction.boxes],
         None,
-        localization.probability,
+        prediction.probability,
         out,
         title=path.name,
         display_size=OVERLAY_SIZE,
@@ -144,12 +181,13 @@ def _fields(prediction: FilePrediction) -> dict[str, str]:
     found = prediction.localization
     row = {"file": str(prediction.file), "patientId": prediction.patient_id, "error": prediction.error or ""}
     if found is None:
-        return row | {k: "" for k in ("probability", "label", "boxes", "confidences", "area_percent", "area_mm2")}
+        return row | {k: "" for k in CSV_COLUMNS if k not in row}
     return row | {
         "probability": f"{found.probability:.4f}",
         "label": str(int(found.positive)),
-        "boxes": ";".join(" ".join(f"{v:g}" for v in b.xywh) for b in found.boxes),
-        "confidences": ";".join(f"{b.confidence:.4f}" for b in found.boxes),
+        "detector_probability": f"{found.detector_probability:.4f}",
+        "boxes": ";".join(" ".join(f"{v:.1f}" for v in b) for b in found.boxes),
+        "confidences": ";".join(f"{c:.4f}" for c in found.confidences),
         "area_percent": f"{100 * found.area_fraction:.2f}",
         "area_mm2": "" if found.area_mm2 is None else f"{found.area_mm2:.0f}",
     }
@@ -176,8 +214,9 @@ def write_submission(path: Path, predictions: Sequence[FilePrediction]) -> None:
         for prediction in predictions:
             if prediction.localization is None:
                 continue
-            boxes = sorted(prediction.localization.boxes, key=lambda b: -b.confidence)
-            text = " ".join(f"{b.confidence:.4f} {b.x:g} {b.y:g} {b.width:g} {b.height:g}" for b in boxes)
+            found = prediction.localization
+            ranked = sorted(zip(found.confidences, found.boxes), key=lambda pair: -pair[0])
+            text = " ".join(f"{c:.4f} {x:.1f} {y:.1f} {w:.1f} {h:.1f}" for c, (x, y, w, h) in ranked)
             writer.writerow([prediction.patient_id, text])
 
 
@@ -208,17 +247,18 @@ def run(
     overlays_dir: Path | None = None,
     submission: Path | None = None,
     batch_size: int = 32,
-    cam_threshold: float = LocalizeParams.cam_threshold,
-    min_area: float = LocalizeParams.min_area,
+    detector_path: Path = Path("models/detector.safetensors"),
 ) -> tuple[LoadedModel, list[FilePrediction]]:
     """Predict every DICOM in ``paths``; write the CSV, overlays and submission asked for.
 
-    Raises :class:`PneumoniaError` (missing checkpoint, no DICOM found); a file that
+    Raises :class:`PneumoniaError` (missing checkpoint or detector, no DICOM found); a file that
     cannot be read is returned with its error instead.
     """
     files = find_dicoms(paths)
-    model = load_classifier(model_path, default_device())
-    predictions = predict_files(files, model, cam_threshold, min_area, batch_size, overlays_dir)
+    device = default_device()
+    model = load_classifier(model_path, device)
+    detector = load_detector(detector_path, device)
+    predictions = predict_files(files, model, detector, batch_size, overlays_dir)
     if out_csv is not None:
         write_predictions_csv(out_csv, predictions)
     if submission is not None:

@@ -1,0 +1,140 @@
+"""The detector's model file (``models/detector.safetensors``) and detection on uint8 images.
+
+The header (:func:`pneumonia.model_file.save_model`, kind ``detector``) holds everything
+prediction needs: ``arch``, ``width``, ``image_size`` (model input, pixels), ``mean``/``std`` (of
+value/255 on the train split), ``stride``, the ``image_threshold`` and ``box_threshold`` chosen on
+val, ``nms_iou``, ``max_boxes`` and the ``epoch`` chosen on val.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from pneumonia.detection.data import resize_images
+from pneumonia.detection.decode import ImageBoxes, decode
+from pneumonia.detection.network import DETECTOR_ARCHITECTURES, STRIDE, build_detector
+from pneumonia.detection.targets import boxes_to_original
+from pneumonia.errors import PneumoniaError
+from pneumonia.localization.box_metrics import union_area
+from pneumonia.model_file import read_model, save_model
+
+KIND = "detector"
+_RETRAIN = "retrain it with `dvc repro detect`"
+
+
+@dataclass(frozen=True)
+class LoadedDetector:
+    network: nn.Module  # in eval mode
+    arch: str
+    width: int
+    image_size: int
+    mean: float
+    std: float
+    image_threshold: float
+    box_threshold: float
+    nms_iou: float
+    max_boxes: int
+
+    def header(self, **extra: Any) -> dict[str, Any]:
+        return {
+            "arch": self.arch, "width": self.width, "image_size": self.image_size, "mean": self.mean, "std": self.std,
+            "stride": STRIDE, "image_threshold": self.image_threshold, "box_threshold": self.box_threshold,
+            "nms_iou": self.nms_iou, "max_boxes": self.max_boxes, **extra,
+        }
+
+
+@dataclass(frozen=True)
+class ImageDetections:
+    """One image's boxes, UNGATED (every decoded box, most confident first), in ORIGINAL pixels.
+
+    ``boxes``: K x 4 (x, y, width, height); ``scores``: K; ``image_probability``: the image logit's sigmoid.
+    """
+
+    boxes: np.ndarray
+    scores: np.ndarray
+    image_probability: float
+    rows: int
+    columns: int
+
+    @property
+    def max_box_score(self) -> float:
+        return float(self.scores.max()) if len(self.scores) else 0.0
+
+    def kept(self, image_threshold: float, box_threshold: float) -> tuple[np.ndarray, np.ndarray]:
+        """Boxes and scores kept by the gate (image probability) and the box threshold (see :mod:`.thresholds`)."""
+        if self.image_probability < image_threshold:
+            return self.boxes[:0], self.scores[:0]
+        mask = self.scores >= box_threshold
+        return self.boxes[mask], self.scores[mask]
+
+
+def area_fraction(boxes: Sequence[Sequence[float]], rows: int, columns: int) -> float:
+    """The area covered by (x, y, w, h) ORIGINAL-pixel boxes (overlaps once) over the image's."""
+    return union_area([tuple(b) for b in boxes]) / (rows * columns)
+
+
+def save_detector(path: str | Path, network: nn.Module, detector: LoadedDetector, **extra: Any) -> None:
+    save_model(path, KIND, network.state_dict(), detector.header(**extra))
+
+
+def load_detector(path: str | Path, device: str | torch.device = "cpu") -> LoadedDetector:
+    """The detector of a model file; any problem with it is one line of :class:`PneumoniaError` naming the file."""
+    header, tensors = read_model(path, KIND, _RETRAIN)
+    arch = header.get("arch")
+    if arch not in DETECTOR_ARCHITECTURES:
+        raise PneumoniaError(f"{path}: detector architecture {arch!r} is not one this project builds; {_RETRAIN}")
+    values = {}
+    for key, kind in (("width", int), ("image_size", int), ("max_boxes", int), ("mean", float), ("std", float),
+                      ("image_threshold", float), ("box_threshold", float), ("nms_iou", float)):
+        value = header.get(key)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or (
+            kind is int and value != int(value)
+        ):
+            raise PneumoniaError(f"{path}: header {key} {value!r} is not a {kind.__name__}; {_RETRAIN}")
+        values[key] = kind(value)
+    if values["image_size"] % 32 or values["std"] <= 0 or header.get("stride") != STRIDE:
+        raise PneumoniaError(f"{path}: header image_size/std/stride {values['image_size']}/{values['std']}/"
+                             f"{header.get('stride')} do not fit this detector; {_RETRAIN}")
+    network = build_detector(arch, values["width"])
+    try:
+        network.load_state_dict(tensors)
+    except RuntimeError as exc:
+        raise PneumoniaError(f"{path}: its weights do not fit a {arch} detector ({str(exc).splitlines()[0]}); "
+                             f"{_RETRAIN}") from None
+    return LoadedDetector(network=network.to(device).eval(), arch=arch, **values)
+
+
+@torch.inference_mode()
+def detect_images(
+    detector: LoadedDetector, images: np.ndarray, sizes: Sequence[tuple[int, int]], batch_size: int
+) -> list[ImageDetections]:
+    """Detect in ``N x S x S`` uint8 images (any S; resized to the model's); ``sizes[i]`` = original (rows, columns)."""
+    device = next(detector.network.parameters()).device
+    results = []
+    for start in range(0, len(images), batch_size):
+        batch = torch.from_numpy(np.asarray(images[start : start + batch_size], dtype=np.float32)).to(device)
+        batch = (resize_images(batch.unsqueeze(1), detector.image_size) / 255.0 - detector.mean) / detector.std
+        found = decode(detector.network(batch), detector.image_size, detector.max_boxes, detector.nms_iou)
+        results.extend(to_original(found, sizes[start : start + batch_size], detector.image_size))
+    return results
+
+
+def to_original(found: Sequence[ImageBoxes], sizes: Sequence[tuple[int, int]], image_size: int) -> list[ImageDetections]:
+    """Decoded boxes (model-input pixels) -> :class:`ImageDetections` (original pixels); ``sizes``: (rows, columns)."""
+    return [
+        ImageDetections(
+            boxes=boxes_to_original(item.boxes.numpy(), rows, columns, image_size),
+            scores=item.scores.numpy().astype(np.float64),
+            image_probability=item.image_probability,
+            rows=rows,
+            columns=columns,
+        )
+        for item, (rows, columns) in zip(found, sizes, strict=True)
+    ]

@@ -1,0 +1,19 @@
+"""Stage detect: train the detector on the RSNA boxes; epoch and thresholds chosen on val (models/detector.safetensors)."""
+
+from pathlib import Path
+
+from pneumonia.detection import training
+from pneumonia.errors import ParamsError
+from pneumonia.stage import run_stage
+
+
+def main(params):
+    if params.detect is None:
+        raise ParamsError("params.yaml: section detect is missing; copy it from the project's params.yaml")
+    chosen = training.run(Path("data/processed"), Path("metrics/dataset.json"), params.detect, params.base.seed)
+    print(f"detect: epoch {chosen['epoch']} kept: val RSNA score {chosen['val_rsna_score']:.3f} "
+          f"(image >= {chosen['image_threshold']}, box >= {chosen['box_threshold']})")
+
+
+if __name__ == "__main__":
+    run_stage("detect", main)

@@ -1,0 +1,38 @@
+"""Stage evaluate_detection: the detector on val and test beside the classifier and the CAM baseline.
+
+Writes metrics/detection.json (headline, test), reports/detection.{json,md}, plots/detection/.
+"""
+
+from pathlib import Path
+
+from pneumonia.checkpoint import load_classifier
+from pneumonia.detection import evaluation
+from pneumonia.detection.detector import load_detector
+from pneumonia.errors import ParamsError
+from pneumonia.inference import default_device
+from pneumonia.stage import run_stage
+
+
+def main(params):
+    if params.detect is None or params.evaluate_detection is None:
+        raise ParamsError("params.yaml: sections detect and evaluate_detection are needed; copy them from the "
+                          "project's params.yaml")
+    device = default_device()
+    report = evaluation.run(
+        Path("data/processed"),
+        load_detector(Path("models/detector.safetensors"), device),
+        load_classifier(Path("models/model.ckpt"), device),
+        params.evaluate_detection,
+        params.localize,
+        params.detect.score_thresholds,
+        seed=params.base.seed,
+    )
+    for split in evaluation.SPLITS:
+        found, cam = report[split]["detector"], report[split]["cam_baseline"]
+        print(f"{split}: RSNA score {found['rsna_score']:.3f} (CAM {cam['rsna_score']:.3f}), AP@0.5 {found['ap50']:.3f}, "
+              f"image AUROC {report[split]['image_auroc']['detector']['auroc']:.3f} "
+              f"(classifier {report[split]['image_auroc']['classifier']['auroc']:.3f})")
+
+
+if __name__ == "__main__":
+    run_stage("evaluate_detection", main)
