@@ -20,6 +20,8 @@ TINY_PARAMS = {
     "dicom_to_npy": {"image_size": 32, "workers": 2, "grid_images": 4},
     "train": {"max_epochs": 1, "batch_size": 8, "grid_images": 4},
     "evaluate": {"batch_size": 16, "bootstrap_resamples": 200},
+    "detect": {"image_size": 32, "max_epochs": 2, "batch_size": 8, "width": 16},
+    "evaluate_detection": {"overlays": 1, "bootstrap_resamples": 200},
 }
 
 

@@ -42,6 +42,17 @@ def test_repro_then_experiment(tmp_path):
     assert set(evaluation["test"]["operating_points"]) == {"0p50", "0p25", "sensitivity_0p90", "youden"}
     assert metrics["metrics/dataset.json"]["data"]["counts"]["train"]["total"] == 24
     assert metrics["dvclive/metrics.json"]["data"]["train"]["loss"] > 0
+    detection = metrics["metrics/detection.json"]["data"]
+    assert set(detection) == {"split", "rsna_score", "ap50", "ap50_95", "image_auroc", "size_spearman", "area_mae"}
+    assert detection["split"] == "test" and 0 <= detection["rsna_score"] <= 1 and 0 <= detection["ap50"] <= 1
+    report = json.loads((repo / "reports/detection.json").read_text())
+    assert report["test"]["detector"]["rsna_score"] == detection["rsna_score"]
+    assert set(report["test"]["image_auroc"]) == {"detector", "max_box_score", "classifier", "ensemble"}
+    assert "cam_baseline" in report["test"] and report["val"]["model_selected_on_this_split"]
+    assert (repo / "models/detector.safetensors").exists() and not list((repo / "models").glob(".detector*"))
+    overlays = sorted(p.name for p in (repo / "plots/detection/overlays").glob("*.png"))
+    assert overlays and all(name[:3] in ("tp_", "fp_", "fn_") and name.endswith("_01.png") for name in overlays)
+    assert "](../plots/detection/overlays/" in (repo / "reports/detection.md").read_text()
     assert "Data and pipelines are up to date" in run(["dvc", "status"], repo).stdout
 
     run(["dvc", "plots", "show", "-o", "html"], repo)
@@ -57,6 +68,7 @@ def test_repro_then_experiment(tmp_path):
     commit(repo, "baseline run")
     experiment = run(["dvc", "exp", "run", "-S", "train.lr=0.003"], repo).stdout
     assert "Running stage 'train'" in experiment and "Running stage 'evaluate'" in experiment
+    assert "Running stage 'evaluate_detection'" in experiment and "Running stage 'detect'" not in experiment
     for upstream in ("download", "dicom_to_npy", "compute_stats"):
         assert f"Running stage '{upstream}'" not in experiment
 

@@ -70,7 +70,8 @@ class DetectionDataset(Dataset):
         row = self.rows[index]
         return boxes_to_input(row.boxes, row.rows, row.columns, self.image_size)
 
-    def __getitem__(self, index: int):
+    def sample(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Image ``index`` (1 x S x S, standardized, augmented when asked) and its boxes (B x 4 xyxy, input pixels)."""
         if self._array is None:
             self._array = np.load(self.array_path, mmap_mode="r")
         image = torch.from_numpy(np.array(self._array[index], dtype=np.float32))[None, None]
@@ -85,6 +86,10 @@ class DetectionDataset(Dataset):
                 }
             )
             image, boxes = sample["image"].as_subclass(torch.Tensor), sample["boxes"].as_subclass(torch.Tensor)
+        return image, boxes
+
+    def __getitem__(self, index: int):
+        image, boxes = self.sample(index)
         heatmap, box_target, box_weight = encode_targets(boxes.numpy(), self.image_size)
         # The label is the manifest's: a crop that cuts every box away still shows (part of) the opacity.
         return image, heatmap, box_target, box_weight, torch.tensor(float(self.rows[index].label))
