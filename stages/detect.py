@@ -3,14 +3,11 @@
 from pathlib import Path
 
 from pneumonia.detection import training
-from pneumonia.errors import ParamsError
 from pneumonia.stage import run_stage
 
 
 def main(params):
-    if params.detect is None:
-        raise ParamsError("params.yaml: section detect is missing; copy it from the project's params.yaml")
-    chosen = training.run(Path("data/processed"), Path("metrics/dataset.json"), params.detect, params.base.seed)
+    chosen = training.run(Path("data/processed"), Path("reports/dataset.json"), params.detect, params.base.seed)
     print(f"detect: epoch {chosen['epoch']} kept: val RSNA score {chosen['val_rsna_score']:.3f} "
           f"(image >= {chosen['image_threshold']}, box >= {chosen['box_threshold']})")
 

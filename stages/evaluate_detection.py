@@ -8,20 +8,16 @@ from pathlib import Path
 from pneumonia.checkpoint import load_classifier
 from pneumonia.detection import evaluation
 from pneumonia.detection.detector import load_detector
-from pneumonia.errors import ParamsError
 from pneumonia.inference import default_device
 from pneumonia.stage import run_stage
 
 
 def main(params):
-    if params.detect is None or params.evaluate_detection is None:
-        raise ParamsError("params.yaml: sections detect and evaluate_detection are needed; copy them from the "
-                          "project's params.yaml")
     device = default_device()
     report = evaluation.run(
         Path("data/processed"),
         load_detector(Path("models/detector.safetensors"), device),
-        load_classifier(Path("models/model.ckpt"), device),
+        load_classifier(Path("models/classifier.safetensors"), device),
         params.evaluate_detection,
         params.localize,
         params.detect.score_thresholds,

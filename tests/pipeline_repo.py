@@ -41,6 +41,8 @@ def make_repo(path: Path, params: dict | None = None) -> Path:
         shutil.copy(ROOT / name, path / name)
     for folder in ("stages", "src"):
         shutil.copytree(ROOT / folder, path / folder, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    (path / "local_data").mkdir()  # download.path's default, a dependency of the download stage
+    shutil.copy(ROOT / "local_data" / "README.md", path / "local_data" / "README.md")
     defaults = yaml.safe_load((ROOT / "params.yaml").read_text())
     for section, values in (TINY_PARAMS if params is None else params).items():
         _merge(defaults.setdefault(section, {}), values)

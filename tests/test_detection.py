@@ -17,7 +17,7 @@ from pneumonia.detection.thresholds import choose_thresholds, rsna_at
 from pneumonia.errors import PneumoniaError
 from pneumonia.manifest import ManifestRow, write_manifest
 from pneumonia.model_file import save_model
-from pneumonia.params import parse_params
+from project_params import project_params
 
 # --------------------------------------------------------------------------- coordinates, targets, loss
 
@@ -201,7 +201,7 @@ def trained(tmp_path_factory):
         rows += _square_rows(images, boxes, split, 512)
     write_manifest(processed / "manifest.csv", rows)
     (root / "dataset.json").write_text(json.dumps({"mean": 0.2, "std": 0.3}))
-    params = parse_params({"detect": DETECT}).detect
+    params = project_params({"detect": DETECT}).detect
     chosen = training.run(processed, root / "dataset.json", params, seed=5, model_path=root / "detector.safetensors",
                           history_json=root / "epochs.json")
     return root, rows, chosen

@@ -1,6 +1,7 @@
 """The real `dvc repro` and `dvc exp run` on tiny params in a temporary git repository."""
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -34,14 +35,19 @@ def test_repro_then_experiment(tmp_path):
 
     shown = json.loads(run(["dvc", "metrics", "show", "--json"], repo).stdout)
     metrics = next(iter(shown.values()))["data"]
-    evaluation = metrics["metrics/eval.json"]["data"]
-    assert evaluation["headline_split"] == "test"
+    assert set(metrics) == {"metrics/dataset.json", "metrics/classifier.json", "metrics/cam.json"}
+    headline = metrics["metrics/classifier.json"]["data"]
+    assert headline["split"] == "test" and headline["auroc_low"] <= headline["auroc"] <= headline["auroc_high"]
+    assert metrics["metrics/dataset.json"]["data"] == {"train": 24, "val": 12, "test": 12}
+    leaves = sum(len(m["data"]) for m in metrics.values())
+    assert leaves <= 25, f"{leaves} headline metrics: the detail belongs in reports/"
+    evaluation = json.loads((repo / "reports/classification.json").read_text())
     assert evaluation["val"]["model_selected_on_this_split"] and not evaluation["test"]["model_selected_on_this_split"]
-    ci = evaluation["test"]["ci95"]["auroc"]
-    assert ci["low"] <= evaluation["test"]["auroc"] <= ci["high"]
     assert set(evaluation["test"]["operating_points"]) == {"0p50", "0p25", "sensitivity_0p90", "youden"}
-    assert metrics["metrics/dataset.json"]["data"]["counts"]["train"]["total"] == 24
-    assert metrics["dvclive/metrics.json"]["data"]["train"]["loss"] > 0
+    report = (repo / "reports/report.md").read_text()
+    for image in re.findall(r"!\[[^]]*\]\(([^)]+)\)", report):
+        assert (repo / "reports" / image).is_file(), image
+    assert f"| AUROC | {evaluation['test']['auroc']:.3f} |" in report
     detection = metrics["metrics/detection.json"]["data"]
     assert set(detection) == {"split", "rsna_score", "ap50", "ap50_95", "image_auroc", "size_spearman", "area_mae"}
     assert detection["split"] == "test" and 0 <= detection["rsna_score"] <= 1 and 0 <= detection["ap50"] <= 1
@@ -73,7 +79,9 @@ def test_repro_then_experiment(tmp_path):
         assert f"Running stage '{upstream}'" not in experiment
 
     diff = json.loads(run(["dvc", "metrics", "diff", "--json"], repo).stdout)
-    assert "dvclive/metrics.json" in diff and diff["dvclive/metrics.json"]["train.loss"]["diff"] != 0
+    assert diff["metrics/classifier.json"]["auroc"]["diff"] != 0
+    rows = run(["dvc", "metrics", "diff", "--md"], repo).stdout.strip().splitlines()
+    assert len(rows) <= 25, rows
     params_diff = json.loads(run(["dvc", "params", "diff", "--json"], repo).stdout)
     lr = params_diff["params.yaml"]["train.lr"]
     assert (lr["old"], lr["new"]) == (0.0001, 0.003)
@@ -89,6 +97,11 @@ def test_shared_cache_push_pull_and_a_fresh_clone_reproduces_nothing(tmp_path):
     clone = tmp_path / "clone"
     run(["git", "clone", "-q", str(repo), str(clone)], tmp_path)
     run(["dvc", "pull"], clone)
-    assert (clone / "models/model.ckpt").exists() and (clone / "data/processed/train.npy").exists()
+    assert (clone / "models/classifier.safetensors").exists() and (clone / "data/processed/train.npy").exists()
     assert "Data and pipelines are up to date" in run(["dvc", "status"], clone).stdout
     assert "Running stage" not in run(["dvc", "repro"], clone).stdout
+
+    # Rerunning everything in the clone, another folder, writes the same bytes: dvc.lock, metrics,
+    # reports and plots are unchanged in git (no path or date inside any output, the model file included).
+    run(["dvc", "repro", "--force"], clone)
+    assert run(["git", "status", "--porcelain"], clone).stdout == ""

@@ -11,15 +11,15 @@ from pneumonia.__main__ import main
 from pneumonia.checkpoint import load_classifier
 from pneumonia.detection.detector import LoadedDetector, save_detector
 from pneumonia.detection.network import build_detector
-from pneumonia.params import parse_params
 from pneumonia.predict import (
     CSV_COLUMNS, FilePrediction, ImagePrediction, find_dicoms, write_predictions_csv, write_submission,
 )
+from project_params import project_params
 from tiny_data import prepare
 
-PARAMS = parse_params(
+PARAMS = project_params(
     {
-        "split": {"train_size": 0.6},
+        "split": {"train_size": 0.6, "test_size": 0},
         "dicom_to_npy": {"image_size": 32, "workers": 1, "grid_images": 2},
         "train": {"max_epochs": 1, "batch_size": 8, "grid_images": 2, "accelerator": "cpu"},
     }
@@ -32,7 +32,7 @@ def checkpoint(tmp_path_factory):
     root = prepare(tmp_path_factory.mktemp("model"), PARAMS, patients=30, size=64, seed=5)
     train.run(
         root / "processed", root / "dataset.json", PARAMS.train, seed=11,
-        model_path=root / "model.ckpt", live_dir=root / "dvclive", grid_path=None,
+        model_path=root / "model.safetensors", live_dir=root / "dvclive", grid_path=None,
     )
     # An untrained detector with a low box threshold: predict's plumbing, not its accuracy, is tested here.
     torch.manual_seed(0)
@@ -41,7 +41,7 @@ def checkpoint(tmp_path_factory):
         network, "centernet_resnet18", 16, image_size=64, mean=0.4, std=0.3, image_threshold=0.0,
         box_threshold=0.002, nms_iou=0.5, max_boxes=3,
     ))
-    return root / "model.ckpt"
+    return root / "model.safetensors"
 
 
 @pytest.fixture(scope="module")
@@ -138,9 +138,9 @@ def test_patient_id_falls_back_to_the_file_name(checkpoint, tmp_path):
 
 def test_missing_checkpoint_is_one_line(dicoms, tmp_path, capsys):
     folder, _ = dicoms
-    assert main(["predict", str(folder), "--model", str(tmp_path / "none.ckpt"), "--out", str(tmp_path / "p.csv")]) == 1
+    assert main(["predict", str(folder), "--model", str(tmp_path / "none.safetensors"), "--out", str(tmp_path / "p.csv")]) == 1
     err = capsys.readouterr().err
-    assert err.startswith("pneumonia predict: error: ") and "checkpoint not found" in err
+    assert err.startswith("pneumonia predict: error: ") and "model file not found" in err
     assert len(err.strip().splitlines()) == 1
     assert not (tmp_path / "p.csv").exists()
 

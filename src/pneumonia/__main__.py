@@ -1,4 +1,4 @@
-"""The command line: ``python -m pneumonia predict PATH... --model models/model.ckpt`` (or ``pneumonia predict``)."""
+"""The command line: ``python -m pneumonia predict PATH... --model models/classifier.safetensors`` (or ``pneumonia predict``)."""
 
 from __future__ import annotations
 
@@ -26,7 +26,8 @@ def _parser() -> argparse.ArgumentParser:
         "paths", nargs="+", metavar="PATH", help="DICOM files, or folders searched recursively for *.dcm"
     )
     predict.add_argument(
-        "--model", type=Path, default=Path("models/model.ckpt"), help="checkpoint (default: %(default)s)"
+        "--model", type=Path, default=Path("models/classifier.safetensors"),
+        help="the classifier's model file (default: %(default)s)",
     )
     predict.add_argument("--out", type=Path, default=Path("predictions.csv"), help="CSV written (default: %(default)s)")
     predict.add_argument("--overlays", type=Path, metavar="DIR", help="write an overlay PNG per image into DIR")
