@@ -103,17 +103,31 @@ def train_and_score(kind: str, train_set, val_set, val_rows, epochs: int, lr: fl
             **{f"val_{k}": v for k, v in average_precision(detections, [r.boxes for r in val_rows]).items()}}
 
 
-def classifier_step(train_set, batch: int, steps: int = 5) -> float:
-    network = build_network("resnet18")
-    optimizer = torch.optim.AdamW(network.parameters())
-    images = torch.stack([train_set.sample(i)[0] for i in range(batch)])
-    start = time.process_time()
-    for _ in range(steps):
-        loss = network(images).sum()
+def step_seconds(kind: str, train_set, batch: int, steps: int) -> float:
+    """Median process CPU seconds of one training step (forward, loss, backward, AdamW) on the same batch."""
+    torch.manual_seed(0)
+    model = {"classifier": lambda: build_network("resnet18"), "centernet": lambda: build_detector("centernet_resnet18", 64),
+             "fcos_slim": lambda: fcos_slim(train_set.image_size)}[kind]()
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters())
+    items = [train_set[i] for i in range(batch)]
+    parts = [torch.stack([item[k] for item in items]) for k in range(5)]
+    boxes = [train_set.sample(i)[1] for i in range(batch)]
+    targets = [{"boxes": b, "labels": torch.ones(len(b), dtype=torch.int64)} for b in boxes]
+    times = []
+    for _ in range(steps + 1):  # the first step warms up
+        start = time.process_time()
+        if kind == "classifier":
+            loss = nn.functional.binary_cross_entropy_with_logits(model(parts[0])[:, 0], parts[4])
+        elif kind == "centernet":
+            loss = detection_loss(model(parts[0]), *parts[1:])["loss"]
+        else:
+            loss = sum(model(list(parts[0]), targets).values())
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-    return (time.process_time() - start) / steps
+        times.append(time.process_time() - start)
+    return float(np.median(times[1:]))
 
 
 def main() -> None:
@@ -123,13 +137,24 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--models", nargs="+", default=["centernet", "fcos_slim"])
+    parser.add_argument("--steps-only", type=int, metavar="N", help="only time N training steps of each (and the classifier)")
     args = parser.parse_args()
     stats = json.loads(Path("metrics/dataset.json").read_text())
     manifest = read_manifest(args.processed)
     sets = {s: DetectionDataset(args.processed / f"{s}.npy", split_rows(manifest, s), args.image_size, stats["mean"],
                                 stats["std"], augment=s == "train") for s in ("train", "val")}
     results = {"epochs": args.epochs, "image_size": args.image_size, "batch_size": args.batch_size,
-               "classifier_cpu_seconds_per_step": classifier_step(sets["train"], args.batch_size)}
+               "torch_threads": torch.get_num_threads()}
+    if args.steps_only:
+        base = step_seconds("classifier", sets["train"], args.batch_size, args.steps_only)
+        results["classifier_cpu_seconds_per_step"] = base
+        for kind in args.models:
+            seconds = step_seconds(kind, sets["train"], args.batch_size, args.steps_only)
+            results[kind] = {"cpu_seconds_per_step": seconds, "step_vs_classifier": seconds / base}
+            print(kind, json.dumps(results[kind]), flush=True)
+        Path("benchmarks/detector_steps.json").write_text(json.dumps(results, indent=2) + "\n")
+        return
+    results["classifier_cpu_seconds_per_step"] = step_seconds("classifier", sets["train"], args.batch_size, 3)
     for kind in args.models:
         results[kind] = train_and_score(kind, sets["train"], sets["val"], sets["val"].rows, args.epochs, 1e-3,
                                         args.batch_size, seed=0)

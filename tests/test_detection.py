@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from pneumonia.checkpoint import LoadedModel
 from pneumonia.detection import evaluation, training
 from pneumonia.detection.data import DetectionDataset
 from pneumonia.detection.decode import decode
@@ -16,6 +17,7 @@ from pneumonia.detection.targets import boxes_to_input, boxes_to_original, encod
 from pneumonia.detection.thresholds import choose_thresholds, rsna_at
 from pneumonia.errors import PneumoniaError
 from pneumonia.manifest import ManifestRow, write_manifest
+from pneumonia.model import build_network
 from pneumonia.model_file import save_model
 from project_params import project_params
 
@@ -166,8 +168,8 @@ def test_area_fraction_counts_overlaps_once():
 
 
 DETECT = {
-    "arch": "centernet_resnet18", "width": 32, "image_size": 64, "max_epochs": 12, "lr": 0.003,
-    "weight_decay": 0.0, "batch_size": 16, "negative_ratio": 0.5, "num_workers": 0, "accelerator": "cpu", "precision": "32-true",
+    "arch": "centernet_resnet18", "width": 16, "image_size": 64, "max_epochs": 8, "lr": 0.003,
+    "weight_decay": 0.0, "batch_size": 16, "negative_ratio": 0.25, "num_workers": 0, "accelerator": "cpu", "precision": "32-true",
     "augment": False, "score_thresholds": [0.1, 0.3, 0.5], "nms_iou": 0.3, "max_boxes": 2,
 }
 
@@ -195,7 +197,7 @@ def trained(tmp_path_factory):
     processed.mkdir()
     rng = np.random.default_rng(1)
     rows = []
-    for split, n in (("train", 96), ("val", 48)):
+    for split, n in (("train", 80), ("val", 30), ("test", 30)):
         images, boxes = _rectangles(n, 64, 512, rng)
         np.save(processed / f"{split}.npy", images)
         rows += _square_rows(images, boxes, split, 512)
@@ -241,3 +243,33 @@ def test_a_model_file_of_another_kind_or_shape_is_refused(trained, tmp_path):
     save_model(tmp_path / "e.safetensors", "detector", {}, header | {"nms_iou": "high"})
     with pytest.raises(PneumoniaError, match="nms_iou"):
         load_detector(tmp_path / "e.safetensors")
+
+
+def test_evaluation_writes_the_headline_report_plots_and_overlays(trained, tmp_path):
+    root, rows, _ = trained
+    # An untrained classifier: the detector's numbers and the outputs' shape are what is tested here.
+    classifier = LoadedModel(build_network("resnet18").eval(), "resnet18", 64, 0.2, 0.3, threshold=0.5, temperature=1.0)
+    params = project_params({"evaluate_detection": {"overlays": 2, "bootstrap_resamples": 50}})
+    out = {"metrics_json": tmp_path / "metrics.json", "report_json": tmp_path / "reports" / "detection.json",
+           "report_md": tmp_path / "reports" / "detection.md", "plots_dir": tmp_path / "plots"}
+    report = evaluation.run(root / "processed", load_detector(root / "detector.safetensors"), classifier,
+                            params.evaluate_detection, params.localize, DETECT["score_thresholds"], seed=0, **out)
+    assert json.loads(out["report_json"].read_text()) == json.loads(json.dumps(report))
+    headline = json.loads(out["metrics_json"].read_text())
+    test = report["test"]
+    assert headline == evaluation.headline(report) and headline["split"] == "test"
+    assert headline["rsna_score"] == round(test["detector"]["rsna_score"], 3) >= 0.4
+    assert test["detector"]["ap50"] >= test["detector"]["ap50_95"] > 0
+    assert test["image_auroc"]["detector"]["auroc"] > 0.8  # rectangles or none: the image logit learns it too
+    ci = test["image_auroc"]["classifier"]["ci95"]
+    assert ci["low"] <= test["image_auroc"]["classifier"]["auroc"] <= ci["high"]
+    assert test["cam_baseline"]["n"] == 30 and not test["model_selected_on_this_split"]
+    sweep = json.loads((tmp_path / "plots" / "thresholds.json").read_text())
+    assert [s["box_threshold"] for s in sweep] == DETECT["score_thresholds"]
+    assert all(set(p) == {"true_area_percent", "predicted_area_percent"}
+               for p in json.loads((tmp_path / "plots" / "size.json").read_text()))
+    overlays = sorted(p.name for p in (tmp_path / "plots" / "overlays").glob("*.png"))
+    assert overlays and all(name[:3] in ("tp_", "fp_", "fn_") and name[3:] in ("01.png", "02.png") for name in overlays)
+    text = out["report_md"].read_text()
+    assert f"| {test['detector']['rsna_score']:.3f} |" in text
+    assert all(f"](../plots/overlays/{name})" in text for name in overlays)  # relative to reports/

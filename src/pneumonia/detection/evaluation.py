@@ -18,6 +18,7 @@ Boxes are in pixels of the ORIGINAL image throughout.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Sequence
 
@@ -184,24 +185,29 @@ def run(
         "why": "the detector's image probability gates its boxes: it lives in the same model file, and the gate "
                "and box thresholds were chosen together with it on val",
     }
-    test = report["test"]
-    headline = {
-        "split": "test",
-        "rsna_score": test["detector"]["rsna_score"],
-        "ap50": test["detector"]["ap50"],
-        "ap50_95": test["detector"]["ap50_95"],
-        "image_auroc": test["image_auroc"]["detector"]["auroc"],
-        "size_spearman": test["detector"]["size_true_positives"]["spearman"],
-        "area_mae": test["detector"]["size_true_positives"]["mean_absolute_error"],
-    }
     val_rows, _, val_detections = kept["val"]
     sweep = threshold_sweep(val_detections, val_rows, image_threshold, candidates)
     report["val_threshold_sweep"] = sweep
     _write_plots(Path(plots_dir), sweep, kept["test"], image_threshold, box_threshold, params.overlays)
-    write_json(metrics_json, headline)
+    write_json(metrics_json, headline(report))
     write_json(report_json, report)
     _write_markdown(Path(report_md), report, Path(plots_dir))
     return report
+
+
+def headline(report: dict) -> dict:
+    """What ``dvc metrics diff`` compares: the test split's RSNA score, AP, image AUROC and size agreement (3 decimals)."""
+    test = report["test"]
+    size = test["detector"]["size_true_positives"]
+    values = {
+        "rsna_score": test["detector"]["rsna_score"],
+        "ap50": test["detector"]["ap50"],
+        "ap50_95": test["detector"]["ap50_95"],
+        "image_auroc": test["image_auroc"][report["image_score"]["gate"]]["auroc"],
+        "size_spearman": size["spearman"],
+        "area_mae": size["mean_absolute_error"],  # fraction of the image
+    }
+    return {"split": "test"} | {k: None if v is None else round(float(v), 3) for k, v in values.items()}
 
 
 def _size_points(rows: Sequence[ManifestRow], detections: Sequence[ImageDetections], image_threshold: float,
@@ -282,7 +288,7 @@ def _write_markdown(path: Path, report: dict, plots_dir: Path) -> None:
         lines.append(f"| {name} | {_fmt(value['auroc'])} | {_fmt(ci['low'])}–{_fmt(ci['high'])} |")
     lines += ["", f"Boxes are gated by the {report['image_score']['gate']} image score: {report['image_score']['why']}.", ""]
     overlays = sorted((plots_dir / "overlays").glob("*.png"))
-    relative = Path("..") / plots_dir / "overlays"
+    relative = Path(os.path.relpath(plots_dir / "overlays", path.parent))  # links work from the report's folder
     for role, caption in (("tp", "true positives"), ("fp", "false positives"), ("fn", "misses")):
         found = [p for p in overlays if p.name.startswith(role + "_")]
         if found:
