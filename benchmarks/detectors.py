@@ -1,6 +1,6 @@
 """Which detector: the CenterNet-style head on ResNet18 against torchvision's FCOS with a slim ResNet18-FPN.
 
-Both train from scratch on the processed arrays (``dvc repro compute_stats`` first) with the same
+Both train from scratch on the processed arrays and reports/dataset.json (``dvc repro compute_stats`` first) with the same
 data, augmentation, balanced epochs and AdamW, for the same number of epochs; the classifier's step
 is timed beside them. Each is scored on val at its best (image, box) threshold pair: RSNA score and
 AP@0.5. CPU time is the process's own (``time.process_time``), so other load on the machine does
@@ -139,7 +139,7 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["centernet", "fcos_slim"])
     parser.add_argument("--steps-only", type=int, metavar="N", help="only time N training steps of each (and the classifier)")
     args = parser.parse_args()
-    stats = json.loads(Path("metrics/dataset.json").read_text())
+    stats = json.loads(Path("reports/dataset.json").read_text())
     manifest = read_manifest(args.processed)
     sets = {s: DetectionDataset(args.processed / f"{s}.npy", split_rows(manifest, s), args.image_size, stats["mean"],
                                 stats["std"], augment=s == "train") for s in ("train", "val")}

@@ -35,7 +35,7 @@ def test_repro_then_experiment(tmp_path):
 
     shown = json.loads(run(["dvc", "metrics", "show", "--json"], repo).stdout)
     metrics = next(iter(shown.values()))["data"]
-    assert set(metrics) == {"metrics/dataset.json", "metrics/classifier.json", "metrics/cam.json"}
+    assert set(metrics) == {"metrics/dataset.json", "metrics/classifier.json", "metrics/cam.json", "metrics/detection.json"}
     headline = metrics["metrics/classifier.json"]["data"]
     assert headline["split"] == "test" and headline["auroc_low"] <= headline["auroc"] <= headline["auroc_high"]
     assert metrics["metrics/dataset.json"]["data"] == {"train": 24, "val": 12, "test": 12}

@@ -177,13 +177,14 @@ def run(
         }
         kept[split] = (rows, images, detections)
     val_auroc = {k: v["auroc"] for k, v in report["val"]["image_auroc"].items()}
-    # The ensemble is used only where it beats both of its members on val (chosen on val, like everything).
+    # Judged on val, like every choice: does the mean of the two probabilities rank images better than either?
     ensemble_helps = val_auroc["ensemble"] > max(val_auroc["detector"], val_auroc["classifier"])
     report["image_score"] = {
         "gate": "detector",
         "ensemble_helps_on_val": bool(ensemble_helps),
-        "why": "the detector's image probability gates its boxes: it lives in the same model file, and the gate "
-               "and box thresholds were chosen together with it on val",
+        "why": "the detector's own image probability gates its boxes: it travels in the detector's model file, "
+               "the gate and the box threshold were chosen together with it on val, and predict needs no second "
+               "model to place boxes; the classifier's calibrated probability stays the image-level answer",
     }
     val_rows, _, val_detections = kept["val"]
     sweep = threshold_sweep(val_detections, val_rows, image_threshold, candidates)
