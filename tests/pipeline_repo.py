@@ -61,6 +61,7 @@ def make_repo(path: Path, params: dict | None = None) -> Path:
         config.remove_option("core", "remote")
     with open(path / ".dvc" / "config", "w") as handle:
         config.write(handle)
+    shutil.copytree(ROOT / ".dvc" / "plots", path / ".dvc" / "plots")  # plot templates and the offline page
     commit(path, "pipeline")
     return path
 

@@ -150,8 +150,14 @@ def _write_plots(
     plots_dir: Path, rows: list[ManifestRow], labels: np.ndarray, probs: np.ndarray, chosen: float, points: dict
 ) -> None:
     """ROC and PR with the operating ``points``, predictions at ``chosen`` (confusion matrix), reliability, histograms."""
-    write_json(plots_dir / "roc.json", {"roc": roc_curve_points(labels, probs)})
-    write_json(plots_dir / "precision_recall.json", {"precision_recall": pr_curve_points(labels, probs)})
+    # The first point carries the curve's summary, which the chart prints (see .dvc/plots/*.json).
+    ranking = ranking_metrics(labels, probs)
+    roc = roc_curve_points(labels, probs)
+    roc[0] = roc[0] | {"auroc": ranking["auroc"]}
+    write_json(plots_dir / "roc.json", {"roc": roc})
+    pr = pr_curve_points(labels, probs)
+    pr[0] = pr[0] | {"average_precision": ranking["average_precision"], "prevalence": float(np.mean(labels))}
+    write_json(plots_dir / "precision_recall.json", {"precision_recall": pr})
     write_json(
         plots_dir / "operating_points.json",
         {
