@@ -36,3 +36,11 @@ def test_a_changed_default_makes_the_readme_stale(tmp_path):
 def test_an_unknown_block_is_refused():
     with pytest.raises(SystemExit, match="block 'nope' that nothing generates"):
         readme.render("<!-- generated:nope -->\nx\n<!-- /generated:nope -->\n", {})
+
+
+def test_every_image_the_readme_shows_is_committed():
+    text = (ROOT / "README.md").read_text()
+    images = re.findall(r"!\[[^]]*\]\(([^)]+)\)", text)
+    assert images, "the README shows at least the ROC figure"
+    for path in images:
+        assert (ROOT / path).is_file(), f"README shows {path}, which does not exist"
