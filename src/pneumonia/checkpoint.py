@@ -23,6 +23,7 @@ from torch import nn
 
 from pneumonia.errors import PneumoniaError
 from pneumonia.model import ARCHITECTURES, build_network
+from pneumonia.rendering import WINDOWING_MODES
 
 _PREFIX = "network."
 _RETRAIN = "retrain it with `dvc repro train`"
@@ -37,6 +38,7 @@ class LoadedModel:
     std: float
     threshold: float
     temperature: float  # probability = sigmoid(logit / temperature)
+    windowing: str = "none"  # how DICOMs are rendered (pneumonia.rendering); models from before it: "none"
 
 
 def load_classifier(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
@@ -65,6 +67,11 @@ def load_classifier(path: str | Path, device: str | torch.device = "cpu") -> Loa
     if not 0 <= threshold <= 1:
         raise PneumoniaError(f"{path}: hyper_parameters threshold {threshold!r} is not in [0, 1]; {_RETRAIN}")
     temperature = _number(path, hparams, "temperature", default=1.0, positive=True)
+    windowing = hparams.get("windowing", "none")
+    if windowing not in WINDOWING_MODES:
+        raise PneumoniaError(
+            f"{path}: hyper_parameters windowing {windowing!r} is not one of {', '.join(WINDOWING_MODES)}; {_RETRAIN}"
+        )
 
     network = build_network(arch)
     _load_weights(path, network, arch, checkpoint.get("state_dict"))
@@ -76,6 +83,7 @@ def load_classifier(path: str | Path, device: str | torch.device = "cpu") -> Loa
         std=std,
         threshold=threshold,
         temperature=temperature,
+        windowing=windowing,
     )
 
 
