@@ -160,9 +160,12 @@ def read_dicom(
     ds = _open(path)
     header = _header(ds, path)
     data = _pixel_data(ds, path)
-    windowed = windowing == "auto" and declares_window(ds)
-    # Presentation LUT Shape is part of the display pipeline; `none` keeps the old rule (MONOCHROME1 only).
-    inverse = presentation_inverse(ds, header.monochrome1) if windowing == "auto" else header.monochrome1
+    try:
+        windowed = windowing == "auto" and declares_window(ds)
+        # Presentation LUT Shape is part of the display pipeline; `none` keeps the old rule (MONOCHROME1 only).
+        inverse = presentation_inverse(ds, header.monochrome1) if windowing == "auto" else header.monochrome1
+    except RenderingError as exc:
+        raise DicomReadError(path, f"{exc}; {_REPLACE}") from None
     if header.transfer_syntax.is_encapsulated:
         frame = _single_frame(data, path)
         if header.transfer_syntax in (JPEGBaseline8Bit, JPEGExtended12Bit):

@@ -36,9 +36,12 @@ class RenderingError(ValueError):
 
 def declares_window(ds: pydicom.Dataset) -> bool:
     """Whether the file declares a VOI transform: a WindowCenter/WindowWidth pair or a VOI LUT Sequence."""
-    if ds.get("VOILUTSequence"):
-        return True
-    return ds.get("WindowCenter") not in (None, "") and ds.get("WindowWidth") not in (None, "")
+    try:
+        if ds.get("VOILUTSequence"):
+            return True
+        return ds.get("WindowCenter") not in (None, "") and ds.get("WindowWidth") not in (None, "")
+    except Exception as exc:  # values are converted on access: a damaged one raises
+        raise RenderingError(f"its VOI LUT or window cannot be read ({type(exc).__name__})") from None
 
 
 def presentation_inverse(ds: pydicom.Dataset, monochrome1: bool) -> bool:
@@ -47,7 +50,10 @@ def presentation_inverse(ds: pydicom.Dataset, monochrome1: bool) -> bool:
     DX images must say INVERSE *with* MONOCHROME1 (PS3.3 C.8.11.7.1.1): both mean
     the same single inversion, never two.
     """
-    shape = ds.get("PresentationLUTShape")
+    try:
+        shape = ds.get("PresentationLUTShape")
+    except Exception as exc:  # noqa: BLE001 - a damaged value
+        raise RenderingError(f"its PresentationLUTShape cannot be read ({type(exc).__name__})") from None
     return monochrome1 or (isinstance(shape, str) and shape.strip().upper() == "INVERSE")
 
 
