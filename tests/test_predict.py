@@ -9,6 +9,7 @@ from pneumonia import phantom, train
 from pneumonia.__main__ import main
 from pneumonia.checkpoint import load_classifier
 from pneumonia.localization import ImageLocalization, PredictedBox
+from pneumonia.model_file import read_model, save_model
 from project_params import project_params
 from pneumonia.predict import CSV_COLUMNS, FilePrediction, find_dicoms, write_predictions_csv, write_submission
 from tiny_data import prepare
@@ -29,6 +30,7 @@ def checkpoint(tmp_path_factory):
     train.run(
         root / "processed", root / "dataset.json", PARAMS.train, seed=11,
         model_path=root / "model.safetensors", live_dir=root / "dvclive", grid_path=None,
+        windowing=PARAMS.dicom_to_npy.windowing,
     )
     return root / "model.safetensors"
 
@@ -165,3 +167,51 @@ def test_csv_and_submission_formats(tmp_path):
         "P1,0.9000 10 20 30 40 0.5000 50 60 70 80",
         "P2,",
     ]
+
+
+def test_files_that_are_not_chest_radiographs_are_not_scored_unless_allowed(checkpoint, dicoms, tmp_path, capsys):
+    from dicom_writer import film, write_test_dicom
+
+    folder, _ = dicoms
+    abdomen = write_test_dicom(tmp_path / "abdomen.dcm", film(SIDE, 8), patient_id="abd", body_part="ABDOMEN")
+    out = tmp_path / "pred.csv"
+    assert main(["predict", str(folder / "a.dcm"), str(abdomen), "--model", str(checkpoint), "--out", str(out)]) == 3
+    captured = capsys.readouterr()
+    assert "1 predicted, 0 failed, 1 not scored" in captured.out
+    assert captured.err.strip() == (
+        f"pneumonia predict: {abdomen}: not a chest radiograph: BodyPartExamined=ABDOMEN; not scored "
+        "(--allow-non-chest scores it anyway)"
+    )
+    rows = read_csv(out)
+    assert (rows[1]["patientId"], rows[1]["error"], rows[1]["probability"]) == (
+        "abd", "not a chest radiograph: BodyPartExamined=ABDOMEN", "",
+    )
+    assert rows[0]["error"] == "" and rows[0]["probability"]
+    args = ["predict", str(abdomen), "--model", str(checkpoint), "--out", str(out), "--allow-non-chest"]
+    assert main(args) == 0
+    assert read_csv(out)[0]["error"] == "" and read_csv(out)[0]["probability"]
+
+
+def test_the_checkpoint_records_windowing_and_predict_renders_with_it(checkpoint, dicoms, tmp_path, monkeypatch):
+    import torch
+
+    from pneumonia import predict
+
+    assert load_classifier(checkpoint).windowing == "auto"  # PARAMS' dicom_to_npy.windowing, passed by train
+    seen = []
+    original = predict.read_dicom
+
+    def spy(path, size, **kwargs):
+        seen.append(kwargs.get("windowing"))
+        return original(path, size, **kwargs)
+
+    monkeypatch.setattr(predict, "read_dicom", spy)
+    folder, _ = dicoms
+    main(["predict", str(folder / "a.dcm"), "--model", str(checkpoint), "--out", str(tmp_path / "p.csv"),
+          "--overlays", str(tmp_path / "o")])
+    assert seen == ["auto", "auto"]  # the image and its overlay
+    # A model file from before windowing was recorded renders as it was trained: the stored range.
+    header, tensors = read_model(checkpoint, "classifier", "retrain")
+    del header["windowing"]
+    save_model(tmp_path / "old.safetensors", "classifier", tensors, header)
+    assert load_classifier(tmp_path / "old.safetensors").windowing == "none"

@@ -1,7 +1,9 @@
 """`pneumonia predict`: the trained classifier on DICOM files, with where and how large.
 
-Everything the model needs (image size, mean/std, threshold, temperature)
-comes from the checkpoint. Boxes are (x, y, width, height) in pixels of each
+Everything the model needs (image size, mean/std, threshold, temperature,
+windowing) comes from the model file. Files that are not chest radiographs
+(:func:`pneumonia.dicom.chest_problem`) are not scored unless
+``allow_non_chest``: their row says why. Boxes are (x, y, width, height) in pixels of each
 ORIGINAL image; their confidence is the image's probability times the region's
 strength (see :mod:`pneumonia.localization`). The command line takes the map
 threshold and minimum box area from params.yaml's localize section.
@@ -20,7 +22,7 @@ from tqdm import tqdm
 
 from pneumonia.atomic import atomic_path
 from pneumonia.checkpoint import LoadedModel, load_classifier
-from pneumonia.dicom import read_dicom
+from pneumonia.dicom import chest_problem, read_dicom
 from pneumonia.errors import DicomReadError, PneumoniaError
 from pneumonia.inference import default_device
 from pneumonia.localization import ImageLocalization, localize_images, upsample_map
@@ -33,12 +35,13 @@ CSV_COLUMNS = ["file", "patientId", "probability", "label", "boxes", "confidence
 
 @dataclass(frozen=True)
 class FilePrediction:
-    """One file's result: ``localization`` when it could be read, else ``error`` (one line)."""
+    """One file's result: ``localization`` when scored, else ``error`` (one line) or ``not_scored`` (why)."""
 
     file: Path
     patient_id: str
     localization: ImageLocalization | None = None
     error: str | None = None
+    not_scored: str | None = None  # readable, but not a chest radiograph (and not allowed)
 
 
 def find_dicoms(paths: Sequence[str | Path]) -> list[Path]:
@@ -82,8 +85,13 @@ def predict_files(
     min_area: float,
     batch_size: int,
     overlays_dir: Path | None = None,
+    allow_non_chest: bool = False,
 ) -> list[FilePrediction]:
-    """Read, classify and localize each file, ``batch_size`` at a time; unreadable files carry their error."""
+    """Read, classify and localize each file, ``batch_size`` at a time; unreadable files carry their error.
+
+    A file that is not a chest radiograph is not scored (it carries the reason)
+    unless ``allow_non_chest``.
+    """
     results: list[FilePrediction] = []
     overlay_names: set[str] = set()
     with tqdm(total=len(files), unit="file", disable=len(files) < PROGRESS_MIN_FILES, desc="predict") as bar:
@@ -91,9 +99,13 @@ def predict_files(
             images, infos, readable = [], [], []
             for path in chunk:
                 try:
-                    image, info = read_dicom(path, model.image_size)
+                    image, info = read_dicom(path, model.image_size, windowing=model.windowing)
                 except DicomReadError as exc:
                     results.append(FilePrediction(path, path.stem, error=exc.reason))
+                    continue
+                problem = None if allow_non_chest else chest_problem(info)
+                if problem:
+                    results.append(FilePrediction(path, patient_id_of(path), not_scored=problem))
                     continue
                 images.append(image)
                 infos.append(info)
@@ -109,7 +121,7 @@ def predict_files(
                     if overlays_dir is not None:
                         name = _unique_name(path.stem, overlay_names)
                         out = Path(overlays_dir) / f"{name}.png"
-                        _draw(path, localization, model.image_size, info.rows, info.columns, out)
+                        _draw(path, localization, model, info.rows, info.columns, out)
             bar.update(len(chunk))
     return results
 
@@ -123,12 +135,12 @@ def _unique_name(stem: str, taken: set[str]) -> str:
     return name
 
 
-def _draw(path: Path, localization: ImageLocalization, input_size: int, rows: int, columns: int, out: Path) -> None:
-    image, _ = read_dicom(path, OVERLAY_SIZE)
+def _draw(path: Path, localization: ImageLocalization, model: LoadedModel, rows: int, columns: int, out: Path) -> None:
+    image, _ = read_dicom(path, OVERLAY_SIZE, windowing=model.windowing)
     sx, sy = OVERLAY_SIZE / columns, OVERLAY_SIZE / rows
     draw_overlay(
         image,
-        upsample_map(localization.cam, OVERLAY_SIZE, OVERLAY_SIZE, input_size),
+        upsample_map(localization.cam, OVERLAY_SIZE, OVERLAY_SIZE, model.image_size),
         [(b.x * sx, b.y * sy, b.width * sx, b.height * sy) for b in localization.boxes],
         None,
         localization.probability,
@@ -141,7 +153,8 @@ def _draw(path: Path, localization: ImageLocalization, input_size: int, rows: in
 def _fields(prediction: FilePrediction) -> dict[str, str]:
     """The CSV's (and the table's) text for one file."""
     found = prediction.localization
-    row = {"file": str(prediction.file), "patientId": prediction.patient_id, "error": prediction.error or ""}
+    reason = prediction.error or prediction.not_scored or ""
+    row = {"file": str(prediction.file), "patientId": prediction.patient_id, "error": reason}
     if found is None:
         return row | {k: "" for k in ("probability", "label", "boxes", "confidences", "area_percent", "area_mm2")}
     return row | {
@@ -166,8 +179,8 @@ def write_predictions_csv(path: Path, predictions: Sequence[FilePrediction]) -> 
 def write_submission(path: Path, predictions: Sequence[FilePrediction]) -> None:
     """Kaggle's RSNA submission: ``patientId,PredictionString``, each box "confidence x y width height".
 
-    Files that could not be read are left out (the command exits 1 for them); a
-    patient without boxes gets an empty string.
+    Files that could not be read or were not scored are left out (the command's
+    exit code says so); a patient without boxes gets an empty string.
     """
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
         writer = csv.writer(handle)
@@ -189,6 +202,8 @@ def format_table(predictions: Sequence[FilePrediction], threshold: float) -> str
         f = _fields(prediction)
         if prediction.error:
             lines.append([f["file"], f["patientId"], "error: " + prediction.error, "", "", "", ""])
+        elif prediction.not_scored:
+            lines.append([f["file"], f["patientId"], "not scored: " + prediction.not_scored, "", "", "", ""])
         else:
             lines.append(
                 [f["file"], f["patientId"], f["probability"], f["label"], f["boxes"] or "-", f["area_percent"],
@@ -196,7 +211,7 @@ def format_table(predictions: Sequence[FilePrediction], threshold: float) -> str
             )
     widths = [max(len(row[i]) for row in [header, *lines]) for i in range(len(header))]
     # An error message is long: let it run past its column rather than widen the whole table.
-    widths[2] = max(len(header[2]), max((len(r[2]) for r in lines if not r[2].startswith("error")), default=0))
+    widths[2] = max(len(header[2]), max((len(r[2]) for r in lines if r[3]), default=0))
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in [header, *lines])
 
 
@@ -209,6 +224,7 @@ def run(
     batch_size: int = 32,
     cam_threshold: float = 0.5,
     min_area: float = 0.0,
+    allow_non_chest: bool = False,
 ) -> tuple[LoadedModel, list[FilePrediction]]:
     """Predict every DICOM in ``paths``; write the CSV, overlays and submission asked for.
 
@@ -217,7 +233,7 @@ def run(
     """
     files = find_dicoms(paths)
     model = load_classifier(model_path, default_device())
-    predictions = predict_files(files, model, cam_threshold, min_area, batch_size, overlays_dir)
+    predictions = predict_files(files, model, cam_threshold, min_area, batch_size, overlays_dir, allow_non_chest)
     if out_csv is not None:
         write_predictions_csv(out_csv, predictions)
     if submission is not None:
