@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 export DVC_NO_ANALYTICS := 1
 export PATH := $(BIN):$(PATH)
 
-.PHONY: repro test bench setup
+.PHONY: repro test bench setup readme
 
 setup: $(STAMP)
 
@@ -27,3 +27,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	python -m pip install -q -e '.[bench]' 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
 	python benchmarks/run.py
+
+# The README's generated blocks (settings table from params.yaml, `dvc metrics show --md`).
+readme: $(STAMP)
+	python -m pneumonia.readme

@@ -217,13 +217,12 @@ def bare_infer_rate(n: int, size: int, batch: int) -> float:
 
 
 def save_checkpoint(path: Path, size: int) -> Path:
-    """A checkpoint in the train stage's format (Lightning's), with random weights."""
-    import pytorch_lightning as pl
+    """A model file in the train stage's format, with random weights."""
+    from pneumonia.checkpoint import classifier_header
+    from pneumonia.model_file import save_model
 
     model = PneumoniaClassifier(image_size=size, mean=0.4, std=0.3)
-    trainer = pl.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, max_epochs=0)
-    trainer.strategy.connect(model)
-    trainer.save_checkpoint(path)
+    save_model(path, "classifier", model.network.state_dict(), classifier_header(model.hparams))
     return path
 
 
@@ -278,7 +277,7 @@ def main() -> None:
         stage_train.append(stage_train_rate(train_array, batch, steps))
         bare_train.append(bare_train_rate(args.train_size, batch, steps))
     with tempfile.TemporaryDirectory(dir=CACHE) as tmp:
-        checkpoint = save_checkpoint(Path(tmp) / "model.ckpt", args.train_size)
+        checkpoint = save_checkpoint(Path(tmp) / "model.safetensors", args.train_size)
         infer_array = arrays(1024, args.train_size)
         stage_infer, bare_infer = [], []
         for _ in range(args.repeats):

@@ -1,4 +1,4 @@
-"""Stage compute_stats: train-split mean/std and class counts into metrics/dataset.json."""
+"""Stage compute_stats: train-split mean/std and class counts (reports/dataset.json), patients per split (metrics/)."""
 
 from pathlib import Path
 
@@ -7,7 +7,7 @@ from pneumonia.stage import run_stage
 
 
 def main(params):
-    result = stats.run(Path("data/processed"), Path("metrics/dataset.json"))
+    result = stats.run(Path("data/processed"), Path("reports/dataset.json"), Path("metrics/dataset.json"))
     print(f"train mean {result['mean']:.4f}, std {result['std']:.4f}")
 
 

@@ -1,4 +1,4 @@
-"""Stage evaluate: the checkpoint on val and test into metrics/eval.json and plots/."""
+"""Stage evaluate: the classifier on val and test: metrics/classifier.json (headline), reports/classification.json, plots/."""
 
 from pathlib import Path
 
@@ -7,7 +7,7 @@ from pneumonia.stage import run_stage
 
 
 def main(params):
-    result = evaluate.run(Path("data/processed"), Path("models/model.ckpt"), params.evaluate, seed=params.base.seed)
+    result = evaluate.run(Path("data/processed"), Path("models/classifier.safetensors"), params.evaluate, seed=params.base.seed)
     split = result["headline_split"]
     head = result[split]
     note = " (checkpoint and thresholds chosen on this split: optimistic)" if split == evaluate.SPLIT else ""

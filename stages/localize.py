@@ -1,4 +1,4 @@
-"""Stage localize: class activation maps into boxes, scored against the RSNA boxes (metrics/localization.json)."""
+"""Stage localize: class activation maps into boxes, scored against the RSNA boxes (reports/, metrics/cam.json)."""
 
 from pathlib import Path
 
@@ -7,7 +7,10 @@ from pneumonia.stage import run_stage
 
 
 def main(params):
-    result = localization.run(Path("data/processed"), Path("models/model.ckpt"), params.localize, seed=params.base.seed)
+    result = localization.run(
+        Path("data/processed"), Path("models/classifier.safetensors"), params.localize,
+        out_json=Path("reports/localization.json"), headline_json=Path("metrics/cam.json"), seed=params.base.seed,
+    )
     for split, metrics in result.items():
         print(
             f"{split}: pointing game {metrics['pointing_game']:.3f}, "

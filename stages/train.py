@@ -1,4 +1,4 @@
-"""Stage train: ResNet18 with Lightning into models/model.ckpt; curves in dvclive/."""
+"""Stage train: ResNet18 with Lightning into models/classifier.safetensors; curves in dvclive/."""
 
 from pathlib import Path
 
@@ -9,10 +9,10 @@ from pneumonia.stage import run_stage
 def main(params):
     result = train.run(
         Path("data/processed"),
-        Path("metrics/dataset.json"),
+        Path("reports/dataset.json"),
         params.train,
         seed=params.base.seed,
-        model_path=Path("models/model.ckpt"),
+        model_path=Path("models/classifier.safetensors"),
         live_dir=Path("dvclive"),
         grid_path=Path("plots/images/augmented.png"),
         windowing=params.dicom_to_npy.windowing,

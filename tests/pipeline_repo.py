@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import configparser
 import os
 import shutil
 import subprocess
@@ -39,6 +40,8 @@ def make_repo(path: Path, params: dict | None = None) -> Path:
         shutil.copy(ROOT / name, path / name)
     for folder in ("stages", "src"):
         shutil.copytree(ROOT / folder, path / folder, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    (path / "local_data").mkdir()  # download.path's default, a dependency of the download stage
+    shutil.copy(ROOT / "local_data" / "README.md", path / "local_data" / "README.md")
     defaults = yaml.safe_load((ROOT / "params.yaml").read_text())
     for section, values in (TINY_PARAMS if params is None else params).items():
         _merge(defaults.setdefault(section, {}), values)
@@ -47,7 +50,17 @@ def make_repo(path: Path, params: dict | None = None) -> Path:
     run(["git", "config", "user.email", "test@example.com"], path)
     run(["git", "config", "user.name", "test"], path)
     run(["dvc", "init", "-q"], path)
-    shutil.copy(ROOT / ".dvc" / "config", path / ".dvc" / "config")  # the project's settings, cache link type included
+    # The project's settings (cache link type included), but not a remote the user may have added to
+    # their checkout: a test adds its own, and a throwaway repository must never push to the user's.
+    config = configparser.ConfigParser()
+    config.read(ROOT / ".dvc" / "config")
+    for section in config.sections():
+        if section.startswith("'remote"):
+            config.remove_section(section)
+    if config.has_section("core"):
+        config.remove_option("core", "remote")
+    with open(path / ".dvc" / "config", "w") as handle:
+        config.write(handle)
     commit(path, "pipeline")
     return path
 

@@ -16,11 +16,11 @@ def test_ddp_on_two_cpu_processes_trains_once_and_agrees_with_one_process(tmp_pa
 
     assert out.count("best val/auroc") == 2, "both ranks should have run the stage"
     models = sorted(p.name for p in (repo / "models").iterdir() if p.name != ".gitignore")
-    assert models == ["model.ckpt"], f"one checkpoint, no leftovers: {models}"
+    assert models == ["classifier.safetensors"], f"one checkpoint, no leftovers: {models}"
     auroc_rows = (repo / "dvclive/plots/metrics/val/auroc.tsv").read_text().strip().splitlines()
     assert len(auroc_rows) == 2, "DVCLive wrote its curve once (header + one epoch), not once per rank"
 
     # val/auroc synchronised across the ranks equals the single-process evaluate stage on the checkpoint
     logged = json.loads((repo / "dvclive/metrics.json").read_text())["val"]["auroc"]
-    evaluated = json.loads((repo / "metrics/eval.json").read_text())["val"]["auroc"]
+    evaluated = json.loads((repo / "reports/classification.json").read_text())["val"]["auroc"]
     assert evaluated == pytest.approx(logged, abs=1e-6)

@@ -15,7 +15,7 @@ from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, ge
 
 from pneumonia import download, rsna
 from pneumonia.errors import CredentialsError, DatasetError, PneumoniaError
-from pneumonia.params import DownloadParams, PhantomParams
+from project_params import project_params
 
 LABELS = """\
 patientId,x,y,width,height,Target
@@ -78,8 +78,8 @@ def write_folder(root: Path, files: dict[str, bytes]) -> Path:
     return root
 
 
-def local(path: Path) -> DownloadParams:
-    return DownloadParams(source="local", path=str(path))
+def local(path: Path):
+    return project_params({"download": {"source": "local", "path": str(path)}}).download
 
 
 def assert_rsna_raw_dir(raw_dir: Path, patients=PATIENTS) -> None:
@@ -235,7 +235,7 @@ def no_kaggle_credentials(tmp_path, monkeypatch):
 
 def test_kaggle_missing_credentials(tmp_path, no_kaggle_credentials):
     with pytest.raises(CredentialsError) as info:
-        download.run(DownloadParams(source="kaggle"), seed=0, raw_dir=tmp_path / "raw")
+        download.run(project_params({"download": {"source": "kaggle"}}).download, seed=0, raw_dir=tmp_path / "raw")
     message = error_message(info)
     for needed in ("KAGGLE_USERNAME", "KAGGLE_KEY", "kaggle.json", "rules", str(no_kaggle_credentials)):
         assert needed in message
@@ -287,7 +287,7 @@ def test_kaggle_download_extracts_and_deletes_archive(tmp_path, no_kaggle_creden
 
     fake_kaggle(monkeypatch, fake_download)
     raw_dir = tmp_path / "data" / "raw"
-    report = download.run(DownloadParams(source="kaggle"), seed=0, raw_dir=raw_dir)
+    report = download.run(project_params({"download": {"source": "kaggle"}}).download, seed=0, raw_dir=raw_dir)
     assert report.source == "kaggle" and report.patients == 3
     assert seen["competition"] == "rsna-pneumonia-detection-challenge"
     assert seen["folder"].parent == raw_dir.parent  # next to raw_dir: same file system
@@ -313,7 +313,7 @@ def test_kaggle_http_errors(tmp_path, no_kaggle_credentials, monkeypatch, status
 
     fake_kaggle(monkeypatch, refuse)
     with pytest.raises(error, match=words) as info:
-        download.run(DownloadParams(source="kaggle"), seed=0, raw_dir=tmp_path / "raw")
+        download.run(project_params({"download": {"source": "kaggle"}}).download, seed=0, raw_dir=tmp_path / "raw")
     message = error_message(info)
     assert "secret-key" not in message
     assert info.value.__cause__ is None and info.value.__suppress_context__
@@ -357,7 +357,7 @@ def test_kaggle_never_runs_verbose(tmp_path, no_kaggle_credentials, monkeypatch)
     monkeypatch.syspath_prepend(str(site))
 
     with pytest.raises(PneumoniaError, match=r"\(ConnectionError\)") as info:
-        download.run(DownloadParams(source="kaggle"), seed=0, raw_dir=tmp_path / "raw")
+        download.run(project_params({"download": {"source": "kaggle"}}).download, seed=0, raw_dir=tmp_path / "raw")
     error_message(info)
     seen = sys.modules["kaggle.api.kaggle_api_extended"].SEEN
     assert seen == {"import": {"VERBOSE": None, "VERBOSE_OUTPUT": None}, "args": []}
@@ -366,14 +366,14 @@ def test_kaggle_never_runs_verbose(tmp_path, no_kaggle_credentials, monkeypatch)
 
 
 def test_synthetic_uses_phantom(tmp_path):
-    params = DownloadParams(source="synthetic", phantom=PhantomParams(patients=4, size=64))
+    params = project_params({"download": {"phantom": {"patients": 4, "size": 64}}}).download
     report = download.run(params, seed=1, raw_dir=tmp_path / "raw")
     assert report.source == "synthetic" and report.patients == 4 == report.images
     assert len(rsna.read_patients(tmp_path / "raw")) == 4
 
 
 def test_unknown_source_guarded(tmp_path):
-    params = DownloadParams()
+    params = project_params().download
     object.__setattr__(params, "source", "ftp")
     with pytest.raises(PneumoniaError, match="ftp"):
         download.run(params, seed=0, raw_dir=tmp_path / "raw")

@@ -8,10 +8,10 @@ import pytest
 
 from pneumonia import evaluate, train
 from pneumonia.manifest import read_manifest, write_manifest
-from pneumonia.params import parse_params
+from project_params import project_params
 from tiny_data import prepare
 
-PARAMS = parse_params(
+PARAMS = project_params(
     {
         "split": {"train_size": 0.5, "test_size": 0.25, "stratify": True},
         "dicom_to_npy": {"image_size": 32, "workers": 1},
@@ -25,13 +25,13 @@ PARAMS = parse_params(
 def trained(tmp_path_factory):
     root = prepare(tmp_path_factory.mktemp("eval"), PARAMS, patients=48, size=128, seed=2)
     train.run(root / "processed", root / "dataset.json", PARAMS.train, seed=1,
-              model_path=root / "model.ckpt", live_dir=root / "dvclive")
+              model_path=root / "model.safetensors", live_dir=root / "dvclive")
     return root
 
 
 def evaluate_into(root, name):
-    return evaluate.run(root / "processed", root / "model.ckpt", PARAMS.evaluate,
-                        out_json=root / name / "eval.json", plots_dir=root / name / "plots")
+    return evaluate.run(root / "processed", root / "model.safetensors", PARAMS.evaluate,
+                        report_json=root / name / "eval.json", headline_json=root / name / "headline.json", plots_dir=root / name / "plots")
 
 
 def test_headline_is_test_and_everything_is_chosen_on_val(trained):

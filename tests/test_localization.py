@@ -13,7 +13,7 @@ from pneumonia import phantom, stats, train
 from pneumonia.errors import DatasetError
 from pneumonia.manifest import ManifestRow, read_manifest, split_rows, write_manifest
 from pneumonia.model import build_network
-from pneumonia.params import LocalizeParams, parse_params
+from project_params import project_params
 
 # --------------------------------------------------------------------------- overlaps and accuracies
 
@@ -213,7 +213,7 @@ def test_class_activation_maps_equal_a_direct_computation():
 
 ORIGINAL = 256  # side of the phantom images, pixels: the "original" size the boxes are in
 IMAGE_SIZE = 128  # what the model sees; layer4 is then a 4 x 4 map
-TRAIN = parse_params(
+TRAIN = project_params(
     {"train": {"max_epochs": 6, "batch_size": 16, "lr": 1e-3, "augment": True, "grid_images": 2, "accelerator": "cpu"}}
 ).train
 # The phantom as generate() draws it (22 % positives, "Not Normal" negatives, contrast 0.35) is too hard for
@@ -254,14 +254,15 @@ def localized(tmp_path_factory):
         np.save(processed / f"{split}.npy", np.stack(images))
     write_manifest(processed / "manifest.csv", rows)
     stats.run(processed, root / "dataset.json")
-    model_path = root / "model.ckpt"
+    model_path = root / "model.safetensors"
     train.run(processed, root / "dataset.json", TRAIN, seed=11, model_path=model_path, live_dir=root / "dvclive")
     outputs = {
-        "out_json": root / "metrics" / "localization.json",
+        "out_json": root / "reports" / "localization.json",
+        "headline_json": root / "metrics" / "cam.json",
         "overlays_dir": root / "plots" / "localization",
         "boxes_csv": root / "localization" / "boxes.csv",
     }
-    result = loc.run(processed, model_path, LocalizeParams(overlays=7), **outputs)
+    result = loc.run(processed, model_path, project_params({"localize": {"overlays": 7}}).localize, **outputs)
     return root, model_path, outputs, result
 
 
@@ -298,6 +299,9 @@ def _keys(tree, prefix=""):
 def test_run_writes_metrics_boxes_and_overlays(localized):
     root, _, outputs, result = localized
     assert json.loads(outputs["out_json"].read_text()) == result
+    headline = json.loads(outputs["headline_json"].read_text())
+    assert headline == {"split": "val", "rsna_score": round(result["val"]["rsna_score"], 3),
+                        "size_spearman": round(result["val"]["size_true_positives"]["spearman"], 3)}
     assert not [k for k in _keys(result) if "." in k]
     metrics = result["val"]
     assert metrics["n"] == 80 and metrics["positive"] == 40
@@ -334,7 +338,7 @@ def test_run_gives_boxes_only_above_the_threshold(localized, tmp_path):
     root, model_path, _, first = localized
     threshold = 0.9
     result = loc.run(
-        root / "processed", model_path, LocalizeParams(threshold=threshold, overlays=0),
+        root / "processed", model_path, project_params({"localize": {"threshold": threshold, "overlays": 0}}).localize,
         out_json=tmp_path / "l.json", overlays_dir=tmp_path / "overlays", boxes_csv=tmp_path / "boxes.csv",
     )
     with open(tmp_path / "boxes.csv", newline="") as handle:
@@ -350,7 +354,7 @@ def test_run_gives_boxes_only_above_the_threshold(localized, tmp_path):
 def test_run_on_a_missing_split_names_it(localized, tmp_path):
     root, model_path, _, _ = localized
     with pytest.raises(DatasetError, match="no images in split 'test'"):
-        loc.run(root / "processed", model_path, LocalizeParams(), out_json=tmp_path / "l.json", split="test")
+        loc.run(root / "processed", model_path, project_params().localize, out_json=tmp_path / "l.json", split="test")
 
 
 def test_overlay_draws_both_kinds_of_box(tmp_path):

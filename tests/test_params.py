@@ -1,8 +1,12 @@
+import dataclasses
+import typing
+
 import pytest
 import yaml
 
 from pneumonia.errors import ParamsError
 from pneumonia.params import Params, load_params, parse_params
+from project_params import merged, project_params
 
 
 def test_project_params_yaml_is_valid_and_matches_defaults_where_documented():
@@ -12,14 +16,37 @@ def test_project_params_yaml_is_valid_and_matches_defaults_where_documented():
     assert params.evaluate.thresholds == (0.5, 0.25)
 
 
-def test_empty_file_gives_defaults():
-    assert parse_params({}) == Params()
+def test_every_key_is_required_so_params_yaml_is_the_one_source_of_defaults():
+    with pytest.raises(ParamsError, match="missing key base;"):
+        parse_params({})
+    full = merged()
+    for section, values in full.items():
+        for key in values:
+            raw = merged()
+            del raw[section][key]
+            with pytest.raises(ParamsError) as info:
+                parse_params(raw)
+            assert str(info.value).startswith(f"params.yaml: missing key {section}.{key};"), info.value
+
+
+def test_no_dataclass_field_has_a_default():
+    """A default written in Python as well as in params.yaml is a default that will disagree."""
+    pending = [Params]
+    while pending:
+        cls = pending.pop()
+        hints = typing.get_type_hints(cls)
+        for field in dataclasses.fields(cls):
+            assert field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING, (
+                f"{cls.__name__}.{field.name} has a default; defaults live in params.yaml only"
+            )
+            if dataclasses.is_dataclass(hints[field.name]):
+                pending.append(hints[field.name])
 
 
 def test_int_accepted_where_float_expected():
     with pytest.raises(ParamsError, match="train.lr"):
-        parse_params({"train": {"lr": 1}})  # 1 is out of range (0, 1)
-    assert parse_params({"train": {"pos_weight": 3}}).train.pos_weight == 3.0
+        project_params({"train": {"lr": 1}})  # 1 is out of range (0, 1)
+    assert project_params({"train": {"pos_weight": 3}}).train.pos_weight == 3.0
 
 
 @pytest.mark.parametrize(
@@ -34,7 +61,7 @@ def test_int_accepted_where_float_expected():
         ({"train": {"devices": 0}}, "train.devices"),
         ({"train": {"class_balance": "smote"}}, "train.class_balance"),
         ({"download": {"source": "ftp"}}, "download.source"),
-        ({"download": {"source": "local"}}, "download.path"),
+        ({"download": {"source": "local", "path": ""}}, "download.path"),
         ({"download": {"phantom": {"patients": 1}}}, "download.phantom.patients"),
         ({"split": {"train_size": 1.5}}, "split.train_size"),
         ({"split": {"train_size": 0}}, "split.train_size"),
@@ -45,7 +72,7 @@ def test_int_accepted_where_float_expected():
 )
 def test_bad_setting_names_the_key(raw, key):
     with pytest.raises(ParamsError) as info:
-        parse_params(raw)
+        parse_params(merged(raw))
     message = str(info.value)
     assert key in message
     assert "\n" not in message
@@ -53,7 +80,7 @@ def test_bad_setting_names_the_key(raw, key):
 
 def test_unknown_source_lists_the_choices():
     with pytest.raises(ParamsError, match="synthetic, kaggle, local"):
-        parse_params({"download": {"source": "ftp"}})
+        project_params({"download": {"source": "ftp"}})
 
 
 def test_missing_and_malformed_files(tmp_path):
@@ -67,7 +94,7 @@ def test_missing_and_malformed_files(tmp_path):
 
 def test_round_trip_of_a_full_file(tmp_path):
     path = tmp_path / "params.yaml"
-    path.write_text(yaml.safe_dump({"split": {"train_size": 24000}, "dicom_to_npy": {"image_size": 224}}))
+    path.write_text(yaml.safe_dump(merged({"split": {"train_size": 24000}, "dicom_to_npy": {"image_size": 224}})))
     params = load_params(path)
     assert params.split.train_size == 24000 and isinstance(params.split.train_size, int)
     assert params.dicom_to_npy.image_size == 224

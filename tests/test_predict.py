@@ -9,13 +9,13 @@ from pneumonia import phantom, train
 from pneumonia.__main__ import main
 from pneumonia.checkpoint import load_classifier
 from pneumonia.localization import ImageLocalization, PredictedBox
-from pneumonia.params import parse_params
+from project_params import project_params
 from pneumonia.predict import CSV_COLUMNS, FilePrediction, find_dicoms, write_predictions_csv, write_submission
 from tiny_data import prepare
 
-PARAMS = parse_params(
+PARAMS = project_params(
     {
-        "split": {"train_size": 0.6},
+        "split": {"train_size": 0.6, "test_size": 0},
         "dicom_to_npy": {"image_size": 32, "workers": 1, "grid_images": 2},
         "train": {"max_epochs": 1, "batch_size": 8, "grid_images": 2, "accelerator": "cpu"},
     }
@@ -28,10 +28,10 @@ def checkpoint(tmp_path_factory):
     root = prepare(tmp_path_factory.mktemp("model"), PARAMS, patients=30, size=64, seed=5)
     train.run(
         root / "processed", root / "dataset.json", PARAMS.train, seed=11,
-        model_path=root / "model.ckpt", live_dir=root / "dvclive", grid_path=None,
+        model_path=root / "model.safetensors", live_dir=root / "dvclive", grid_path=None,
         windowing=PARAMS.dicom_to_npy.windowing,
     )
-    return root / "model.ckpt"
+    return root / "model.safetensors"
 
 
 @pytest.fixture(scope="module")
@@ -119,9 +119,9 @@ def test_patient_id_falls_back_to_the_file_name(checkpoint, tmp_path):
 
 def test_missing_checkpoint_is_one_line(dicoms, tmp_path, capsys):
     folder, _ = dicoms
-    assert main(["predict", str(folder), "--model", str(tmp_path / "none.ckpt"), "--out", str(tmp_path / "p.csv")]) == 1
+    assert main(["predict", str(folder), "--model", str(tmp_path / "none.safetensors"), "--out", str(tmp_path / "p.csv")]) == 1
     err = capsys.readouterr().err
-    assert err.startswith("pneumonia predict: error: ") and "checkpoint not found" in err
+    assert err.startswith("pneumonia predict: error: ") and "model file not found" in err
     assert len(err.strip().splitlines()) == 1
     assert not (tmp_path / "p.csv").exists()
 
@@ -191,10 +191,9 @@ def test_files_that_are_not_chest_radiographs_are_not_scored_unless_allowed(chec
     assert read_csv(out)[0]["error"] == "" and read_csv(out)[0]["probability"]
 
 
-def test_the_checkpoint_records_windowing_and_predict_renders_with_it(checkpoint, dicoms, tmp_path, monkeypatch):
-    import torch
-
+def test_the_model_file_records_windowing_and_predict_renders_with_it(checkpoint, dicoms, tmp_path, monkeypatch):
     from pneumonia import predict
+    from pneumonia.model_file import read_model, save_model
 
     assert load_classifier(checkpoint).windowing == "auto"  # PARAMS' dicom_to_npy.windowing, passed by train
     seen = []
@@ -209,8 +208,8 @@ def test_the_checkpoint_records_windowing_and_predict_renders_with_it(checkpoint
     main(["predict", str(folder / "a.dcm"), "--model", str(checkpoint), "--out", str(tmp_path / "p.csv"),
           "--overlays", str(tmp_path / "o")])
     assert seen == ["auto", "auto"]  # the image and its overlay
-    # A checkpoint from before windowing was recorded renders as it was trained: the stored range.
-    old = torch.load(checkpoint, weights_only=True)
-    del old["hyper_parameters"]["windowing"]
-    torch.save(old, tmp_path / "old.ckpt")
-    assert load_classifier(tmp_path / "old.ckpt").windowing == "none"
+    # A model file from before windowing was recorded renders as it was trained: the stored range.
+    header, tensors = read_model(checkpoint, "classifier", "retrain it")
+    del header["windowing"]
+    save_model(tmp_path / "old.safetensors", "classifier", tensors, header)
+    assert load_classifier(tmp_path / "old.safetensors").windowing == "none"

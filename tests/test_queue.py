@@ -15,9 +15,9 @@ def experiments_with_metrics(node, inside=False):
     found = []
     if isinstance(node, dict):
         data = node.get("data") if isinstance(node.get("data"), dict) else None
-        if inside and data and data.get("metrics", {}).get("metrics/eval.json"):
+        if inside and data and data.get("metrics", {}).get("metrics/classifier.json"):
             lr = data["params"]["params.yaml"]["data"]["train"]["lr"]
-            found.append((lr, data["metrics"]["metrics/eval.json"]["data"]["test"]["auroc"]))
+            found.append((lr, data["metrics"]["metrics/classifier.json"]["data"]["auroc"]))
         for key, value in node.items():
             found += experiments_with_metrics(value, inside or key == "experiments")
     elif isinstance(node, list):
@@ -40,7 +40,7 @@ def test_queued_sweep_runs_both_experiments(tmp_path):
         time.sleep(2)
     assert status.count("Success") == 2, status
 
-    shown = json.loads(run(["dvc", "exp", "show", "--json", "--sort-by", "metrics/eval.json:test.auroc"], repo).stdout)
+    shown = json.loads(run(["dvc", "exp", "show", "--json", "--sort-by", "metrics/classifier.json:auroc"], repo).stdout)
     experiments = experiments_with_metrics(shown)
     assert sorted(lr for lr, _ in experiments) == [0.0001, 0.0003], experiments
     assert all(0 <= auroc <= 1 for _, auroc in experiments)

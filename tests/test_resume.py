@@ -11,12 +11,13 @@ import torch
 
 from pipeline_repo import ROOT
 from pneumonia import train
-from pneumonia.params import parse_params
+from project_params import project_params
 from tiny_data import prepare
+from pneumonia.model_file import read_model
 
-PARAMS = parse_params(
+PARAMS = project_params(
     {
-        "split": {"train_size": 0.6},
+        "split": {"train_size": 0.6, "test_size": 0},
         "dicom_to_npy": {"image_size": 32, "workers": 1, "grid_images": 2},
         "train": {"max_epochs": 3, "batch_size": 8, "grid_images": 2, "accelerator": "cpu"},
     }
@@ -28,7 +29,7 @@ import os, signal, sys
 from pathlib import Path
 import yaml
 from pneumonia import train
-from pneumonia.params import parse_params
+from project_params import project_params
 
 class KillMidEpoch(train._SeedEachEpoch):
     def on_train_batch_start(self, trainer, module, batch, batch_idx):
@@ -37,9 +38,9 @@ class KillMidEpoch(train._SeedEachEpoch):
 
 train._SeedEachEpoch = KillMidEpoch
 root, out = Path(sys.argv[1]), Path(sys.argv[2])
-params = parse_params(yaml.safe_load(sys.argv[3]))
+params = project_params(yaml.safe_load(sys.argv[3]))
 train.run(root / "processed", root / "dataset.json", params.train, seed=11,
-          model_path=out / "model.ckpt", live_dir=out / "dvclive")
+          model_path=out / "model.safetensors", live_dir=out / "dvclive")
 """
 
 
@@ -50,7 +51,7 @@ def processed(tmp_path_factory):
 
 def run_train(root, out):
     return train.run(root / "processed", root / "dataset.json", PARAMS.train, seed=11,
-                     model_path=out / "model.ckpt", live_dir=out / "dvclive")
+                     model_path=out / "model.safetensors", live_dir=out / "dvclive")
 
 
 def live_files(out):
@@ -58,8 +59,8 @@ def live_files(out):
 
 
 def weights(out):
-    checkpoint = torch.load(out / "model.ckpt", weights_only=True)
-    return checkpoint["state_dict"], checkpoint["hyper_parameters"]
+    header, tensors = read_model(out / "model.safetensors", "classifier", "retrain")
+    return tensors, header
 
 
 def test_sigkill_mid_epoch_then_rerun_resumes_and_matches_an_uninterrupted_run(processed, tmp_path):
@@ -68,11 +69,11 @@ def test_sigkill_mid_epoch_then_rerun_resumes_and_matches_an_uninterrupted_run(p
 
     out = tmp_path / "killed"
     params_yaml = json.dumps({"train": {"max_epochs": 3, "batch_size": 8, "grid_images": 2, "accelerator": "cpu"}})
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT / "tests")])}
     killed = subprocess.run([sys.executable, "-c", KILLED_RUN, str(processed), str(out), params_yaml],
                             env=env, capture_output=True, text=True, timeout=300)
     assert killed.returncode == -signal.SIGKILL, killed.stderr
-    assert not (out / "model.ckpt").exists()
+    assert not (out / "model.safetensors").exists()
     resume_point = torch.load(out / ".model-checkpoints" / train.RESUME, weights_only=True)
     assert resume_point["epoch"] == 0  # the first epoch finished; the second was killed
 
@@ -95,4 +96,4 @@ def test_a_checkpoint_of_other_params_is_not_resumed(processed, tmp_path):
     (ckpt_dir / train.RESUME).write_bytes(b"left over from another run")
     (ckpt_dir / train.FINGERPRINT).write_text(json.dumps({"params": {"max_epochs": 99}}))
     run_train(processed, out)  # starts afresh instead of failing or resuming
-    assert (out / "model.ckpt").exists() and not ckpt_dir.exists()
+    assert (out / "model.safetensors").exists() and not ckpt_dir.exists()

@@ -6,7 +6,7 @@ from pneumonia.split import assign_splits, split_counts
 
 
 def test_reference_split_is_a_count_in_file_order():
-    splits = assign_splits([0] * 26684, SplitParams(train_size=24000))
+    splits = assign_splits([0] * 26684, SplitParams(train_size=24000, test_size=0, stratify=False))
     assert splits[:24000] == ["train"] * 24000
     assert splits[24000:] == ["val"] * 2684
 
@@ -17,7 +17,7 @@ def test_fraction_rounds_to_nearest_patient():
 
 
 def test_test_split_is_taken_last_in_file_order():
-    splits = assign_splits([0, 1] * 5, SplitParams(train_size=5, test_size=2))
+    splits = assign_splits([0, 1] * 5, SplitParams(train_size=5, test_size=2, stratify=False))
     assert splits == ["train"] * 5 + ["val"] * 3 + ["test"] * 2
 
 

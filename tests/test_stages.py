@@ -7,11 +7,12 @@ import pytest
 import yaml
 
 from pipeline_repo import ROOT, run
+from project_params import merged
 from pneumonia.phantom import write_dicom
 
 
 def stage(name, workdir, params, env_extra=None, monkeypatch=None):
-    (workdir / "params.yaml").write_text(yaml.safe_dump(params))
+    (workdir / "params.yaml").write_text(yaml.safe_dump(merged(params)))
     return run([sys.executable, str(ROOT / "stages" / f"{name}.py")], workdir, check=False)
 
 
@@ -51,6 +52,7 @@ def write_rsna_folder(folder, patients, missing=()):
         ({"download": {"sourse": "synthetic"}}, "download.sourse"),
         ({"train": {"lr": "fast"}}, "train.lr"),
         ({"train": {"max_epochs": 0}}, "train.max_epochs"),
+        ({"split": {"test_size": None}}, "split.test_size"),
     ],
 )
 def test_bad_params_stop_before_any_work(tmp_path, params, needle):
@@ -80,7 +82,7 @@ def test_a_dcm_that_is_not_dicom_stops_the_conversion(tmp_path):
     raw = tmp_path / "data" / "raw"
     write_rsna_folder(raw, [("p1", 1), ("p2", 0), ("p3", 0), ("p4", 1)])
     (raw / "stage_2_train_images" / "p3.dcm").write_text("not a DICOM at all")
-    result = stage("dicom_to_npy", tmp_path, {"split": {"train_size": 2}, "dicom_to_npy": {"workers": 2}})
+    result = stage("dicom_to_npy", tmp_path, {"split": {"train_size": 2, "test_size": 0}, "dicom_to_npy": {"workers": 2}})
     assert_one_line_error(result, "p3.dcm", "not a DICOM file")
     assert_nothing_written(tmp_path / "data", "processed")
 
@@ -134,7 +136,7 @@ def test_a_split_with_a_single_class_is_named(tmp_path):
         assert stage(name, tmp_path, params).returncode == 0
     result = stage("train", tmp_path, params)
     assert_one_line_error(result, "the val split has a single class")
-    assert not (tmp_path / "models" / "model.ckpt").exists()
+    assert not (tmp_path / "models" / "classifier.safetensors").exists()
 
 
 def test_non_chest_files_are_counted_and_listed_under_skip(tmp_path):

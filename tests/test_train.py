@@ -8,12 +8,12 @@ import pytest
 from pneumonia import inference, train
 from pneumonia.checkpoint import load_classifier
 from pneumonia.errors import PneumoniaError
-from pneumonia.params import parse_params
+from project_params import project_params
 from tiny_data import prepare
 
-PARAMS = parse_params(
+PARAMS = project_params(
     {
-        "split": {"train_size": 0.6},
+        "split": {"train_size": 0.6, "test_size": 0},
         "dicom_to_npy": {"image_size": 32, "workers": 1, "grid_images": 2},
         "train": {"max_epochs": 1, "batch_size": 8, "grid_images": 2, "accelerator": "cpu"},
     }
@@ -29,7 +29,7 @@ def train_once(root, name):
     out = root / name
     result = train.run(
         root / "processed", root / "dataset.json", PARAMS.train, seed=11,
-        model_path=out / "model.ckpt", live_dir=out / "dvclive", grid_path=out / "augmented.png",
+        model_path=out / "model.safetensors", live_dir=out / "dvclive", grid_path=out / "augmented.png",
     )
     return out, result
 
@@ -44,7 +44,7 @@ def test_checkpoint_carries_what_prediction_needs(processed, trained):
     assert 0 <= result["best_val/auroc"] <= 1
     assert (out / "augmented.png").exists() and (out / "dvclive" / "metrics.json").exists()
     assert not list(out.glob(".*checkpoints*")), "temporary checkpoint folder left behind"
-    model = load_classifier(out / "model.ckpt")
+    model = load_classifier(out / "model.safetensors")
     data_stats = json.loads((processed / "dataset.json").read_text())
     assert (model.arch, model.image_size) == ("resnet18", 32)
     assert (model.mean, model.std) == (data_stats["mean"], data_stats["std"])
@@ -53,23 +53,23 @@ def test_checkpoint_carries_what_prediction_needs(processed, trained):
     assert probs.shape == (12,) and np.all((probs >= 0) & (probs <= 1))
 
 
-def test_same_seed_same_checkpoint_bytes(processed, trained):
+def test_same_seed_same_model_file_bytes_in_another_folder(processed, trained):
     first, _ = trained
-    before = (first / "model.ckpt").read_bytes()
-    again, _ = train_once(processed, first.name)  # the same run, into the same place
-    # byte-identical, so DVC's hash of models/model.ckpt is stable across `dvc repro --force`
-    assert (again / "model.ckpt").read_bytes() == before
+    before = (first / "model.safetensors").read_bytes()
+    again, _ = train_once(processed, "another/folder")  # the same run, written elsewhere
+    # byte-identical, so DVC's hash of the model file is the same in every clone and every `dvc repro --force`
+    assert (again / "model.safetensors").read_bytes() == before
 
 
 def test_wrong_image_size_is_refused(trained):
     out, _ = trained
-    model = load_classifier(out / "model.ckpt")
+    model = load_classifier(out / "model.safetensors")
     with pytest.raises(PneumoniaError, match="trained on 32x32"):
         inference.predict_probabilities(model, np.zeros((2, 64, 64), np.uint8), batch_size=2)
 
 
 def test_a_file_that_is_not_a_checkpoint(tmp_path):
-    path = tmp_path / "model.ckpt"
+    path = tmp_path / "model.safetensors"
     path.write_bytes(b"not a checkpoint")
-    with pytest.raises(PneumoniaError, match="not a checkpoint of this project"):
+    with pytest.raises(PneumoniaError, match="not a model file of this project"):
         load_classifier(path)

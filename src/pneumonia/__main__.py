@@ -1,4 +1,4 @@
-"""The command line: ``python -m pneumonia predict PATH... --model models/model.ckpt`` (or ``pneumonia predict``)."""
+"""The command line: ``python -m pneumonia predict PATH... --model models/classifier.safetensors`` (or ``pneumonia predict``)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,9 @@ from pathlib import Path
 from typing import Sequence
 
 from pneumonia.errors import PneumoniaError
-from pneumonia.params import LocalizeParams
+from pneumonia.params import load_params
+
+PARAMS_YAML = "params.yaml"
 
 NOT_SCORED_EXIT = 3  # some files were not scored (not chest radiographs); 1 (unreadable files) takes precedence
 
@@ -31,7 +33,8 @@ def _parser() -> argparse.ArgumentParser:
         "paths", nargs="+", metavar="PATH", help="DICOM files, or folders searched recursively for *.dcm"
     )
     predict.add_argument(
-        "--model", type=Path, default=Path("models/model.ckpt"), help="checkpoint (default: %(default)s)"
+        "--model", type=Path, default=Path("models/classifier.safetensors"),
+        help="the classifier's model file (default: %(default)s)",
     )
     predict.add_argument("--out", type=Path, default=Path("predictions.csv"), help="CSV written (default: %(default)s)")
     predict.add_argument("--overlays", type=Path, metavar="DIR", help="write an overlay PNG per image into DIR")
@@ -43,14 +46,14 @@ def _parser() -> argparse.ArgumentParser:
         "--allow-non-chest", action="store_true",
         help="score files whose Modality or BodyPartExamined say they are not chest radiographs",
     )
-    defaults = LocalizeParams()
     predict.add_argument(
-        "--cam-threshold", type=_fraction(inclusive_zero=False), default=defaults.cam_threshold,
-        help="a region is where the map reaches this fraction of its maximum (default: %(default)s)",
+        "--cam-threshold", type=_fraction(inclusive_zero=False),
+        help="a region is where the map reaches this fraction of its maximum (default: localize.cam_threshold "
+             "of params.yaml in the current folder)",
     )
     predict.add_argument(
-        "--min-area", type=_fraction(inclusive_zero=True), default=defaults.min_area,
-        help="smallest box kept, as a fraction of the image area (default: %(default)s)",
+        "--min-area", type=_fraction(inclusive_zero=True),
+        help="smallest box kept, as a fraction of the image area (default: localize.min_area of params.yaml)",
     )
     return parser
 
@@ -75,6 +78,16 @@ def _fraction(inclusive_zero: bool):
 def _predict(args: argparse.Namespace) -> int:
     from pneumonia import predict  # torch and friends load only when there is work to do
 
+    if args.cam_threshold is None or args.min_area is None:
+        # params.yaml is the one place defaults live: the localize stage's settings, as the pipeline used them.
+        if not Path(PARAMS_YAML).exists():
+            raise PneumoniaError(
+                f"no {PARAMS_YAML} in this folder to take localize.cam_threshold and localize.min_area from; "
+                "run from the project folder or give --cam-threshold and --min-area"
+            )
+        localize = load_params(PARAMS_YAML).localize
+        args.cam_threshold = localize.cam_threshold if args.cam_threshold is None else args.cam_threshold
+        args.min_area = localize.min_area if args.min_area is None else args.min_area
     model, predictions = predict.run(
         args.paths, args.model, out_csv=args.out, overlays_dir=args.overlays, submission=args.rsna_submission,
         batch_size=args.batch_size, cam_threshold=args.cam_threshold, min_area=args.min_area,

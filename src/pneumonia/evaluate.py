@@ -4,14 +4,16 @@ The checkpoint (best ``val/auroc``), the logit temperature and the operating
 thresholds are all chosen on val; the headline numbers are test's. Without a
 test split the val numbers are reported, marked ``model_selected_on_this_split``.
 
-``metrics/eval.json``, per reported split: counts; AUROC and average precision
-with bootstrap 95 % intervals; ``threshold_0p50`` / ``threshold_0p25`` (the
-reference's thresholds; stable keys); ``operating_points`` (the fixed thresholds,
-the one reaching ``target_sensitivity`` on val and Youden's J on val), each with
-sensitivity, specificity, PPV, NPV, F1, confusion matrix and intervals;
-calibration (Brier, ECE with 15 bins, before and after temperature scaling);
-subgroups by view, sex and age band; false-positive rates of "Not Normal" and
-"Normal" negatives. Plots for `dvc plots show` are drawn on the headline split.
+Two outputs. ``metrics/classifier.json`` holds the headline only, what
+``dvc metrics diff`` compares (see :func:`headline`). ``reports/classification.json``
+holds everything, per reported split: counts; AUROC and average precision with
+bootstrap 95 % intervals; ``operating_points`` (the fixed thresholds as ``0p50``,
+``0p25``, the one reaching ``target_sensitivity`` on val and Youden's J on val),
+each with sensitivity, specificity, PPV, NPV, F1, accuracy, the confusion matrix
+and intervals; calibration (Brier, ECE with 15 bins, before and after temperature
+scaling); subgroups by view, sex and age band; false-positive rates of "Not
+Normal" and "Normal" negatives. Plots for `dvc plots show` are drawn on the
+headline split.
 """
 
 from __future__ import annotations
@@ -28,18 +30,13 @@ from pneumonia.checkpoint import load_classifier
 from pneumonia.errors import DatasetError
 from pneumonia.inference import default_device, predict_logits, sigmoid
 from pneumonia.manifest import ManifestRow, read_manifest, split_rows
-from pneumonia.metrics import pr_curve_points, ranking_metrics, roc_curve_points, threshold_metrics
+from pneumonia.metrics import pr_curve_points, ranking_metrics, roc_curve_points
 from pneumonia.operating_points import choose_thresholds, operating_points, threshold_name
 from pneumonia.params import EvaluateParams
 from pneumonia.subgroups import age_band_labels, false_positive_rates_by_detailed_class, subgroup_metrics
 
 SPLIT = "val"  # where everything is chosen
 HISTOGRAM_BINS = 20
-
-
-def threshold_key(threshold: float) -> str:
-    """The reference thresholds' stable keys in eval.json: 0.5 -> threshold_0p50."""
-    return f"threshold_{threshold_name(threshold)}"
 
 
 def sensitivity_key(params: EvaluateParams) -> str:
@@ -51,10 +48,12 @@ def run(
     processed_dir: Path,
     model_path: Path,
     params: EvaluateParams,
-    out_json: Path = Path("metrics/eval.json"),
+    report_json: Path = Path("reports/classification.json"),
+    headline_json: Path = Path("metrics/classifier.json"),
     plots_dir: Path = Path("plots"),
     seed: int = 0,
 ) -> dict:
+    """Write the full report, the headline metrics and the plots; return the full report."""
     model = load_classifier(model_path, default_device())
     manifest = read_manifest(processed_dir)
     splits = [s for s in ("val", "test") if split_rows(manifest, s)]
@@ -73,6 +72,7 @@ def run(
     )
     result = {
         "headline_split": splits[-1],
+        "headline_operating_point": sensitivity_key(params),  # what metrics/classifier.json's sens/spec are at
         "temperature": model.temperature,
         "chosen_on_val": {"thresholds": thresholds},
     }
@@ -80,12 +80,36 @@ def run(
         result[split] = _report(rows, labels, logits, model.temperature, thresholds, params, seed)
         result[split]["model_selected_on_this_split"] = split == SPLIT
 
-    headline = splits[-1]
-    rows, labels, logits = data[headline]
-    points = result[headline]["operating_points"]
+    rows, labels, logits = data[result["headline_split"]]
+    points = result[result["headline_split"]]["operating_points"]
     _write_plots(plots_dir, rows, labels, sigmoid(logits / model.temperature), thresholds[sensitivity_key(params)], points)
-    write_json(out_json, result)
+    write_json(report_json, result)
+    write_json(headline_json, headline(result, sensitivity_key(params)))
     return result
+
+
+def headline(report: dict, operating_point: str) -> dict:
+    """The classifier's headline on the headline split: ~10 numbers, short keys so `dvc metrics show` fits a screen.
+
+    ``sens``/``spec`` are at ``operating_point`` (its threshold chosen on val);
+    ``auroc_low``/``auroc_high`` bound the bootstrap 95 % interval; ``ap`` is the
+    average precision; ``ece`` uses 15 equal-width bins. Three decimals: the
+    intervals are a few hundredths wide, so more digits are noise.
+    """
+    split = report["headline_split"]
+    block = report[split]
+    point = block["operating_points"][operating_point]
+    values = {
+        "auroc": block["auroc"],
+        "auroc_low": block["ci95"]["auroc"]["low"],
+        "auroc_high": block["ci95"]["auroc"]["high"],
+        "ap": block["average_precision"],
+        "sens": point["sensitivity"],
+        "spec": point["specificity"],
+        "brier": block["calibration"]["brier"],
+        "ece": block["calibration"]["ece_15_bins"],
+    }
+    return {"split": split} | {k: None if v is None else round(float(v), 3) for k, v in values.items()}
 
 
 def _report(rows, labels, logits, temperature, thresholds, params: EvaluateParams, seed: int) -> dict:
@@ -96,8 +120,6 @@ def _report(rows, labels, logits, temperature, thresholds, params: EvaluateParam
         "negative": int(len(labels) - labels.sum()),
         **ranking_metrics(labels, probs),
     }
-    for threshold in params.thresholds:
-        report[threshold_key(threshold)] = threshold_metrics(labels, probs, threshold)
     points = operating_points(labels, probs, thresholds)
     intervals = bootstrap_metrics(labels, probs, thresholds, resamples=params.bootstrap_resamples, seed=seed)
     report["ci95"] = {"auroc": intervals["auroc"], "average_precision": intervals["average_precision"]}

@@ -504,13 +504,14 @@ def run(
     processed_dir: Path,
     model_path: Path,
     params: LocalizeParams,
-    out_json: Path = Path("metrics/localization.json"),
+    out_json: Path = Path("reports/localization.json"),
+    headline_json: Path | None = None,
     overlays_dir: Path = Path("plots/localization"),
     boxes_csv: Path = Path("data/localization/boxes.csv"),
     split: str = "val",
     seed: int = 0,
 ) -> dict:
-    """Localize every image of ``split``; write the metrics JSON, the boxes CSV and overlay PNGs.
+    """Localize every image of ``split``; write the report, the headline, the boxes CSV and overlay PNGs.
 
     Returns ``{split: metrics}`` (what ``out_json`` holds). The overlays are a
     ``seed``-fixed sample of true positives, false positives and false negatives
@@ -548,7 +549,17 @@ def run(
     _write_overlays(overlays_dir, images, rows, results, params.overlays, seed)
     result = {split: report}
     write_json(out_json, result)
+    if headline_json is not None:
+        write_json(headline_json, headline(result))
     return result
+
+
+def headline(result: dict) -> dict:
+    """The CAM baseline's headline: the RSNA score and size agreement, keys shared with the detector's."""
+    (split, report), = result.items()
+    size = report["size_true_positives"]
+    values = {"rsna_score": report["rsna_score"], "size_spearman": size["spearman"]}
+    return {"split": split} | {k: None if v is None else round(float(v), 3) for k, v in values.items()}
 
 
 BOXES_COLUMNS = [

@@ -47,7 +47,7 @@ def read_model(path: str | Path, kind: str, retrain: str) -> tuple[dict[str, Any
     path = Path(path)
     if not path.exists():
         raise PneumoniaError(f"{path}: model file not found; {retrain}")
-    if path.suffix == ".ckpt" or _is_zip(path):
+    if path.is_file() and (path.suffix == ".ckpt" or _is_zip(path)):
         raise PneumoniaError(
             f"{path}: a Lightning/PyTorch checkpoint, not a portable model file (.safetensors); "
             f"model files are written by the pipeline since the model-file change: {retrain}"

@@ -36,7 +36,7 @@ def _require(count: int, what: str, purpose: str) -> None:
 
 
 def operating_point(labels: np.ndarray, probs: np.ndarray, threshold: float) -> dict[str, float | int | None]:
-    """Sensitivity, specificity, PPV, NPV and F1 at ``threshold``, with the confusion matrix.
+    """Sensitivity, specificity, PPV, NPV, F1 and accuracy at ``threshold``, with the confusion matrix.
 
     Rates are fractions in [0, 1]. Unlike :func:`pneumonia.metrics.threshold_metrics`,
     which reports 0/0 as 0, a rate whose denominator is zero here is ``None``:
@@ -53,6 +53,7 @@ def operating_point(labels: np.ndarray, probs: np.ndarray, threshold: float) -> 
         "ppv": _ratio(tp, tp + fp),
         "npv": _ratio(tn, tn + fn),
         "f1": _ratio(2 * tp, 2 * tp + fp + fn),
+        "accuracy": m["accuracy"],
         "tp": tp,
         "fp": fp,
         "tn": tn,

@@ -1,9 +1,14 @@
 """Typed, validated settings from params.yaml.
 
-Every stage loads the whole file through :func:`load_params`, so a misspelled or
-out-of-range key anywhere fails before any work, naming the key. DVC still
-tracks each stage's individual keys (see dvc.yaml), so an experiment reruns only
-what it must.
+params.yaml is the one place a default lives: the dataclasses below declare
+types and ranges but no values, and :func:`parse_params` requires every key, so a
+deleted line is an error naming the key, never a silent fallback to a second
+default that may disagree.
+
+Every stage loads the whole file through :func:`load_params`, so a misspelled,
+missing or out-of-range key anywhere fails before any work, naming the key. DVC
+still tracks each stage's individual keys (see dvc.yaml), so an experiment
+reruns only what it must.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from pneumonia.errors import ParamsError
 
 @dataclass(frozen=True)
 class BaseParams:
-    seed: int = 42  # seeds the phantom generator and training
+    seed: int  # seeds the phantom generator and training
 
     def __post_init__(self):
         _check(self.seed >= 0, "base.seed", "must be >= 0")
@@ -29,8 +34,8 @@ class BaseParams:
 
 @dataclass(frozen=True)
 class PhantomParams:
-    patients: int = 1500  # patients in the phantom dataset
-    size: int = 1024  # DICOM rows and columns, as in RSNA
+    patients: int  # patients in the phantom dataset
+    size: int  # DICOM rows and columns, as in RSNA
 
     def __post_init__(self):
         _check(self.patients >= 4, "download.phantom.patients", "must be >= 4")
@@ -39,10 +44,13 @@ class PhantomParams:
 
 @dataclass(frozen=True)
 class DownloadParams:
-    source: Literal["synthetic", "kaggle", "local"] = "synthetic"
-    path: str | None = None  # for source=local: a zip or folder in the RSNA layout
-    competition: str = "rsna-pneumonia-detection-challenge"
-    phantom: PhantomParams = field(default_factory=PhantomParams)
+    source: Literal["synthetic", "kaggle", "local"]
+    # source=local: a zip or folder in the RSNA layout. Always a path, because dvc.yaml
+    # makes it the download stage's dependency (${download.path}): a change in the
+    # user's data reruns the pipeline. The default, local_data/, is a committed folder.
+    path: str
+    competition: str
+    phantom: PhantomParams
 
     def __post_init__(self):
         _check(
@@ -58,9 +66,9 @@ class SplitParams:
     # the last test_size are test, the rest val. An int is a count, a float in
     # (0, 1) a fraction of all patients. stratify: the rule applies within each
     # class separately, so every split keeps the overall positive fraction.
-    train_size: Union[int, float] = 0.8
-    test_size: Union[int, float] = 0
-    stratify: bool = False
+    train_size: Union[int, float]
+    test_size: Union[int, float]
+    stratify: bool
 
     def __post_init__(self):
         for key in ("train_size", "test_size"):
@@ -73,12 +81,12 @@ class SplitParams:
 
 @dataclass(frozen=True)
 class DicomToNpyParams:
-    image_size: int = 128  # side of the square arrays the model sees (the reference: 224)
-    workers: int = 0  # conversion processes; 0 = one per CPU core
-    grid_images: int = 16  # images in the plots/images/samples.png grid
-    on_error: Literal["fail", "skip"] = "fail"  # skip: unreadable files go to failed.csv
+    image_size: int  # side of the square arrays the model sees (the reference: 224)
+    workers: int  # conversion processes; 0 = one per CPU core
+    grid_images: int  # images in the plots/images/samples.png grid
+    on_error: Literal["fail", "skip"]  # skip: unreadable files go to failed.csv
     # auto: a file's own window (VOI LUT) when it declares one, else its stored range; none: always the stored range
-    windowing: Literal["auto", "none"] = "auto"
+    windowing: Literal["auto", "none"]
 
     def __post_init__(self):
         _check(16 <= self.image_size <= 1024, "dicom_to_npy.image_size", "must be between 16 and 1024")
@@ -88,22 +96,22 @@ class DicomToNpyParams:
 
 @dataclass(frozen=True)
 class TrainParams:
-    max_epochs: int = 8
-    lr: float = 1e-4
-    batch_size: int = 64
-    num_workers: int = 0
-    accelerator: str = "auto"
-    devices: Union[int, str] = "auto"  # per node; DDP runs one process per device
-    num_nodes: int = 1
-    strategy: str = "auto"  # auto, ddp, ddp_spawn, fsdp, ...: passed to the Lightning Trainer
-    precision: Literal["32-true", "bf16-mixed", "16-mixed", "64-true", "bf16-true", "16-true"] = "32-true"
-    pos_weight: float = 1.0  # BCEWithLogitsLoss pos_weight
+    max_epochs: int
+    lr: float
+    batch_size: int
+    num_workers: int
+    accelerator: str
+    devices: Union[int, str]  # per node; DDP runs one process per device
+    num_nodes: int
+    strategy: str  # auto, ddp, ddp_spawn, fsdp, ...: passed to the Lightning Trainer
+    precision: Literal["32-true", "bf16-mixed", "16-mixed", "64-true", "bf16-true", "16-true"]
+    pos_weight: float  # BCEWithLogitsLoss pos_weight
     # none: the reference; weighted_loss: pos_weight times the train split's
     # negative/positive ratio; oversample: positives drawn as often as negatives.
-    class_balance: Literal["none", "weighted_loss", "oversample"] = "none"
-    augment: bool = True  # the reference's RandomAffine + RandomResizedCrop on train
-    temperature_scaling: bool = False  # fit a logit temperature on val; stored in the checkpoint
-    grid_images: int = 16  # augmented samples in plots/images/augmented.png
+    class_balance: Literal["none", "weighted_loss", "oversample"]
+    augment: bool  # the reference's RandomAffine + RandomResizedCrop on train
+    temperature_scaling: bool  # fit a logit temperature on val; stored in the checkpoint
+    grid_images: int  # augmented samples in plots/images/augmented.png
 
     def __post_init__(self):
         _check(self.max_epochs >= 1, "train.max_epochs", "must be >= 1")
@@ -122,11 +130,11 @@ class TrainParams:
 
 @dataclass(frozen=True)
 class EvaluateParams:
-    thresholds: tuple[float, ...] = (0.5, 0.25)  # 0.25 is the reference's second threshold
-    batch_size: int = 128
-    target_sensitivity: float = 0.90  # an operating point chosen on val to reach it
-    bootstrap_resamples: int = 1000  # for the 95 % confidence intervals
-    age_bands: tuple[int, ...] = (40, 60)  # band edges in years: <40, 40-59, >=60
+    thresholds: tuple[float, ...]  # 0.25 is the reference's second threshold
+    batch_size: int
+    target_sensitivity: float  # an operating point chosen on val to reach it
+    bootstrap_resamples: int  # for the 95 % confidence intervals
+    age_bands: tuple[int, ...]  # band edges in years: <40, 40-59, >=60
 
     def __post_init__(self):
         _check(len(self.thresholds) >= 1, "evaluate.thresholds", "must list at least one threshold")
@@ -140,11 +148,11 @@ class EvaluateParams:
 
 @dataclass(frozen=True)
 class LocalizeParams:
-    cam_threshold: float = 0.5  # a region is where the class activation map exceeds this fraction of its maximum
-    min_area: float = 0.005  # smallest box kept, as a fraction of the image area
-    threshold: Union[float, None] = None  # classification threshold for boxes; null = the checkpoint's
-    overlays: int = 12  # overlay PNGs drawn (true positives, false positives, false negatives)
-    batch_size: int = 64
+    cam_threshold: float  # a region is where the class activation map exceeds this fraction of its maximum
+    min_area: float  # smallest box kept, as a fraction of the image area
+    threshold: Union[float, None]  # classification threshold for boxes; null = the checkpoint's
+    overlays: int  # overlay PNGs drawn (true positives, false positives, false negatives)
+    batch_size: int
 
     def __post_init__(self):
         _check(0 < self.cam_threshold < 1, "localize.cam_threshold", "must be in (0, 1)")
@@ -156,13 +164,13 @@ class LocalizeParams:
 
 @dataclass(frozen=True)
 class Params:
-    base: BaseParams = field(default_factory=BaseParams)
-    download: DownloadParams = field(default_factory=DownloadParams)
-    split: SplitParams = field(default_factory=SplitParams)
-    dicom_to_npy: DicomToNpyParams = field(default_factory=DicomToNpyParams)
-    train: TrainParams = field(default_factory=TrainParams)
-    evaluate: EvaluateParams = field(default_factory=EvaluateParams)
-    localize: LocalizeParams = field(default_factory=LocalizeParams)
+    base: BaseParams
+    download: DownloadParams
+    split: SplitParams
+    dicom_to_npy: DicomToNpyParams
+    train: TrainParams
+    evaluate: EvaluateParams
+    localize: LocalizeParams
 
 
 def _check(ok: bool, key: str, problem: str) -> None:
@@ -197,7 +205,13 @@ def _build(cls, raw: Any, prefix: str):
     if unknown:
         key = prefix + str(unknown[0])
         raise ParamsError(f"params.yaml: unknown key {key}; valid keys here: {', '.join(sorted(names))}")
-    values = {name: _coerce(hints[name], raw[name], prefix + name) for name in names if name in raw}
+    missing = [f.name for f in dataclasses.fields(cls) if f.name not in raw]
+    if missing:
+        raise ParamsError(
+            f"params.yaml: missing key {prefix}{missing[0]}; every setting lives in params.yaml "
+            "(restore the line from git or the README's table)"
+        )
+    values = {name: _coerce(hints[name], raw[name], prefix + name) for name in names}
     return cls(**values)
 
 

@@ -5,8 +5,8 @@ windowing) comes from the checkpoint. Files that are not chest radiographs
 (:func:`pneumonia.dicom.chest_problem`) are not scored unless
 ``allow_non_chest``: their row says why. Boxes are (x, y, width, height) in pixels of each
 ORIGINAL image; their confidence is the image's probability times the region's
-strength (see :mod:`pneumonia.localization`). The map threshold and minimum box
-area default to the localize stage's defaults.
+strength (see :mod:`pneumonia.localization`). The command line takes the map
+threshold and minimum box area from params.yaml's localize section.
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ from pneumonia.errors import DicomReadError, PneumoniaError
 from pneumonia.inference import default_device
 from pneumonia.localization import ImageLocalization, localize_images, upsample_map
 from pneumonia.overlay import draw_overlay
-from pneumonia.params import LocalizeParams
 
 PROGRESS_MIN_FILES = 8  # a progress bar only for more files than a handful
 OVERLAY_SIZE = 512  # pixels: overlays are drawn from the DICOM read again at this size
@@ -223,8 +222,8 @@ def run(
     overlays_dir: Path | None = None,
     submission: Path | None = None,
     batch_size: int = 32,
-    cam_threshold: float = LocalizeParams.cam_threshold,
-    min_area: float = LocalizeParams.min_area,
+    cam_threshold: float = 0.5,
+    min_area: float = 0.0,
     allow_non_chest: bool = False,
 ) -> tuple[LoadedModel, list[FilePrediction]]:
     """Predict every DICOM in ``paths``; write the CSV, overlays and submission asked for.

@@ -33,8 +33,11 @@ def mean_std(images: np.ndarray) -> tuple[float, float]:
     return mean, math.sqrt(max(sum_squares / len(images) - mean**2, 0.0))
 
 
-def run(processed_dir: Path, out_json: Path) -> dict:
-    """Write ``out_json`` with the train mean/std and the counts per split and class."""
+def run(processed_dir: Path, out_json: Path, headline_json: Path | None = None) -> dict:
+    """Write ``out_json`` with the train mean/std and the counts per split and class.
+
+    ``headline_json`` (for ``dvc metrics``) gets the patients per split only.
+    """
     manifest = read_manifest(processed_dir)
     mean, std = mean_std(np.load(processed_dir / "train.npy", mmap_mode="r"))
     counts = {}
@@ -43,4 +46,6 @@ def run(processed_dir: Path, out_json: Path) -> dict:
         counts[split] = {"total": len(labels), "positive": sum(labels), "negative": len(labels) - sum(labels)}
     result = {"mean": round(float(mean), 6), "std": round(float(std), 6), "counts": counts}
     write_json(out_json, result)
+    if headline_json is not None:
+        write_json(headline_json, {split: counts[split]["total"] for split in SPLITS})
     return result

@@ -1,8 +1,11 @@
 """The train stage: ResNet18 on the processed arrays with PyTorch Lightning.
 
 Reads ``<processed>/{train,val}.npy`` and the manifest, normalises with the
-mean/std of ``metrics/dataset.json``, logs curves with DVCLive, keeps the
-checkpoint with the best ``val/auroc`` and writes it to ``models/model.ckpt``.
+mean/std of ``reports/dataset.json``, logs curves with DVCLive, keeps the
+checkpoint with the best ``val/auroc`` and exports it as the portable model file
+``models/classifier.safetensors`` (weights and the hyper-parameters prediction
+needs; see :mod:`pneumonia.model_file`). Lightning's own checkpoints, with the
+optimizer state, live only in ``models/.classifier-checkpoints/`` while training.
 
 Resuming: every epoch ends with ``resume.ckpt`` in ``models/.model-checkpoints/``
 beside a fingerprint of the run's params and data. A run that was killed is
@@ -30,15 +33,15 @@ from dvclive.lightning import DVCLiveLogger
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.utilities import rank_zero_only
 
-from pneumonia.atomic import atomic_path
 from pneumonia.calibration import fit_temperature
-from pneumonia.checkpoint import load_classifier
+from pneumonia.checkpoint import NETWORK_PREFIX, classifier_header, load_classifier
 from pneumonia.data import XrayDataset, epoch_seed, make_loader
 from pneumonia.errors import DatasetError
 from pneumonia.inference import predict_logits
 from pneumonia.grid import save_grid
 from pneumonia.manifest import MANIFEST, read_manifest, split_labels
 from pneumonia.model import PneumoniaClassifier
+from pneumonia.model_file import save_model
 from pneumonia.params import TrainParams
 
 MONITOR = "val/auroc"
@@ -51,15 +54,15 @@ def run(
     stats_json: Path,
     params: TrainParams,
     seed: int,
-    model_path: Path = Path("models/model.ckpt"),
+    model_path: Path = Path("models/classifier.safetensors"),
     live_dir: Path = Path("dvclive"),
     grid_path: Path | None = None,
     windowing: str = "auto",
 ) -> dict[str, float]:
-    """Train, write the best checkpoint to ``model_path``, return the final logged metrics.
+    """Train, write the best epoch's model file to ``model_path``, return the final logged metrics.
 
     ``windowing`` is how the arrays were rendered (``dicom_to_npy.windowing``); the
-    checkpoint records it so ``predict`` renders new DICOMs the same way.
+    model file records it so ``predict`` renders new DICOMs the same way.
     """
     pl.seed_everything(seed, workers=True)
     stats = json.loads(Path(stats_json).read_text())
@@ -128,10 +131,7 @@ def run(
         warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
         trainer.fit(model, train_loader, val_loader, ckpt_path=resume)
     if trainer.is_global_zero:
-        with atomic_path(model_path) as tmp:
-            shutil.copyfile(best.best_model_path, tmp)
-            if params.temperature_scaling:
-                _fit_temperature(tmp, processed_dir, val_labels, params.batch_size)
+        _export(Path(best.best_model_path), model_path, processed_dir, val_labels, params)
         # Finished: nothing to resume. (A failed or killed run keeps the folder for the next try.)
         shutil.rmtree(ckpt_dir, ignore_errors=True)
     return {k: float(v) for k, v in trainer.callback_metrics.items()} | {"best_" + MONITOR: float(best.best_model_score)}
@@ -181,13 +181,21 @@ def _trim_live(live_dir: Path, global_step: int) -> None:
             csv.writer(handle, delimiter="\t", lineterminator="\n").writerows(kept)
 
 
-def _fit_temperature(checkpoint_path: Path, processed_dir: Path, val_labels: np.ndarray, batch_size: int) -> None:
-    """Fit the logit temperature of the selected checkpoint on val and store it in the checkpoint."""
-    model = load_classifier(checkpoint_path)
-    logits = predict_logits(model, np.load(processed_dir / "val.npy", mmap_mode="r"), batch_size)
-    checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
-    checkpoint["hyper_parameters"]["temperature"] = fit_temperature(val_labels, logits)
-    torch.save(checkpoint, checkpoint_path)
+def _export(
+    best_ckpt: Path, model_path: Path, processed_dir: Path, val_labels: np.ndarray, params: TrainParams
+) -> None:
+    """The best epoch's network and hyper-parameters into the model file (temperature fitted on val if asked)."""
+    checkpoint = torch.load(best_ckpt, map_location="cpu", weights_only=True)
+    header = classifier_header(checkpoint["hyper_parameters"])
+    state = {k.removeprefix(NETWORK_PREFIX): v for k, v in checkpoint["state_dict"].items()
+             if k.startswith(NETWORK_PREFIX)}
+    if params.temperature_scaling:
+        draft = best_ckpt.with_name("untempered.safetensors")
+        save_model(draft, "classifier", state, header)
+        logits = predict_logits(load_classifier(draft), np.load(processed_dir / "val.npy", mmap_mode="r"),
+                                params.batch_size)
+        header["temperature"] = fit_temperature(val_labels, logits)
+    save_model(model_path, "classifier", state, header)
 
 
 def _save_augmented(path: Path, dataset: XrayDataset, n: int, seed: int) -> None:

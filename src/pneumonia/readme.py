@@ -1,0 +1,97 @@
+"""The README's generated blocks: ``make readme`` (``python -m pneumonia.readme``) rewrites them.
+
+A block is the text between ``<!-- generated:NAME -->`` and ``<!-- /generated:NAME -->``.
+``params`` is the table of every setting, made from params.yaml itself (value and
+the line's own comment), so the README cannot disagree with the one place defaults
+live. ``metrics`` is ``dvc metrics show --md`` of the committed headline metrics.
+``tests/test_readme.py`` fails when a block differs from what this module makes.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+_BLOCK = re.compile(r"(<!-- generated:(\w+) -->\n)(.*?)(<!-- /generated:\2 -->)", re.S)
+_LINE = re.compile(r"^(?P<indent> *)(?P<key>[\w]+):(?P<value>[^#]*?)\s*(?:#\s*(?P<comment>.*))?$")
+
+
+def params_rows(text: str) -> list[tuple[str, str, str]]:
+    """(dotted key, value as YAML, comment) for every leaf of params.yaml, in file order.
+
+    Comments are read from the lines themselves (YAML parsers drop them); values are
+    re-serialised from the parsed file, so the table shows what the loader reads. A
+    section's comment (on its own line) applies to its keys that have none.
+    """
+    data = yaml.safe_load(text)
+    rows, stack = [], []  # stack: (indent, key, comment)
+    for line in text.splitlines():
+        match = _LINE.match(line)
+        if not match:
+            continue
+        indent = len(match["indent"])
+        while stack and stack[-1][0] >= indent:
+            stack.pop()
+        comment = (match["comment"] or "").strip()
+        if match["value"].strip() == "":  # a section
+            stack.append((indent, match["key"], comment))
+            continue
+        path = [key for _, key, _ in stack] + [match["key"]]
+        value = data
+        for key in path:
+            value = value[key]
+        if not comment:
+            comment = next((c for _, _, c in reversed(stack) if c), "")
+        shown = json.dumps(value) if isinstance(value, (list, bool)) or value is None else str(value)
+        rows.append((".".join(path), shown, comment))
+    return rows
+
+
+def params_block(params_yaml: Path) -> str:
+    lines = ["| setting | default | what it does |", "|---|---|---|"]
+    for key, value, comment in params_rows(params_yaml.read_text()):
+        lines.append(f"| `{key}` | `{value}` | {comment.replace('|', '/')} |")
+    return "\n".join(lines) + "\n"
+
+
+def metrics_block(root: Path) -> str:
+    result = subprocess.run([sys.executable, "-m", "dvc", "metrics", "show", "--md"], cwd=root, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise SystemExit(f"readme: error: `dvc metrics show --md` failed: {result.stderr.strip()}")
+    return result.stdout.strip() + "\n"
+
+
+def blocks(root: Path) -> dict[str, str]:
+    return {"params": params_block(root / "params.yaml"), "metrics": metrics_block(root)}
+
+
+def render(readme: str, generated: dict[str, str]) -> str:
+    """``readme`` with each generated block replaced; an unknown block name is an error."""
+    def replace(match: re.Match) -> str:
+        name = match[2]
+        if name not in generated:
+            raise SystemExit(f"readme: error: README.md has a block {name!r} that nothing generates")
+        return match[1] + generated[name] + match[4]
+
+    return _BLOCK.sub(replace, readme)
+
+
+def main(argv: list[str] | None = None) -> int:
+    root = Path(argv[0]) if argv else ROOT
+    path = root / "README.md"
+    text = path.read_text()
+    new = render(text, blocks(root))
+    if new != text:
+        path.write_text(new)
+        print(f"updated {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,255 @@
+"""The report stage: ``reports/report.md``, the page a person opens after ``dvc repro``.
+
+Everything on it is read from the pipeline's committed reports (``reports/*.json``)
+and plot data (``plots/*.json``), never typed by hand: the headline table, the
+operating points, subgroups, calibration, the CAM localization and, when the
+detector has run, its section (``reports/detection.md``). The key plots are
+drawn as PNGs beside it (``reports/figures/``) with matplotlib, because GitHub
+renders images in Markdown but not DVC's Vega plots.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display: files only
+import matplotlib.pyplot as plt  # noqa: E402
+
+from pneumonia.atomic import atomic_path  # noqa: E402
+from pneumonia.errors import DatasetError  # noqa: E402
+
+FIGURES = "figures"
+POINT_LABELS = {"0p50": "0.50", "0p25": "0.25", "youden": "Youden (val)"}  # else sensitivity_0pXX
+
+
+def _read(path: Path) -> Any:
+    if not path.exists():
+        raise DatasetError(f"{path}: not found; run the stage that writes it first (dvc repro)")
+    return json.loads(path.read_text())
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, str):
+        return value
+    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+def _interval(ci: dict | None) -> str:
+    return "–" if not ci or ci.get("low") is None else f"{ci['low']:.3f}–{ci['high']:.3f}"
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in rows]
+    return lines + [""]
+
+
+def point_label(name: str) -> str:
+    """``sensitivity_0p90`` -> "sensitivity ≥ 0.90 on val"; ``0p50`` -> "0.50"."""
+    if name.startswith("sensitivity_"):
+        return f"sensitivity ≥ {name.removeprefix('sensitivity_').replace('p', '.')} on val"
+    return POINT_LABELS.get(name, name)
+
+
+def classification_section(report: dict) -> list[str]:
+    split = report["headline_split"]
+    block = report[split]
+    chosen = "" if not block["model_selected_on_this_split"] else (
+        " **The checkpoint and thresholds were chosen on this split: these numbers are optimistic.**"
+    )
+    lines = [
+        "## Classification",
+        "",
+        f"Headline split: **{split}** ({block['n']} patients, {block['positive']} with pneumonia). "
+        f"Everything chosen (checkpoint, temperature {report['temperature']:.3f}, thresholds) was chosen on val.{chosen}",
+        "",
+    ]
+    lines += _table(
+        ["metric", "value", "95 % CI (bootstrap)"],
+        [
+            ["AUROC", block["auroc"], _interval(block["ci95"]["auroc"])],
+            ["average precision", block["average_precision"], _interval(block["ci95"]["average_precision"])],
+        ],
+    )
+    lines += ["### Operating points", ""]
+    rows = []
+    for name, p in block["operating_points"].items():
+        ci = p.get("ci95", {})
+        rows.append([
+            point_label(name), p["threshold"], p["sensitivity"], _interval(ci.get("sensitivity")),
+            p["specificity"], _interval(ci.get("specificity")), p["ppv"], p["npv"], p["f1"], p["accuracy"],
+            f"{p['tp']} / {p['fp']} / {p['tn']} / {p['fn']}",
+        ])
+    lines += _table(
+        ["threshold", "value", "sensitivity", "95 % CI", "specificity", "95 % CI", "PPV", "NPV", "F1", "accuracy",
+         "TP / FP / TN / FN"],
+        rows,
+    )
+    cal = block["calibration"]
+    lines += ["### Calibration", ""]
+    lines += _table(
+        ["", "Brier", "ECE (15 bins)"],
+        [
+            [f"after temperature scaling (T = {report['temperature']:.3f})", cal["brier"], cal["ece_15_bins"]],
+            ["before", cal["brier_before_temperature"], cal["ece_15_bins_before_temperature"]],
+        ],
+    )
+    sub = block["subgroups"]
+    lines += [f"### Subgroups (at threshold {sub['at_threshold']:.3f}, chosen on val)", ""]
+    rows = []
+    for kind in ("view", "sex", "age"):
+        for group, m in sub[kind].items():
+            rows.append([f"{kind} {group}", m["n"], m["positives"], m["auroc"], m["sensitivity"], m["specificity"]])
+    lines += _table(["group", "n", "positives", "AUROC", "sensitivity", "specificity"], rows)
+    fpr = sub["false_positive_rate_by_class"]
+    lines += _table(
+        ["negatives", "n", "false-positive rate"],
+        [[name.replace("_", " "), m["n"], m["fpr"]] for name, m in fpr.items()],
+    )
+    return lines
+
+
+def localization_section(report: dict) -> list[str]:
+    (split, block), = report.items()
+    size = block["size_true_positives"]
+    lines = [
+        "## Localization by class activation maps (weakly supervised baseline)",
+        "",
+        f"Split **{split}** (the checkpoint was chosen on it). Boxes from the classifier's map, "
+        f"regions above {block['cam_threshold']} of its maximum.",
+        "",
+    ]
+    rows = [
+        ["RSNA challenge score", block["rsna_score"]],
+        ["pointing game", block["pointing_game"]],
+    ]
+    rows += [[f"IoBB accuracy, T = {k[1:].replace('p', '.')}", v] for k, v in block["iobb_accuracy"].items()]
+    rows += [[f"IoU accuracy, T = {k[1:].replace('p', '.')}", v] for k, v in block["iou_accuracy"].items()]
+    rows += [
+        [f"size agreement on true positives (n = {size['n']}): Spearman", size["spearman"]],
+        ["size agreement: mean absolute error of the area fraction", size["mean_absolute_error"]],
+    ]
+    return lines + _table(["metric", "value"], rows)
+
+
+def draw_figures(plots_dir: Path, out_dir: Path, classification: dict) -> list[tuple[str, str]]:
+    """ROC, precision-recall, reliability and confusion matrix PNGs; returns (caption, file name) pairs."""
+    split = classification["headline_split"]
+    block = classification[split]
+    roc = _read(plots_dir / "roc.json")["roc"]
+    pr = _read(plots_dir / "precision_recall.json")["precision_recall"]
+    points = _read(plots_dir / "operating_points.json")["operating_points"]
+    reliability = _read(plots_dir / "reliability.json")["reliability"]
+    prevalence = block["positive"] / block["n"]
+    figures = []
+
+    fig, ax = _axes()
+    ax.plot([p["fpr"] for p in roc], [p["tpr"] for p in roc], label="ROC")
+    ax.plot([0, 1], [0, 1], ls="--", c="grey", label="chance")
+    _mark(ax, points, "fpr", "tpr")
+    _finish(fig, ax, f"ROC ({split}), AUROC {block['auroc']:.3f}", "false-positive rate", "sensitivity")
+    figures.append(_save(fig, out_dir, "roc.png", "ROC with the operating points"))
+
+    fig, ax = _axes()
+    ax.plot([p["recall"] for p in pr], [p["precision"] for p in pr], label="precision-recall")
+    ax.axhline(prevalence, ls="--", c="grey", label=f"prevalence {prevalence:.2f}")
+    _mark(ax, points, "recall", "precision")
+    _finish(fig, ax, f"Precision-recall ({split}), AP {block['average_precision']:.3f}", "recall", "precision")
+    figures.append(_save(fig, out_dir, "precision_recall.png", "Precision-recall with the operating points"))
+
+    fig, ax = _axes()
+    filled = [b for b in reliability if b["count"]]
+    ax.plot([0, 1], [0, 1], ls="--", c="grey", label="perfect calibration")
+    ax.plot([b["mean_predicted"] for b in filled], [b["observed_fraction"] for b in filled], marker="o",
+            label="after temperature scaling")
+    _finish(fig, ax, f"Reliability ({split})", "mean predicted probability", "observed fraction with pneumonia")
+    figures.append(_save(fig, out_dir, "reliability.png", "Reliability diagram"))
+
+    sub = block["subgroups"]
+    point = next(p for name, p in block["operating_points"].items() if p["threshold"] == sub["at_threshold"])
+    matrix = [[point["tn"], point["fp"]], [point["fn"], point["tp"]]]
+    fig, ax = plt.subplots(figsize=(4.2, 3.6), dpi=100)
+    ax.imshow(matrix, cmap="Blues")
+    for i in range(2):
+        for j in range(2):
+            ax.text(j, i, str(matrix[i][j]), ha="center", va="center", fontsize=14,
+                    color="white" if matrix[i][j] > max(map(max, matrix)) / 2 else "black")
+    names = ["no pneumonia", "pneumonia"]
+    ax.set_xticks([0, 1], names)
+    ax.set_yticks([0, 1], names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(f"Confusion matrix ({split}), threshold {sub['at_threshold']:.3f}", fontsize=10)
+    figures.append(_save(fig, out_dir, "confusion.png", "Confusion matrix at the target-sensitivity threshold"))
+    return figures
+
+
+def _axes():
+    fig, ax = plt.subplots(figsize=(4.2, 4.2), dpi=100)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    return fig, ax
+
+
+def _mark(ax, points: list[dict], x: str, y: str) -> None:
+    for p in points:
+        if p[x] is None or p[y] is None:
+            continue
+        ax.plot(p[x], p[y], "o", ms=6)
+        ax.annotate(point_label(p["name"]), (p[x], p[y]), textcoords="offset points", xytext=(6, -10), fontsize=8)
+
+
+def _finish(fig, ax, title: str, xlabel: str, ylabel: str) -> None:
+    ax.set_title(title, fontsize=10)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.legend(loc="lower right", fontsize=8)
+    ax.grid(alpha=0.3)
+
+
+def _save(fig, out_dir: Path, name: str, caption: str) -> tuple[str, str]:
+    with atomic_path(out_dir / name) as tmp:
+        # No creation date or version in the file: the same run gives the same bytes.
+        fig.savefig(tmp, format="png", metadata={"Software": None}, bbox_inches="tight")
+    plt.close(fig)
+    return caption, name
+
+
+def run(reports_dir: Path = Path("reports"), plots_dir: Path = Path("plots")) -> Path:
+    """Write ``reports_dir/report.md`` and its figures from the reports and plot data; return its path."""
+    dataset = _read(reports_dir / "dataset.json")
+    classification = _read(reports_dir / "classification.json")
+    localization = _read(reports_dir / "localization.json")
+    counts = dataset["counts"]
+    lines = [
+        "# Pneumonia detection: evaluation report",
+        "",
+        "Written by the `report` stage from `reports/*.json` (the full results) and `plots/` (plot data); "
+        "`metrics/` holds the headline numbers that `dvc metrics diff` compares.",
+        "",
+        "## Data",
+        "",
+    ]
+    lines += _table(
+        ["split", "patients", "pneumonia", "no pneumonia"],
+        [[s, c["total"], c["positive"], c["negative"]] for s, c in counts.items() if c["total"]],
+    )
+    lines.append(f"Normalisation (train split, [0, 1] scale): mean {dataset['mean']:.4f}, std {dataset['std']:.4f}.")
+    lines.append("")
+    lines += classification_section(classification)
+    figures = draw_figures(plots_dir, reports_dir / FIGURES, classification)
+    lines += [f"![{caption}]({FIGURES}/{name})" for caption, name in figures] + [""]
+    lines += localization_section(localization)
+    detection = reports_dir / "detection.md"
+    if detection.exists():  # the detector's own section, written by its stage (links relative to reports/)
+        lines += ["", detection.read_text().strip(), ""]
+    out = reports_dir / "report.md"
+    with atomic_path(out) as tmp:
+        tmp.write_text("\n".join(lines).rstrip() + "\n")
+    return out
