@@ -54,6 +54,13 @@ def test_repro_then_experiment(tmp_path):
 
     run(["dvc", "plots", "show", "-o", "html"], repo)
     page = (repo / "html" / "index.html").read_text()
+    # Offline: the page loads the bundled vega, no CDN, and every script it names exists.
+    scripts = re.findall(r'<script src="([^"]+)"', page)
+    assert len(scripts) == 3 and "cdn" not in page and "http" not in "".join(scripts), scripts
+    assert all((repo / "html" / src).resolve().is_file() for src in scripts), scripts
+    # The charts carry their reference lines and labels (see .dvc/plots/*.json).
+    assert "AUROC " in page and "prevalence " in page and "perfect calibration" in page
+    assert '"name": "youden"' in page or '"name":"youden"' in page
     plots = yaml.safe_load((repo / "dvc.yaml").read_text())["plots"]
     for plot in plots:
         name = plot if isinstance(plot, str) else next(iter(plot))

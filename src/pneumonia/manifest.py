@@ -17,6 +17,7 @@ from pneumonia.atomic import atomic_path
 from pneumonia.errors import DatasetError
 
 MANIFEST = "manifest.csv"
+CLASS_NAMES = ("no pneumonia", "pneumonia")  # what label 0 and label 1 are called in plots and reports
 
 
 @dataclass(frozen=True)

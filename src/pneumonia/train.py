@@ -39,7 +39,7 @@ from pneumonia.data import XrayDataset, epoch_seed, make_loader
 from pneumonia.errors import DatasetError
 from pneumonia.inference import predict_logits
 from pneumonia.grid import save_grid
-from pneumonia.manifest import MANIFEST, read_manifest, split_labels
+from pneumonia.manifest import CLASS_NAMES, MANIFEST, read_manifest, split_labels
 from pneumonia.model import PneumoniaClassifier
 from pneumonia.model_file import save_model
 from pneumonia.params import TrainParams
@@ -208,5 +208,5 @@ def _save_augmented(path: Path, dataset: XrayDataset, n: int, seed: int) -> None
     save_grid(
         path,
         images=[image[0].numpy() for image, _ in samples],
-        captions=[f"label {int(label)}" for _, label in samples],
+        captions=[f"{int(label)} {CLASS_NAMES[int(label)]}" for _, label in samples],  # as samples.png: "1 ..."
     )
