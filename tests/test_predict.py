@@ -192,10 +192,9 @@ def test_files_that_are_not_chest_radiographs_are_not_scored_unless_allowed(chec
     assert read_csv(out)[0]["error"] == "" and read_csv(out)[0]["probability"]
 
 
-def test_the_checkpoint_records_windowing_and_predict_renders_with_it(checkpoint, dicoms, tmp_path, monkeypatch):
-    import torch
-
+def test_the_model_file_records_windowing_and_predict_renders_with_it(checkpoint, dicoms, tmp_path, monkeypatch):
     from pneumonia import predict
+    from pneumonia.model_file import read_model, save_model
 
     assert load_classifier(checkpoint).windowing == "auto"  # PARAMS' dicom_to_npy.windowing, passed by train
     seen = []

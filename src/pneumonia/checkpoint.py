@@ -3,7 +3,8 @@
 The file is a portable model file (:mod:`pneumonia.model_file`): the network's
 weights and a header with the architecture, image size (pixels), mean and std
 (of value/255 on the train split), the decision threshold and the logit
-temperature. Safetensors holds tensors and text only, so loading runs no code.
+temperature, and the ``windowing`` the training DICOMs were rendered with (a
+file without it is read as ``none``, the stored range). Safetensors holds tensors and text only, so loading runs no code.
 Every way a file can fail to be this project's classifier (missing, a Lightning
 checkpoint from before the model-file change, another format, a bad header,
 weights of another network) is one line of :class:`PneumoniaError` naming the file.
