@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 export DVC_NO_ANALYTICS := 1
 export PATH := $(BIN):$(PATH)
 
-.PHONY: repro test bench setup readme
+.PHONY: repro test bench setup readme plots-check
 
 setup: $(STAMP)
 
@@ -31,3 +31,7 @@ bench: $(STAMP)
 # The README's generated blocks (settings table from params.yaml, `dvc metrics show --md`).
 readme: $(STAMP)
 	python -m pneumonia.readme
+
+# The plots page rendered offline and screenshotted in headless Chromium (docs/plots.png); needs chromium.
+plots-check: $(STAMP)
+	python scripts/plots_check.py

@@ -15,6 +15,7 @@ def main(params):
         model_path=Path("models/classifier.safetensors"),
         live_dir=Path("dvclive"),
         grid_path=Path("plots/images/augmented.png"),
+        windowing=params.dicom_to_npy.windowing,
     )
     print(f"best {train.MONITOR} {result['best_' + train.MONITOR]:.4f}")
 

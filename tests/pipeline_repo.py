@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import configparser
+import io
 import os
 import shutil
 import subprocess
@@ -34,6 +36,23 @@ def run(args: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedP
     return result
 
 
+def settings_without_remotes(config_text: str) -> str:
+    """The project's DVC settings (cache link type, plots page) without any remote the user added.
+
+    A test adds its own remote, and a throwaway repository must never push to the user's.
+    """
+    config = configparser.ConfigParser()
+    config.read_string(config_text)
+    for section in config.sections():
+        if section.startswith("'remote"):
+            config.remove_section(section)
+    if config.has_section("core"):
+        config.remove_option("core", "remote")
+    out = io.StringIO()
+    config.write(out)
+    return out.getvalue()
+
+
 def make_repo(path: Path, params: dict | None = None) -> Path:
     """Copy the pipeline's files into ``path``, write ``params`` over the defaults, git + dvc init, commit."""
     path.mkdir(parents=True, exist_ok=True)
@@ -51,7 +70,8 @@ def make_repo(path: Path, params: dict | None = None) -> Path:
     run(["git", "config", "user.email", "test@example.com"], path)
     run(["git", "config", "user.name", "test"], path)
     run(["dvc", "init", "-q"], path)
-    shutil.copy(ROOT / ".dvc" / "config", path / ".dvc" / "config")  # the project's settings, cache link type included
+    (path / ".dvc" / "config").write_text(settings_without_remotes((ROOT / ".dvc" / "config").read_text()))
+    shutil.copytree(ROOT / ".dvc" / "plots", path / ".dvc" / "plots")  # plot templates and the offline page
     commit(path, "pipeline")
     return path
 

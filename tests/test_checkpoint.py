@@ -86,7 +86,8 @@ def test_the_file_holds_weights_and_settings_only(good):
         layout = json.loads(handle.read(length))
     meta = json.loads(layout.pop("__metadata__")["pneumonia"])
     assert meta == {"format": FORMAT, "kind": "classifier", "header": {
-        "arch": "resnet18", "image_size": SIZE, "mean": 0.4, "std": 0.3, "threshold": 0.5, "temperature": 1.0}}
+        "arch": "resnet18", "image_size": SIZE, "mean": 0.4, "std": 0.3, "threshold": 0.5, "temperature": 1.0,
+        "windowing": "none"}}
     assert set(layout) == set(classifier().network.state_dict())
     assert str(good.parent) not in good.read_bytes().decode("latin-1")
     assert good.stat().st_size < 1.01 * sum(t.numel() * t.element_size() for t in classifier().network.state_dict().values())

@@ -337,10 +337,6 @@ def test_malformed_header_values(tmp_path):
     path = tmp_path / "bad.dcm"
     write_dicom(path, gradient(), patient_id="bad", jpeg=False, pixel_spacing=0.143)
     good = path.read_bytes()
-    path.write_bytes(good.replace(b"0.143\\0.143", b"0.1x3\\0.143"))
-    assert refused(path) == (
-        "corrupt DICOM header: PixelSpacing is '0.1x3', not a number of mm; replace the file with a good copy"
-    )
     ds = pydicom.dcmread(io.BytesIO(good))
     ds.BitsStored = 12  # more than the 8 bits allocated
     ds.save_as(path)

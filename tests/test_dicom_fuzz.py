@@ -21,6 +21,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from pydicom.uid import JPEG2000Lossless, JPEGLossless, JPEGLSLossless, RLELossless
+
+from dicom_writer import write_test_dicom
 from pneumonia.dicom import DicomInfo, read_dicom
 from pneumonia.errors import DicomReadError
 from pneumonia.phantom import draw_patients, render, write_dicom
@@ -50,6 +53,20 @@ def _seeds(directory: Path) -> dict[str, bytes]:
     for name, (pixels, kwargs) in specs.items():
         path = directory / f"{name}.dcm"
         write_dicom(path, pixels, patient_id=name, **kwargs)
+        seeds[name] = path.read_bytes()
+    # The other codecs and the LUTs (issue 12): the plugins' decoders and pydicom's LUT code meet damage too.
+    stored12 = (grad * 4095).round().astype(np.uint16)
+    lut = np.clip((np.arange(4096) - 500) * 20, 0, 65535)
+    others = {
+        "rle_signed_window": (stored12.astype(np.int16) - 2048, {"syntax": RLELossless, "bits_stored": 12, "signed": True,
+                                                                 "rescale": (1, -1000), "window": (-1000, 2000)}),
+        "jpegls_12bit": (stored12, {"syntax": JPEGLSLossless, "bits_stored": 12, "window": (2000, 3000)}),
+        "j2k_12bit": (stored12, {"syntax": JPEG2000Lossless, "bits_stored": 12}),
+        "jpeg_lossless_12bit": (stored12, {"syntax": JPEGLossless, "bits_stored": 12, "photometric": "MONOCHROME1"}),
+        "raw_12bit_voi_lut": (stored12, {"bits_stored": 12, "voi_lut": lut}),
+    }
+    for name, (pixels, kwargs) in others.items():
+        path = write_test_dicom(directory / f"{name}.dcm", pixels, patient_id=name, **kwargs)
         seeds[name] = path.read_bytes()
     return seeds
 
@@ -133,7 +150,7 @@ def test_damaged_files_convert_or_are_refused_with_dicom_read_error(seeds, tmp_p
     counts = {"ok": 0, "refused": 0}
     pool = multiprocessing.get_context("fork").Pool(1)
 
-    @settings(max_examples=300, derandomize=True, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+    @settings(max_examples=450, derandomize=True, deadline=None, database=None, suppress_health_check=list(HealthCheck))
     @given(data=st.data())
     def check(data):
         nonlocal pool

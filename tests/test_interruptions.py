@@ -81,9 +81,9 @@ def test_repro_is_byte_identical_and_survives_sigkill(tmp_path):
 
     # Training killed in its second epoch: the rerun resumes from the first and ends the same.
     repro_killed_in(repo, "train")
-    assert (repo / "models" / ".model-checkpoints" / "resume.ckpt").exists()
+    assert (repo / "models" / ".classifier-checkpoints" / "resume.ckpt").exists()
     out = run(["dvc", "repro"], repo).stdout
-    assert "resuming from models/.model-checkpoints/resume.ckpt (epochs done: 1 of 2)" in out
-    assert not (repo / "models" / ".model-checkpoints").exists()
+    assert "resuming from models/.classifier-checkpoints/resume.ckpt (epochs done: 1 of 2)" in out
+    assert not (repo / "models" / ".classifier-checkpoints").exists()
     assert snapshot(repo) == first
     assert "Data and pipelines are up to date" in run(["dvc", "status"], repo).stdout

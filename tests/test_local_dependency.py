@@ -63,3 +63,20 @@ def test_the_synthetic_default_depends_on_the_committed_placeholder_only(tmp_pat
     commit(repo, "downloaded")
     (repo / "unrelated.txt").write_text("x")
     assert "up to date" in status(repo)
+
+
+def test_a_failed_download_keeps_the_previous_data(tmp_path):
+    """download's data/raw persists across runs (DVC does not delete it first) and is swapped in only when complete."""
+    repo = make_repo(tmp_path / "repo")
+    run(["dvc", "repro", "download"], repo)
+    commit(repo, "downloaded")
+    before = {p.relative_to(repo): p.read_bytes() for p in sorted((repo / "data/raw").rglob("*")) if p.is_file()}
+    broken = tmp_path / "broken"
+    (broken / "stage_2_train_images").mkdir(parents=True)
+    (broken / "stage_2_train_labels.csv").write_text("patientId;x;y;width;height;Target\n")  # semicolons
+    params = (repo / "params.yaml").read_text().replace("source: synthetic", "source: local")
+    (repo / "params.yaml").write_text(params.replace("path: local_data", f"path: {broken}"))
+    failed = run(["dvc", "repro", "download"], repo, check=False)
+    assert failed.returncode != 0 and "stage_2_train_labels.csv" in failed.stderr, failed.stderr
+    after = {p.relative_to(repo): p.read_bytes() for p in sorted((repo / "data/raw").rglob("*")) if p.is_file()}
+    assert after == before

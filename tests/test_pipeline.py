@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import yaml
 
-from pipeline_repo import commit, make_repo, run
+from pipeline_repo import ROOT, commit, make_repo, run
 
 pytestmark = pytest.mark.slow
 
@@ -23,7 +23,9 @@ def declared_outs(repo):
 
 def test_repro_then_experiment(tmp_path):
     repo = make_repo(tmp_path / "repo")
-    run(["dvc", "repro"], repo)
+    result = run(["dvc", "repro"], repo)
+    noise = [line for line in (result.stdout + result.stderr).splitlines() if "litlogger" in line or "deprecated" in line]
+    assert not noise, noise
 
     for out in declared_outs(repo):
         assert (repo / out).exists(), f"{out} declared in dvc.yaml but not written"
@@ -63,6 +65,13 @@ def test_repro_then_experiment(tmp_path):
 
     run(["dvc", "plots", "show", "-o", "html"], repo)
     page = (repo / "html" / "index.html").read_text()
+    # Offline: the page loads the bundled vega, no CDN, and every script it names exists.
+    scripts = re.findall(r'<script src="([^"]+)"', page)
+    assert len(scripts) == 3 and "cdn" not in page and "http" not in "".join(scripts), scripts
+    assert all((repo / "html" / src).resolve().is_file() for src in scripts), scripts
+    # The charts carry their reference lines and labels (see .dvc/plots/*.json).
+    assert "AUROC " in page and "prevalence " in page and "perfect calibration" in page
+    assert '"name": "youden"' in page or '"name":"youden"' in page
     plots = yaml.safe_load((repo / "dvc.yaml").read_text())["plots"]
     for plot in plots:
         name = plot if isinstance(plot, str) else next(iter(plot))
@@ -72,6 +81,7 @@ def test_repro_then_experiment(tmp_path):
             assert name in page, f"plot {name!r} missing from dvc plots show"
 
     commit(repo, "baseline run")
+    bad_params_destroy_nothing(repo)
     experiment = run(["dvc", "exp", "run", "-S", "train.lr=0.003"], repo).stdout
     assert "Running stage 'train'" in experiment and "Running stage 'evaluate'" in experiment
     assert "Running stage 'evaluate_detection'" in experiment and "Running stage 'detect'" not in experiment
@@ -87,16 +97,42 @@ def test_repro_then_experiment(tmp_path):
     assert (lr["old"], lr["new"]) == (0.0001, 0.003)
 
 
+def bad_params_destroy_nothing(repo):
+    """A bad value or a misspelled key stops the run in check_params, before DVC removes any output."""
+    kept = ["models/classifier.safetensors", "plots/images/augmented.png", "reports/classification.json",
+            "data/processed/manifest.csv", "reports/report.md"]
+    before = {path: (repo / path).read_bytes() for path in kept}
+    failed = run(["dvc", "exp", "run", "-S", "train.batch_size=0"], repo, check=False)
+    assert failed.returncode != 0 and "params.yaml: train.batch_size must be >= 1" in failed.stderr, failed.stderr
+    assert {path: (repo / path).read_bytes() for path in kept} == before
+    run(["git", "checkout", "params.yaml"], repo)
+
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["train"]["lrr"] = 3e-4  # a misspelled key: train would not even rerun for it
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    failed = run(["dvc", "repro"], repo, check=False)
+    assert failed.returncode != 0 and "unknown key train.lrr" in failed.stderr, failed.stderr
+    assert {path: (repo / path).read_bytes() for path in kept} == before
+    run(["git", "checkout", "params.yaml"], repo)
+    assert "Data and pipelines are up to date" in run(["dvc", "status"], repo).stdout
+
+
 def test_shared_cache_push_pull_and_a_fresh_clone_reproduces_nothing(tmp_path):
     repo = make_repo(tmp_path / "repo")
     run(["dvc", "repro"], repo)
-    run(["dvc", "remote", "add", "-d", "shared", str(tmp_path / "remote")], repo)
-    commit(repo, "run, and a shared remote")
-    run(["dvc", "push"], repo)
-
+    commit(repo, "run")
     clone = tmp_path / "clone"
-    run(["git", "clone", "-q", str(repo), str(clone)], tmp_path)
-    run(["dvc", "pull"], clone)
+    # The README's recipe, line by line as written; only the folders are this test's, and the clone
+    # uses this environment rather than building its own with `make setup`.
+    readme = (ROOT / "README.md").read_text()
+    recipe = readme.split("To share data and models:\n\n```bash\n", 1)[1].split("```", 1)[0]
+    lines = [line.split("  #")[0].strip() for line in recipe.strip().splitlines()]
+    assert len(lines) == 4 and lines[0].startswith("dvc remote add -d shared /mnt/shared/dvc-cache"), lines
+    for line in lines[:3]:
+        run(["bash", "-c", line.replace("/mnt/shared/dvc-cache", str(tmp_path / "remote"))], repo)
+    clone_line = (lines[3].replace("REPOSITORY", str(repo)).replace("CLONE", str(clone))
+                  .replace("make setup && .venv/bin/dvc pull", "dvc pull"))
+    run(["bash", "-c", clone_line], tmp_path)
     assert (clone / "models/classifier.safetensors").exists() and (clone / "data/processed/train.npy").exists()
     assert "Data and pipelines are up to date" in run(["dvc", "status"], clone).stdout
     assert "Running stage" not in run(["dvc", "repro"], clone).stdout

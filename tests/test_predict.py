@@ -11,6 +11,7 @@ from pneumonia.__main__ import main
 from pneumonia.checkpoint import load_classifier
 from pneumonia.detection.detector import LoadedDetector, save_detector
 from pneumonia.detection.network import build_detector
+from pneumonia.model_file import read_model, save_model
 from pneumonia.predict import (
     CSV_COLUMNS, FilePrediction, ImagePrediction, find_dicoms, write_predictions_csv, write_submission,
 )
@@ -33,6 +34,7 @@ def checkpoint(tmp_path_factory):
     train.run(
         root / "processed", root / "dataset.json", PARAMS.train, seed=11,
         model_path=root / "model.safetensors", live_dir=root / "dvclive", grid_path=None,
+        windowing=PARAMS.dicom_to_npy.windowing,
     )
     # An untrained detector with a low box threshold: predict's plumbing, not its accuracy, is tested here.
     torch.manual_seed(0)
@@ -190,3 +192,50 @@ def test_csv_and_submission_formats(tmp_path):
         "P1,0.9000 10.0 20.0 30.0 40.0 0.5000 50.0 60.0 70.0 80.0",
         "P2,",
     ]
+
+
+def test_files_that_are_not_chest_radiographs_are_not_scored_unless_allowed(checkpoint, dicoms, tmp_path, capsys):
+    from dicom_writer import film, write_test_dicom
+
+    folder, _ = dicoms
+    abdomen = write_test_dicom(tmp_path / "abdomen.dcm", film(SIDE, 8), patient_id="abd", body_part="ABDOMEN")
+    out = tmp_path / "pred.csv"
+    assert main(["predict", str(folder / "a.dcm"), str(abdomen), "--model", str(checkpoint), "--detector", str(detector(checkpoint)), "--out", str(out)]) == 3
+    captured = capsys.readouterr()
+    assert "1 predicted, 0 failed, 1 not scored" in captured.out
+    assert captured.err.strip() == (
+        f"pneumonia predict: {abdomen}: not a chest radiograph: BodyPartExamined=ABDOMEN; not scored "
+        "(--allow-non-chest scores it anyway)"
+    )
+    rows = read_csv(out)
+    assert (rows[1]["patientId"], rows[1]["error"], rows[1]["probability"]) == (
+        "abd", "not a chest radiograph: BodyPartExamined=ABDOMEN", "",
+    )
+    assert rows[0]["error"] == "" and rows[0]["probability"]
+    args = ["predict", str(abdomen), "--model", str(checkpoint), "--detector", str(detector(checkpoint)), "--out", str(out), "--allow-non-chest"]
+    assert main(args) == 0
+    assert read_csv(out)[0]["error"] == "" and read_csv(out)[0]["probability"]
+
+
+def test_the_model_file_records_windowing_and_predict_renders_with_it(checkpoint, dicoms, tmp_path, monkeypatch):
+    from pneumonia import predict
+    from pneumonia.model_file import read_model, save_model
+
+    assert load_classifier(checkpoint).windowing == "auto"  # PARAMS' dicom_to_npy.windowing, passed by train
+    seen = []
+    original = predict.read_dicom
+
+    def spy(path, size, **kwargs):
+        seen.append(kwargs.get("windowing"))
+        return original(path, size, **kwargs)
+
+    monkeypatch.setattr(predict, "read_dicom", spy)
+    folder, _ = dicoms
+    main(["predict", str(folder / "a.dcm"), "--model", str(checkpoint), "--detector", str(detector(checkpoint)), "--out", str(tmp_path / "p.csv"),
+          "--overlays", str(tmp_path / "o")])
+    assert seen == ["auto", "auto"]  # the image and its overlay
+    # A model file from before windowing was recorded renders as it was trained: the stored range.
+    header, tensors = read_model(checkpoint, "classifier", "retrain")
+    del header["windowing"]
+    save_model(tmp_path / "old.safetensors", "classifier", tensors, header)
+    assert load_classifier(tmp_path / "old.safetensors").windowing == "none"

@@ -11,7 +11,7 @@ from pipeline_repo import ROOT
 
 def test_every_generated_block_is_up_to_date():
     text = (ROOT / "README.md").read_text()
-    assert re.findall(r"<!-- generated:(\w+) -->", text) == ["metrics", "params"]
+    assert sorted(re.findall(r"<!-- generated:(\w+) -->", text)) == ["bench", "metrics", "params"]
     assert readme.render(text, readme.blocks(ROOT)) == text, "README.md is stale: run `make readme` and commit"
 
 
@@ -28,7 +28,7 @@ def test_a_changed_default_makes_the_readme_stale(tmp_path):
     changed = tmp_path / "params.yaml"
     changed.write_text(params.replace("max_epochs: 8 ", "max_epochs: 9 ", 1))
     text = (ROOT / "README.md").read_text()
-    generated = {"params": readme.params_block(changed), "metrics": readme.metrics_block(ROOT)}
+    generated = readme.blocks(ROOT) | {"params": readme.params_block(changed)}
     assert readme.render(text, generated) != text
     assert "| `train.max_epochs` | `9` |" in readme.render(text, generated)
 
@@ -36,3 +36,11 @@ def test_a_changed_default_makes_the_readme_stale(tmp_path):
 def test_an_unknown_block_is_refused():
     with pytest.raises(SystemExit, match="block 'nope' that nothing generates"):
         readme.render("<!-- generated:nope -->\nx\n<!-- /generated:nope -->\n", {})
+
+
+def test_every_image_the_readme_shows_is_committed():
+    text = (ROOT / "README.md").read_text()
+    images = re.findall(r"!\[[^]]*\]\(([^)]+)\)", text)
+    assert images, "the README shows at least the ROC figure"
+    for path in images:
+        assert (ROOT / path).is_file(), f"README shows {path}, which does not exist"

@@ -137,3 +137,42 @@ def test_a_split_with_a_single_class_is_named(tmp_path):
     result = stage("train", tmp_path, params)
     assert_one_line_error(result, "the val split has a single class")
     assert not (tmp_path / "models" / "classifier.safetensors").exists()
+
+
+def test_non_chest_files_are_counted_and_listed_under_skip(tmp_path):
+    from dicom_writer import film, write_test_dicom
+    from pneumonia.manifest import read_manifest
+
+    raw = tmp_path / "data" / "raw"
+    write_rsna_folder(raw, [(f"p{i}", i % 2) for i in range(6)])
+    images = raw / "stage_2_train_images"
+    write_test_dicom(images / "p1.dcm", film(64, 8), patient_id="p1", body_part="ABDOMEN")
+    write_test_dicom(images / "p4.dcm", film(64, 8), patient_id="p4", modality="CT")
+    write_test_dicom(images / "p3.dcm", film(64, 8), patient_id="p3", pixel_spacing="0", imager_spacing=0.2)
+    params = {"split": {"train_size": 2, "test_size": 1}, "dicom_to_npy": {"workers": 1, "on_error": "skip", "image_size": 16}}
+
+    result = stage("dicom_to_npy", tmp_path, params)
+
+    assert result.returncode == 0, result.stderr
+    assert "2 failed and were skipped (listed in failed.csv), 2 of them not chest radiographs" in result.stdout
+    processed = tmp_path / "data" / "processed"
+    assert (processed / "failed.csv").read_text().splitlines()[1:] == [
+        "p1,data/raw/stage_2_train_images/p1.dcm,not a chest radiograph: BodyPartExamined=ABDOMEN",
+        "p4,data/raw/stage_2_train_images/p4.dcm,not a chest radiograph: Modality=CT",
+    ]
+    rows = {r.patient_id: r for r in read_manifest(processed)}
+    assert sorted(rows) == ["p0", "p2", "p3", "p5"]
+    assert rows["p3"].pixel_spacing_mm == pytest.approx(0.2)
+    assert rows["p3"].pixel_spacing_note.startswith("PixelSpacing '0' is not a positive number of mm; ImagerPixelSpacing")
+    assert rows["p0"].pixel_spacing_note == ""
+
+
+def test_a_non_chest_file_stops_the_conversion_under_on_error_fail(tmp_path):
+    from dicom_writer import film, write_test_dicom
+
+    raw = tmp_path / "data" / "raw"
+    write_rsna_folder(raw, [("p1", 1), ("p2", 0), ("p3", 0), ("p4", 1)])
+    write_test_dicom(raw / "stage_2_train_images" / "p2.dcm", film(64, 8), patient_id="p2", body_part="LEG")
+    result = stage("dicom_to_npy", tmp_path, {"split": {"train_size": 2}, "dicom_to_npy": {"workers": 1}})
+    assert_one_line_error(result, "p2.dcm: not a chest radiograph: BodyPartExamined=LEG", "dicom_to_npy.on_error: skip")
+    assert_nothing_written(tmp_path / "data", "processed")

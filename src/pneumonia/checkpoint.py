@@ -3,7 +3,8 @@
 The file is a portable model file (:mod:`pneumonia.model_file`): the network's
 weights and a header with the architecture, image size (pixels), mean and std
 (of value/255 on the train split), the decision threshold and the logit
-temperature. Safetensors holds tensors and text only, so loading runs no code.
+temperature, and the ``windowing`` the training DICOMs were rendered with (a
+file without it is read as ``none``, the stored range). Safetensors holds tensors and text only, so loading runs no code.
 Every way a file can fail to be this project's classifier (missing, a Lightning
 checkpoint from before the model-file change, another format, a bad header,
 weights of another network) is one line of :class:`PneumoniaError` naming the file.
@@ -23,9 +24,10 @@ from torch import nn
 from pneumonia.errors import PneumoniaError
 from pneumonia.model import ARCHITECTURES, build_network
 from pneumonia.model_file import read_model
+from pneumonia.rendering import WINDOWING_MODES
 
 NETWORK_PREFIX = "network."  # the LightningModule's attribute holding the network, in its checkpoints
-HEADER_KEYS = ("arch", "image_size", "mean", "std", "threshold", "temperature")
+HEADER_KEYS = ("arch", "image_size", "mean", "std", "threshold", "temperature", "windowing")
 _RETRAIN = "retrain it with `dvc repro train`"
 
 
@@ -38,6 +40,7 @@ class LoadedModel:
     std: float
     threshold: float
     temperature: float  # probability = sigmoid(logit / temperature)
+    windowing: str = "none"  # how DICOMs are rendered (pneumonia.rendering); models from before it: "none"
 
 
 def classifier_header(hparams: Mapping[str, Any]) -> dict[str, Any]:
@@ -62,6 +65,11 @@ def load_classifier(path: str | Path, device: str | torch.device = "cpu") -> Loa
     if not 0 <= threshold <= 1:
         raise PneumoniaError(f"{path}: header threshold {threshold!r} is not in [0, 1]; {_RETRAIN}")
     temperature = _number(path, hparams, "temperature", default=1.0, positive=True)
+    windowing = hparams.get("windowing", "none")
+    if windowing not in WINDOWING_MODES:
+        raise PneumoniaError(
+            f"{path}: header windowing {windowing!r} is not one of {', '.join(WINDOWING_MODES)}; {_RETRAIN}"
+        )
 
     network = build_network(arch)
     _load_weights(path, network, arch, state)
@@ -73,6 +81,7 @@ def load_classifier(path: str | Path, device: str | torch.device = "cpu") -> Loa
         std=std,
         threshold=threshold,
         temperature=temperature,
+        windowing=windowing,
     )
 
 

@@ -8,8 +8,11 @@ dataset size. Everything is built in a temporary folder that replaces
 ``out_dir`` only when the stage has finished: a killed or failed run leaves no
 output that looks complete.
 
-A file that cannot be read stops the stage (``on_error: fail``) or is left out
-and listed in ``failed.csv`` with its reason (``on_error: skip``).
+A file that cannot be read, or that is not a chest radiograph
+(:func:`pneumonia.dicom.chest_problem`: Modality not CR/DX/DR, or a
+BodyPartExamined that is not a chest), stops the stage (``on_error: fail``) or
+is left out and listed in ``failed.csv`` with its reason (``on_error: skip``).
+Pixels are rendered with ``windowing`` (see :mod:`pneumonia.rendering`).
 """
 
 from __future__ import annotations
@@ -27,8 +30,8 @@ from tqdm import tqdm
 
 from pneumonia import rsna
 from pneumonia.atomic import atomic_dir
-from pneumonia.dicom import DicomInfo, read_dicom
-from pneumonia.errors import DatasetError, DicomReadError
+from pneumonia.dicom import NOT_CHEST, DicomInfo, check_chest, read_dicom
+from pneumonia.errors import DatasetError, DicomReadError, NotChestError
 from pneumonia.grid import save_grid
 from pneumonia.manifest import MANIFEST, ManifestRow, write_manifest
 from pneumonia.params import DicomToNpyParams, SplitParams
@@ -43,12 +46,15 @@ class ConvertReport:
     counts: dict[str, int]
     image_size: int
     failed: int = 0
+    not_chest: int = 0  # of the failed: readable, but not chest radiographs
 
     def summary(self) -> str:
         parts = ", ".join(f"{n} {split}" for split, n in self.counts.items())
         text = f"converted {sum(self.counts.values())} DICOMs to {self.image_size}x{self.image_size} ({parts})"
         if self.failed:
             text += f"; {self.failed} failed and were skipped (listed in {FAILED})"
+        if self.not_chest:
+            text += f", {self.not_chest} of them not chest radiographs"
         return text
 
 
@@ -87,7 +93,7 @@ def run(
         with atomic_dir(out_dir) as tmp:
             for name in SPLITS:
                 np.lib.format.open_memmap(tmp / f"{name}.npy", mode="w+", dtype=np.uint8, shape=(rows_in_split[name], size, size))
-            results = _convert_all(pool, tasks, tmp, size, skip=params.on_error == "skip")
+            results = _convert_all(pool, tasks, tmp, size, params.on_error == "skip", params.windowing)
             failed = [(p, t, r) for p, t, r in zip(patients, tasks, results) if isinstance(r, str)]
             if len(failed) == len(tasks):
                 raise DatasetError(f"{raw_dir}: none of the {len(tasks)} DICOMs could be read (the first: {failed[0][1].path}: {failed[0][2]})")
@@ -112,13 +118,15 @@ def run(
                         rows=info.rows,
                         columns=info.columns,
                         pixel_spacing_mm=info.pixel_spacing_mm,
+                        pixel_spacing_note=info.pixel_spacing_note,
                     )
                 )
                 new_rows[task.split] += 1
             write_manifest(tmp / MANIFEST, manifest)
             if grid_path is not None:
                 _save_samples(grid_path, tmp, manifest, params.grid_images, seed)
-    return ConvertReport(counts=new_rows, image_size=size, failed=len(failed))
+    not_chest = sum(reason.startswith(NOT_CHEST) for _, _, reason in failed)
+    return ConvertReport(counts=new_rows, image_size=size, failed=len(failed), not_chest=not_chest)
 
 
 def _worker_pool(workers: int):
@@ -128,9 +136,11 @@ def _worker_pool(workers: int):
     return get_context("fork").Pool(workers) if workers > 1 else contextlib.nullcontext()
 
 
-def _convert_all(pool, tasks: list[_Task], out_dir: Path, size: int, skip: bool) -> list[DicomInfo | str]:
+def _convert_all(
+    pool, tasks: list[_Task], out_dir: Path, size: int, skip: bool, windowing: str
+) -> list[DicomInfo | str]:
     """Convert every task, in parallel when there is a pool; per task its header facts or, skipped, the reason."""
-    chunks = [(tasks[i : i + CHUNK], str(out_dir), size, skip) for i in range(0, len(tasks), CHUNK)]
+    chunks = [(tasks[i : i + CHUNK], str(out_dir), size, skip, windowing) for i in range(0, len(tasks), CHUNK)]
     results: list[DicomInfo | str] = []
     # The context closes the bar before an error propagates, so the error starts its own line.
     with tqdm(total=len(tasks), desc="dicom_to_npy", unit="img") as progress:
@@ -144,7 +154,7 @@ def _convert_chunk_star(args) -> list[DicomInfo | str]:
     return _convert_chunk(*args)
 
 
-def _convert_chunk(chunk: list[_Task], out_dir: str, size: int, skip: bool) -> list[DicomInfo | str]:
+def _convert_chunk(chunk: list[_Task], out_dir: str, size: int, skip: bool, windowing: str) -> list[DicomInfo | str]:
     """Convert a few files, writing each image at its row of ``<out_dir>/<split>.npy``.
 
     Rows are written with ``pwrite`` into the preallocated array file rather than
@@ -159,12 +169,18 @@ def _convert_chunk(chunk: list[_Task], out_dir: str, size: int, skip: bool) -> l
                 array_path = f"{out_dir}/{task.split}.npy"
                 files[task.split] = (os.open(array_path, os.O_WRONLY), _data_offset(array_path))
             try:
-                image, info = read_dicom(task.path, size)
+                image, info = read_dicom(task.path, size, windowing=windowing)
+                check_chest(task.path, info)
             except DicomReadError as exc:
-                if not skip:
-                    raise
-                results.append(exc.reason)
-                continue
+                if skip:
+                    results.append(exc.reason)
+                    continue
+                if isinstance(exc, NotChestError):
+                    raise DatasetError(
+                        f"{exc}; this pipeline trains on chest X-rays: remove the file from the dataset, or set "
+                        f"dicom_to_npy.on_error: skip to leave it out (listed in {FAILED})"
+                    ) from None
+                raise
             fd, offset = files[task.split]
             os.pwrite(fd, np.ascontiguousarray(image).tobytes(), offset + task.row * size * size)
             results.append(info)

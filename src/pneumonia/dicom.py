@@ -1,9 +1,12 @@
 """Reading chest X-ray DICOMs into the arrays the model sees.
 
-Pixels are scaled to [0, 1] by the largest value their stored bits allow
-(``value / (2**BitsStored - 1)``: 255 for the 8-bit RSNA files, 4095 for 12-bit,
-65535 for 16-bit), MONOCHROME1 is inverted so that bone is bright, and the image
-is resized to ``size`` x ``size`` and stored as uint8 (value/255). A non-square
+Pixels are decoded by pydicom and its decoder plugins (Pillow for JPEG
+Baseline; pylibjpeg with pylibjpeg-libjpeg for JPEG Extended 12-bit, Lossless
+and JPEG-LS; pylibjpeg-openjpeg for JPEG 2000; pydicom itself for RLE and the
+uncompressed syntaxes), rendered to [0, 1] as a viewer would
+(:mod:`pneumonia.rendering`: Modality LUT, VOI LUT, Presentation LUT and
+MONOCHROME1, or, for a file without a window, scaled by its stored range
+``value / (2**BitsStored - 1)``: 255 for the 8-bit RSNA files), and resized to ``size`` x ``size`` and stored as uint8 (value/255). A non-square
 image is stretched to the square, each axis by its own factor, like the
 reference's ``cv2.resize``: the aspect ratio is not kept and nothing is cropped
 or padded. :class:`DicomInfo` keeps the original Rows and Columns, so a box
@@ -23,9 +26,9 @@ the reader hundreds of damaged files). Before anything is decoded, cheap checks
 refuse:
 
 * a header value the reader relies on that does not parse or make sense (Rows,
-  Columns, BitsAllocated 8 or 16, 1 <= BitsStored <= BitsAllocated, unsigned
-  pixels, SamplesPerPixel, NumberOfFrames, PhotometricInterpretation, a positive
-  PixelSpacing), or an image of more than :data:`MAX_PIXELS` pixels, so a damaged
+  Columns, BitsAllocated 8 or 16, 1 <= BitsStored <= BitsAllocated,
+  PixelRepresentation, SamplesPerPixel, NumberOfFrames, PhotometricInterpretation,
+  a window that is not one), or an image of more than :data:`MAX_PIXELS` pixels, so a damaged
   header cannot make the reader allocate gigabytes;
 * a file cut short, or with bytes after its last element (pydicom silently
   drops what it cannot read);
@@ -35,9 +38,18 @@ refuse:
   it exactly: a cut file, or bytes lost or inserted, would otherwise give a
   shifted image;
 * a JPEG Baseline (or Extended) frame that is not well formed: it must start
-  with SOI, hold one 8-bit greyscale sequential frame of the header's Rows x
-  Columns and one scan with no marker inside the compressed data, and end with
-  EOI. A truncated frame is refused, never filled in with grey.
+  with SOI, hold one 8-bit (Extended: 8- or 12-bit) greyscale sequential frame
+  of the header's Rows x Columns and one scan with no marker inside the
+  compressed data, and end with EOI (padding after it, 0x00 or 0xFF, is fine).
+  A truncated frame is refused, never filled in with grey;
+* a transfer syntax that no installed plugin decodes: the message names it and
+  the packages that would.
+
+Not refused: a PixelSpacing of zero or that does not parse makes the spacing
+unknown (ImagerPixelSpacing is used when it is good), with the reason in
+:attr:`DicomInfo.pixel_spacing_note`; a file without the 128-byte preamble and
+"DICM" is read when it holds pixel data and the image attributes. Whether the
+file is a chest radiograph is :func:`chest_problem`'s question, not the reader's.
 
 Limit: Pillow decodes JPEG leniently and does not report libjpeg's "corrupt
 data" warnings, so damage inside the compressed data that keeps this structure
@@ -51,6 +63,7 @@ from __future__ import annotations
 
 import io
 import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,10 +71,16 @@ import numpy as np
 import pydicom
 from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
-from pydicom.uid import UID, JPEGBaseline8Bit, JPEGExtended12Bit
+from pydicom.pixels import get_decoder
+from pydicom.uid import (
+    UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEGBaseline8Bit, JPEGExtended12Bit,
+)
 from PIL import Image
 
-from pneumonia.errors import DicomReadError
+from pneumonia.errors import DicomReadError, NotChestError
+from pneumonia.rendering import (
+    RenderingError, Windowing, declares_window, presentation_inverse, render_stored_range, render_windowed,
+)
 
 MAX_PIXELS = 8192 * 8192
 """The largest image (Rows x Columns) accepted: chest films are at most about 4300 x 4300."""
@@ -81,7 +100,36 @@ class DicomInfo:
     age: int | None  # PatientAge in years
     rows: int
     columns: int
-    pixel_spacing_mm: float | None  # row spacing in mm, when the file declares PixelSpacing
+    pixel_spacing_mm: float | None  # row spacing in mm: PixelSpacing, else ImagerPixelSpacing; None when unknown
+    pixel_spacing_note: str = ""  # why the spacing is unknown, or that it is ImagerPixelSpacing ("" when PixelSpacing)
+    modality: str = ""  # Modality ("" when absent)
+    body_part: str = ""  # BodyPartExamined ("" when absent)
+
+
+NOT_CHEST = "not a chest radiograph"  # how chest_problem's reasons start
+PROJECTION_RADIOGRAPHY = ("CR", "DX", "DR")
+"""Modality values of a projection radiograph (DR is not a DICOM term, but some systems write it)."""
+_CHEST_WORDS = ("CHEST", "THORAX", "LUNG", "LUNGS", "TORAX", "TORACE")  # English, German/French, Spanish, Italian
+
+
+def chest_problem(info: DicomInfo) -> str | None:
+    """Why the file is not a chest radiograph, or None: Modality not CR/DX/DR, or BodyPartExamined not a chest.
+
+    A missing or empty tag is not a reason: many exports drop BodyPartExamined.
+    """
+    if info.modality and info.modality.upper() not in PROJECTION_RADIOGRAPHY:
+        return f"{NOT_CHEST}: Modality={info.modality}"
+    body = info.body_part.strip().upper()
+    if body and not any(word in _CHEST_WORDS for word in body.replace("_", " ").replace("-", " ").split()):
+        return f"{NOT_CHEST}: BodyPartExamined={info.body_part.strip()}"
+    return None
+
+
+def check_chest(path: str | Path, info: DicomInfo) -> None:
+    """Raise :class:`NotChestError` when :func:`chest_problem` finds one."""
+    problem = chest_problem(info)
+    if problem:
+        raise NotChestError(path, problem)
 
 
 @dataclass(frozen=True)
@@ -93,58 +141,96 @@ class _Header:
     columns: int
     bits_allocated: int
     bits_stored: int
+    signed: bool
     monochrome1: bool
     info: DicomInfo
 
 
-def read_dicom(path: str | Path, size: int, fast: bool = True) -> tuple[np.ndarray, DicomInfo]:
+def read_dicom(
+    path: str | Path, size: int, fast: bool = True, windowing: Windowing = "auto"
+) -> tuple[np.ndarray, DicomInfo]:
     """Return the image as a ``size`` x ``size`` uint8 array (value = intensity*255) and its header facts.
 
-    Raises :class:`DicomReadError` naming the file for anything that is not a
-    single-frame greyscale DICOM image, including truncated and damaged files.
+    ``windowing``: ``auto`` shows a file through the window it declares (none
+    declared: its stored range); ``none`` always uses the stored range (see
+    :mod:`pneumonia.rendering`). Raises :class:`DicomReadError` naming the file
+    for anything that is not a single-frame greyscale DICOM image, including
+    truncated and damaged files.
     """
     ds = _open(path)
     header = _header(ds, path)
     data = _pixel_data(ds, path)
+    try:
+        windowed = windowing == "auto" and declares_window(ds)
+        # Presentation LUT Shape is part of the display pipeline; `none` keeps the old rule (MONOCHROME1 only).
+        inverse = presentation_inverse(ds, header.monochrome1) if windowing == "auto" else header.monochrome1
+    except RenderingError as exc:
+        raise DicomReadError(path, f"{exc}; {_REPLACE}") from None
     if header.transfer_syntax.is_encapsulated:
         frame = _single_frame(data, path)
-        if header.transfer_syntax in (JPEGBaseline8Bit, JPEGExtended12Bit):  # what Pillow (libjpeg) decodes
+        if header.transfer_syntax in (JPEGBaseline8Bit, JPEGExtended12Bit):
             problem = _jpeg_problem(frame, header)
             if problem:
                 raise DicomReadError(path, f"{problem}; {_REPLACE}")
-        if header.transfer_syntax == JPEGBaseline8Bit:
+        if header.transfer_syntax == JPEGBaseline8Bit and not windowed and not ds.get("PresentationLUTSequence"):
             if fast and 2 * size <= min(header.rows, header.columns):
                 image = _draft_decode(frame, size)
                 if image is not None:
-                    return (255 - image if header.monochrome1 else image), header.info
+                    return (255 - image if inverse else image), header.info
     else:
         _check_length(data, header, path)
 
+    pixels = _decode(ds, header, path)
     try:
+        if windowed:
+            image = render_windowed(pixels, ds, inverse)
+        else:
+            image = render_stored_range(pixels, header.bits_stored, header.signed, inverse)
+    except RenderingError as exc:
+        raise DicomReadError(
+            path, f"{exc}; replace the file, or set dicom_to_npy.windowing: none to ignore the window it declares"
+        ) from None
+    if image.shape != (size, size):
+        # Pillow's bilinear filter antialiases when shrinking, unlike a plain bilinear sample.
+        # A non-square image is stretched: each axis is resized by its own factor.
+        image = np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR))
+    return image, header.info
+
+
+def _decode(ds: pydicom.Dataset, header: _Header, path: str | Path) -> np.ndarray:
+    """The stored values (signed where PixelRepresentation says so), Rows x Columns; DicomReadError otherwise."""
+    syntax = header.transfer_syntax
+    try:
+        decoder = get_decoder(syntax)
+    except NotImplementedError:
+        raise DicomReadError(
+            path, f"{syntax.name} ({syntax}) pixel data: pydicom has no decoder for this transfer syntax; export the "
+            "image uncompressed, or as JPEG, JPEG-LS, JPEG 2000 or RLE"
+        ) from None  # fmt: skip
+    if not decoder.is_available:
+        raise DicomReadError(
+            path, f"{syntax.name} ({syntax}) pixel data, which no installed decoder plugin reads; install one "
+            f"({'; '.join(decoder.missing_dependencies)}) or export the image uncompressed"
+        )  # fmt: skip
+    # Pillow (libjpeg-turbo) for 8-bit JPEG Baseline, as before any other plugin was installed:
+    # another decoder's IDCT could change the converted bytes by a grey level here and there.
+    plugin = "pillow" if syntax == JPEGBaseline8Bit and "pillow" in decoder.available_plugins else ""
+    try:
+        ds.pixel_array_options(decoding_plugin=plugin)
         pixels = ds.pixel_array
     except Exception as exc:  # pydicom and its decoders raise many types for damaged data
+        tried = ", ".join([plugin] if plugin else decoder.available_plugins)
         raise DicomReadError(
-            path, f"pixel data cannot be decoded ({_describe(exc)}); the file is damaged or compressed "
-            "in a way no installed decoder reads: replace it with a good (or uncompressed) copy"
+            path, f"pixel data cannot be decoded ({_describe(exc)}); the {syntax.name} data is damaged, or encoded "
+            f"in a way the installed decoders ({tried}) reject: replace the file with a good copy, or export it "
+            "uncompressed"
         ) from None  # fmt: skip
     if pixels.shape != (header.rows, header.columns):
         raise DicomReadError(
             path, f"decoded image has shape {pixels.shape}, not Rows x Columns = {header.rows} x "
             f"{header.columns}; {_REPLACE}"
         )  # fmt: skip
-
-    # In place: one float32 copy of the image at a time (the same arithmetic, step by step).
-    scaled = pixels.astype(np.float32)
-    scaled /= float(2**header.bits_stored - 1)
-    if header.monochrome1:
-        np.subtract(1.0, scaled, out=scaled)
-    scaled *= 255.0
-    image = np.clip(np.rint(scaled, out=scaled), 0, 255, out=scaled).astype(np.uint8)
-    if image.shape != (size, size):
-        # Pillow's bilinear filter antialiases when shrinking, unlike a plain bilinear sample.
-        # A non-square image is stretched: each axis is resized by its own factor.
-        image = np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR))
-    return image, header.info
+    return pixels
 
 
 def _open(path: str | Path) -> pydicom.Dataset:
@@ -162,13 +248,60 @@ def _open(path: str | Path) -> pydicom.Dataset:
     try:
         ds = pydicom.dcmread(io.BytesIO(data))
     except InvalidDicomError:
-        raise DicomReadError(path, "not a DICOM file (no DICM header); replace it with the original or remove it") from None
+        ds = _without_preamble(data, path)
     except Exception as exc:  # pydicom raises many types for corrupt input
         raise DicomReadError(path, f"corrupt DICOM ({_describe(exc)}); {_REPLACE}") from None
     if "PixelData" not in ds:
         raise DicomReadError(path, _why_no_pixel_data(ds, len(data)))
     _check_end(ds, len(data), path)
+    _fill_transfer_syntax(ds, path)
     return ds
+
+
+_IMAGE_ATTRIBUTES = ("Rows", "Columns", "BitsAllocated", "BitsStored", "PhotometricInterpretation")
+
+
+def _without_preamble(data: bytes, path: str | Path) -> pydicom.Dataset:
+    """A file without the 128-byte preamble and "DICM" (older or hand-made exports): read when it is an image.
+
+    pydicom's ``force=True`` parses anything as elements, so the result is kept only
+    when it holds pixel data and the attributes that describe it; otherwise the file
+    is refused as not DICOM. Without a file meta header the transfer syntax is the
+    encoding pydicom found (uncompressed: compressed data needs the header).
+    """
+    refusal = "not a DICOM file (no DICOM file header, and not a headerless DICOM image); replace it with the original or remove it"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(io.BytesIO(data), force=True)
+        is_image = "PixelData" in ds and all(keyword in ds for keyword in _IMAGE_ATTRIBUTES)
+    except Exception:  # noqa: BLE001 - whatever pydicom makes of non-DICOM bytes, the answer is the same
+        is_image = False
+    if not is_image:
+        raise DicomReadError(path, refusal)
+    return ds
+
+
+def _fill_transfer_syntax(ds: pydicom.Dataset, path: str | Path) -> None:
+    """A data set without a file meta header (or without its TransferSyntaxUID): the encoding pydicom read it in.
+
+    That is the truth for uncompressed pixel data; compressed data does not say its codec, so it is refused.
+    """
+    meta = getattr(ds, "file_meta", None)
+    if meta is not None and meta.get("TransferSyntaxUID"):
+        return
+    if ds.get_item("PixelData") is not None and ds.get_item("PixelData").length == 0xFFFFFFFF:
+        raise DicomReadError(
+            path, f"compressed pixel data, but no file meta header says how it is compressed (no TransferSyntaxUID); {_REPLACE}"
+        )  # fmt: skip
+    implicit, little = ds.original_encoding
+    if implicit is None:
+        raise DicomReadError(path, f"the DICOM file meta header has no TransferSyntaxUID; {_REPLACE}")
+    if meta is None:
+        ds.file_meta = pydicom.dataset.FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = (
+        ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian if little else ExplicitVRBigEndian
+    )
 
 
 def _check_end(ds: pydicom.Dataset, size: int, path: str | Path) -> None:
@@ -299,10 +432,9 @@ def _header(ds: pydicom.Dataset, path: str | Path) -> _Header:
     if not 1 <= bits_stored <= bits_allocated:
         raise bad("BitsStored", bits_stored, f"not between 1 and BitsAllocated ({bits_allocated})")
     signed = number("PixelRepresentation", 0)
-    if signed == 1:
-        raise DicomReadError(path, "signed pixel data (PixelRepresentation 1) is not supported; export the image unsigned")
-    if signed != 0:
+    if signed not in (0, 1):
         raise bad("PixelRepresentation", signed, "not 0 (unsigned) or 1 (signed)")
+    spacing, spacing_note = _spacing(get)
 
     return _Header(
         transfer_syntax=syntax,
@@ -310,6 +442,7 @@ def _header(ds: pydicom.Dataset, path: str | Path) -> _Header:
         columns=columns,
         bits_allocated=bits_allocated,
         bits_stored=bits_stored,
+        signed=signed == 1,
         monochrome1=photometric == "MONOCHROME1",
         info=DicomInfo(
             view=_str(get("ViewPosition")),
@@ -317,7 +450,10 @@ def _header(ds: pydicom.Dataset, path: str | Path) -> _Header:
             age=_age(get("PatientAge", "")),
             rows=rows,
             columns=columns,
-            pixel_spacing_mm=_spacing(get("PixelSpacing"), bad),
+            pixel_spacing_mm=spacing,
+            pixel_spacing_note=spacing_note,
+            modality=_str(get("Modality")).strip(),
+            body_part=_str(get("BodyPartExamined")).strip(),
         ),
     )
 
@@ -332,17 +468,33 @@ def _age(value) -> int | None:
     return int(age) if age.isascii() and age.isdigit() else None
 
 
-def _spacing(value, bad) -> float | None:
-    if value is None or value == "":
-        return None
-    first = value[0] if isinstance(value, (list, MultiValue)) else value
-    try:
-        spacing = float(first)
-    except (TypeError, ValueError):
-        raise bad("PixelSpacing", first, "not a number of mm") from None
-    if not (math.isfinite(spacing) and spacing > 0):
-        raise bad("PixelSpacing", first, "not a positive number of mm")
-    return spacing
+def _spacing(get) -> tuple[float | None, str]:
+    """Row spacing in mm and a note: PixelSpacing, else ImagerPixelSpacing (at the detector), else unknown.
+
+    Spacing only feeds the area in mm², so a bad value makes it unknown, with the
+    reason in the note, rather than refusing the image.
+    """
+    problems = []
+    for keyword in ("PixelSpacing", "ImagerPixelSpacing"):
+        try:
+            value = get(keyword)
+        except DicomReadError:
+            problems.append(f"{keyword} cannot be read")
+            continue
+        if value is None or value == "":
+            continue
+        first = value[0] if isinstance(value, (list, MultiValue)) else value
+        try:
+            spacing = float(first)
+        except (TypeError, ValueError):
+            spacing = math.nan
+        if math.isfinite(spacing) and spacing > 0:
+            if keyword == "PixelSpacing":
+                return spacing, ""
+            used = "ImagerPixelSpacing used (at the detector plane, so areas include the X-ray magnification)"
+            return spacing, "; ".join([*problems, used]) if problems else used + ": no PixelSpacing"
+        problems.append(f"{keyword} {_short(first)} is not a positive number of mm")
+    return None, "; ".join(problems) + "; area in mm² unknown" if problems else ""
 
 
 def _pixel_data(ds: pydicom.Dataset, path: str | Path) -> bytes:
@@ -381,9 +533,16 @@ def _single_frame(data: bytes, path: str | Path) -> bytes:
 
 
 def _check_length(data: bytes, header: _Header, path: str | Path) -> None:
-    """Uncompressed pixel data must hold exactly Rows x Columns pixels (plus one padding byte to an even length)."""
+    """Uncompressed pixel data must hold exactly Rows x Columns pixels, plus padding.
+
+    Padding: one byte to an even length, or trailing zero bytes (some exporters pad
+    to a block size; pydicom drops them), which cannot hide an image shifted by
+    inserted bytes: those would leave the image's own last bytes at the end.
+    """
     need = header.rows * header.columns * (header.bits_allocated // 8)
     if len(data) == need or (need % 2 and len(data) == need + 1):
+        return
+    if len(data) > need and not data[need:].strip(b"\0"):
         return
     what = f"Rows x Columns = {header.rows} x {header.columns} at {header.bits_allocated} bits need {need:,}"
     if len(data) < need:
@@ -396,10 +555,12 @@ def _check_length(data: bytes, header: _Header, path: str | Path) -> None:
 
 
 def _jpeg_problem(frame: bytes, header: _Header) -> str | None:
-    """What is structurally wrong with an 8-bit JPEG frame, or None: the checks libjpeg only warns about."""
+    """What is structurally wrong with a JPEG Baseline/Extended frame, or None: the checks libjpeg only warns about."""
     end = len(frame)
     if not frame.endswith(b"\xff\xd9"):
-        end = len(frame.rstrip(b"\0"))  # a fragment is padded to an even length
+        # A fragment is padded to an even length: with 0x00, or by some encoders with 0xFF
+        # (a fill byte, which JPEG allows before any marker, and after EOI is only padding).
+        end = len(frame.rstrip(b"\0\xff"))  # never strips the EOI's own 0xFF: 0xD9 follows it
         if end < 2 or not frame.startswith(b"\xff\xd9", end - 2):
             return "truncated JPEG frame: it does not end with the end-of-image marker (the file was cut or overwritten)"
     if not frame.startswith(b"\xff\xd8"):
@@ -424,12 +585,15 @@ def _jpeg_problem(frame: bytes, header: _Header) -> str | None:
             if sof is not None:
                 return corrupt + "it has two frame headers"
             if marker not in (0xC0, 0xC1) or length < 11:
-                return corrupt + f"frame header FF{marker:02X} is not an 8-bit sequential (Baseline) one"
+                return corrupt + f"frame header FF{marker:02X} is not a sequential (Baseline or Extended) one"
             sof = marker
             precision, components = frame[pos + 4], frame[pos + 9]
             height, width = int.from_bytes(frame[pos + 5 : pos + 7], "big"), int.from_bytes(frame[pos + 7 : pos + 9], "big")
-            if precision != 8 or header.bits_stored != 8:
-                return corrupt + f"{precision}-bit samples and BitsStored {header.bits_stored}; only 8-bit JPEG is read"
+            allowed = (8,) if header.transfer_syntax == JPEGBaseline8Bit else (8, 12)
+            if precision not in allowed or not 1 <= header.bits_stored <= precision:
+                kind = "8-bit" if allowed == (8,) else "8- or 12-bit"
+                return corrupt + (f"{precision}-bit samples and BitsStored {header.bits_stored}; "
+                                  f"{header.transfer_syntax.name} holds {kind} samples")
             if components != 1:
                 return corrupt + f"{components} colour components, but the header says greyscale"
             if (height, width) != (header.rows, header.columns):

@@ -30,5 +30,9 @@ class DicomReadError(PneumoniaError):
         return (type(self), (self.path, self.reason))
 
 
+class NotChestError(DicomReadError):
+    """A readable DICOM that is not a chest radiograph (Modality or BodyPartExamined say so)."""
+
+
 class CredentialsError(PneumoniaError):
     """Kaggle credentials are missing or were refused."""

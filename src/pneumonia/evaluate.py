@@ -29,7 +29,7 @@ from pneumonia.calibration import brier_score, expected_calibration_error, relia
 from pneumonia.checkpoint import load_classifier
 from pneumonia.errors import DatasetError
 from pneumonia.inference import default_device, predict_logits, sigmoid
-from pneumonia.manifest import ManifestRow, read_manifest, split_rows
+from pneumonia.manifest import CLASS_NAMES, ManifestRow, read_manifest, split_rows
 from pneumonia.metrics import pr_curve_points, ranking_metrics, roc_curve_points
 from pneumonia.operating_points import choose_thresholds, operating_points, threshold_name
 from pneumonia.params import EvaluateParams
@@ -150,8 +150,14 @@ def _write_plots(
     plots_dir: Path, rows: list[ManifestRow], labels: np.ndarray, probs: np.ndarray, chosen: float, points: dict
 ) -> None:
     """ROC and PR with the operating ``points``, predictions at ``chosen`` (confusion matrix), reliability, histograms."""
-    write_json(plots_dir / "roc.json", {"roc": roc_curve_points(labels, probs)})
-    write_json(plots_dir / "precision_recall.json", {"precision_recall": pr_curve_points(labels, probs)})
+    # The first point carries the curve's summary, which the chart prints (see .dvc/plots/*.json).
+    ranking = ranking_metrics(labels, probs)
+    roc = roc_curve_points(labels, probs)
+    roc[0] = roc[0] | {"auroc": ranking["auroc"]}
+    write_json(plots_dir / "roc.json", {"roc": roc})
+    pr = pr_curve_points(labels, probs)
+    pr[0] = pr[0] | {"average_precision": ranking["average_precision"], "prevalence": float(np.mean(labels))}
+    write_json(plots_dir / "precision_recall.json", {"precision_recall": pr})
     write_json(
         plots_dir / "operating_points.json",
         {
@@ -175,6 +181,9 @@ def _write_plots(
     )
     with atomic_path(plots_dir / "predictions.csv") as tmp, open(tmp, "w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["patient_id", "split", "label", "probability", "predicted"])
+        # truth/prediction as class names: what the confusion matrix's axes show
+        writer.writerow(["patient_id", "split", "label", "probability", "predicted", "truth", "prediction"])
         for row, label, prob in zip(rows, labels, probs):
-            writer.writerow([row.patient_id, row.split, int(label), f"{prob:.6f}", int(prob >= chosen)])
+            predicted = int(prob >= chosen)
+            writer.writerow([row.patient_id, row.split, int(label), f"{prob:.6f}", predicted,
+                             CLASS_NAMES[int(label)], CLASS_NAMES[predicted]])

@@ -17,6 +17,7 @@ from pneumonia.atomic import atomic_path
 from pneumonia.errors import DatasetError
 
 MANIFEST = "manifest.csv"
+CLASS_NAMES = ("no pneumonia", "pneumonia")  # what label 0 and label 1 are called in plots and reports
 
 
 @dataclass(frozen=True)
@@ -33,18 +34,21 @@ class ManifestRow:
     rows: int  # original image height, pixels
     columns: int  # original image width, pixels
     pixel_spacing_mm: float | None
+    pixel_spacing_note: str = ""  # why the spacing is unknown, or that ImagerPixelSpacing was used
 
 
 _COLUMNS = [f.name for f in fields(ManifestRow)]
+_OPTIONAL = ("pixel_spacing_note",)  # written only when a row has one, so a clean dataset's manifest is unchanged
 
 
 def write_manifest(path: str | Path, rows: list[ManifestRow]) -> None:
+    columns = [c for c in _COLUMNS if c not in _OPTIONAL or any(getattr(row, c) for row in rows)]
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(_COLUMNS)
+        writer.writerow(columns)
         for row in rows:
             # Field by field rather than dataclasses.asdict, which deep-copies every box (slow on 26k rows).
-            record = {name: getattr(row, name) for name in _COLUMNS}
+            record = {name: getattr(row, name) for name in columns}
             record["boxes"] = json.dumps([list(b) for b in row.boxes])
             writer.writerow(["" if v is None else v for v in record.values()])
 
@@ -68,6 +72,7 @@ def read_manifest(processed_dir: str | Path) -> list[ManifestRow]:
                 rows=int(r["rows"]),
                 columns=int(r["columns"]),
                 pixel_spacing_mm=float(r["pixel_spacing_mm"]) if r["pixel_spacing_mm"] else None,
+                pixel_spacing_note=r.get("pixel_spacing_note") or "",
             )
             for r in csv.DictReader(handle)
         ]

@@ -24,8 +24,9 @@ class PneumoniaClassifier(pl.LightningModule):
     """Binary pneumonia classifier; its hyperparameters carry everything prediction needs.
 
     ``image_size`` (pixels), ``mean``/``std`` (of value/255 on the train split),
-    ``arch``, ``threshold`` and ``temperature`` (probability = sigmoid(logit /
-    temperature), fitted on val when enabled) are saved in the checkpoint.
+    ``arch``, ``threshold``, ``temperature`` (probability = sigmoid(logit /
+    temperature), fitted on val when enabled) and ``windowing`` (how the DICOMs
+    were rendered: ``dicom_to_npy.windowing``) go into the model file.
     """
 
     def __init__(
@@ -38,6 +39,7 @@ class PneumoniaClassifier(pl.LightningModule):
         arch: str = "resnet18",
         threshold: float = 0.5,
         temperature: float = 1.0,
+        windowing: str = "none",
     ):
         super().__init__()
         self.save_hyperparameters()

@@ -85,6 +85,8 @@ class DicomToNpyParams:
     workers: int  # conversion processes; 0 = one per CPU core
     grid_images: int  # images in the plots/images/samples.png grid
     on_error: Literal["fail", "skip"]  # skip: unreadable files go to failed.csv
+    # auto: a file's own window (VOI LUT) when it declares one, else its stored range; none: always the stored range
+    windowing: Literal["auto", "none"]
 
     def __post_init__(self):
         _check(16 <= self.image_size <= 1024, "dicom_to_npy.image_size", "must be between 16 and 1024")

@@ -1,11 +1,13 @@
 """`pneumonia predict`: the trained classifier and detector on DICOM files: whether, where and how large.
 
-The image's probability and label are the classifier's (its checkpoint gives image size, mean/std,
-threshold, temperature). The boxes are the detector's (``models/detector.safetensors``, see
+The image's probability and label are the classifier's (its model file gives image size, mean/std,
+threshold, temperature, windowing). The boxes are the detector's (``models/detector.safetensors``, see
 :mod:`pneumonia.detection`): (x, y, width, height) in pixels of each ORIGINAL image, each with its
 confidence (the detector's score), kept when the detector's own image probability passes its gate
 and the box its threshold, both chosen together on val for the best RSNA score. The estimated area
 is the union of the boxes, as a percentage of the image and in mm² where PixelSpacing is known.
+Files that are not chest radiographs (:func:`pneumonia.dicom.chest_problem`) are not scored unless
+``allow_non_chest``: their row says why.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from tqdm import tqdm
 from pneumonia.atomic import atomic_path
 from pneumonia.checkpoint import LoadedModel, load_classifier
 from pneumonia.detection.detector import LoadedDetector, area_fraction, detect_images, load_detector
-from pneumonia.dicom import read_dicom
+from pneumonia.dicom import chest_problem, read_dicom
 from pneumonia.errors import DicomReadError, PneumoniaError
 from pneumonia.inference import default_device, predict_probabilities
 from pneumonia.overlay import draw_overlay
@@ -50,12 +52,13 @@ class ImagePrediction:
 
 @dataclass(frozen=True)
 class FilePrediction:
-    """One file's result: ``localization`` when it could be read, else ``error`` (one line)."""
+    """One file's result: ``localization`` when scored, else ``error`` (one line) or ``not_scored`` (why)."""
 
     file: Path
     patient_id: str
     localization: ImagePrediction | None = None
     error: str | None = None
+    not_scored: str | None = None  # readable, but not a chest radiograph (and not allowed)
 
 
 def find_dicoms(paths: Sequence[str | Path]) -> list[Path]:
@@ -123,8 +126,13 @@ def predict_files(
     detector: LoadedDetector,
     batch_size: int,
     overlays_dir: Path | None = None,
+    allow_non_chest: bool = False,
 ) -> list[FilePrediction]:
-    """Read, classify and detect in each file, ``batch_size`` at a time; unreadable files carry their error."""
+    """Read, classify and detect in each file, ``batch_size`` at a time; unreadable files carry their error.
+
+    A file that is not a chest radiograph is not scored (it carries the reason)
+    unless ``allow_non_chest``.
+    """
     results: list[FilePrediction] = []
     overlay_names: set[str] = set()
     with tqdm(total=len(files), unit="file", disable=len(files) < PROGRESS_MIN_FILES, desc="predict") as bar:
@@ -132,9 +140,13 @@ def predict_files(
             images, infos, readable = [], [], []
             for path in chunk:
                 try:
-                    image, info = read_dicom(path, model.image_size)
+                    image, info = read_dicom(path, model.image_size, windowing=model.windowing)
                 except DicomReadError as exc:
                     results.append(FilePrediction(path, path.stem, error=exc.reason))
+                    continue
+                problem = None if allow_non_chest else chest_problem(info)
+                if problem:
+                    results.append(FilePrediction(path, patient_id_of(path), not_scored=problem))
                     continue
                 images.append(image)
                 infos.append(info)
@@ -146,7 +158,7 @@ def predict_files(
                     results[index] = FilePrediction(path, results[index].patient_id, prediction)
                     if overlays_dir is not None:
                         name = _unique_name(path.stem, overlay_names)
-                        _draw(path, prediction, info.rows, info.columns, Path(overlays_dir) / f"{name}.png")
+                        _draw(path, prediction, model, info.rows, info.columns, Path(overlays_dir) / f"{name}.png")
             bar.update(len(chunk))
     return results
 
@@ -160,9 +172,9 @@ def _unique_name(stem: str, taken: set[str]) -> str:
     return name
 
 
-def _draw(path: Path, prediction: ImagePrediction, rows: int, columns: int, out: Path) -> None:
+def _draw(path: Path, prediction: ImagePrediction, model: LoadedModel, rows: int, columns: int, out: Path) -> None:
     """The DICOM read again at ``OVERLAY_SIZE`` with the detector's boxes (no truth is known here)."""
-    image, _ = read_dicom(path, OVERLAY_SIZE)
+    image, _ = read_dicom(path, OVERLAY_SIZE, windowing=model.windowing)
     sx, sy = OVERLAY_SIZE / columns, OVERLAY_SIZE / rows
     draw_overlay(
         image,
@@ -179,7 +191,8 @@ def _draw(path: Path, prediction: ImagePrediction, rows: int, columns: int, out:
 def _fields(prediction: FilePrediction) -> dict[str, str]:
     """The CSV's (and the table's) text for one file."""
     found = prediction.localization
-    row = {"file": str(prediction.file), "patientId": prediction.patient_id, "error": prediction.error or ""}
+    reason = prediction.error or prediction.not_scored or ""
+    row = {"file": str(prediction.file), "patientId": prediction.patient_id, "error": reason}
     if found is None:
         return row | {k: "" for k in CSV_COLUMNS if k not in row}
     return row | {
@@ -205,8 +218,8 @@ def write_predictions_csv(path: Path, predictions: Sequence[FilePrediction]) -> 
 def write_submission(path: Path, predictions: Sequence[FilePrediction]) -> None:
     """Kaggle's RSNA submission: ``patientId,PredictionString``, each box "confidence x y width height".
 
-    Files that could not be read are left out (the command exits 1 for them); a
-    patient without boxes gets an empty string.
+    Files that could not be read or were not scored are left out (the command's
+    exit code says so); a patient without boxes gets an empty string.
     """
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
         writer = csv.writer(handle)
@@ -229,6 +242,8 @@ def format_table(predictions: Sequence[FilePrediction], threshold: float) -> str
         f = _fields(prediction)
         if prediction.error:
             lines.append([f["file"], f["patientId"], "error: " + prediction.error, "", "", "", ""])
+        elif prediction.not_scored:
+            lines.append([f["file"], f["patientId"], "not scored: " + prediction.not_scored, "", "", "", ""])
         else:
             lines.append(
                 [f["file"], f["patientId"], f["probability"], f["label"], f["boxes"] or "-", f["area_percent"],
@@ -236,7 +251,7 @@ def format_table(predictions: Sequence[FilePrediction], threshold: float) -> str
             )
     widths = [max(len(row[i]) for row in [header, *lines]) for i in range(len(header))]
     # An error message is long: let it run past its column rather than widen the whole table.
-    widths[2] = max(len(header[2]), max((len(r[2]) for r in lines if not r[2].startswith("error")), default=0))
+    widths[2] = max(len(header[2]), max((len(r[2]) for r in lines if r[3]), default=0))
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in [header, *lines])
 
 
@@ -248,6 +263,7 @@ def run(
     submission: Path | None = None,
     batch_size: int = 32,
     detector_path: Path = Path("models/detector.safetensors"),
+    allow_non_chest: bool = False,
 ) -> tuple[LoadedModel, list[FilePrediction]]:
     """Predict every DICOM in ``paths``; write the CSV, overlays and submission asked for.
 
@@ -258,7 +274,7 @@ def run(
     device = default_device()
     model = load_classifier(model_path, device)
     detector = load_detector(detector_path, device)
-    predictions = predict_files(files, model, detector, batch_size, overlays_dir)
+    predictions = predict_files(files, model, detector, batch_size, overlays_dir, allow_non_chest)
     if out_csv is not None:
         write_predictions_csv(out_csv, predictions)
     if submission is not None:

@@ -4,6 +4,7 @@ A block is the text between ``<!-- generated:NAME -->`` and ``<!-- /generated:NA
 ``params`` is the table of every setting, made from params.yaml itself (value and
 the line's own comment), so the README cannot disagree with the one place defaults
 live. ``metrics`` is ``dvc metrics show --md`` of the committed headline metrics.
+``bench`` is the performance table from ``benchmarks/results.json`` (``make bench``).
 ``tests/test_readme.py`` fails when a block differs from what this module makes.
 """
 
@@ -67,8 +68,46 @@ def metrics_block(root: Path) -> str:
     return result.stdout.strip() + "\n"
 
 
+# benchmarks/results.json -> the README's performance table: (keys shown together, unit, target, what it compares)
+BENCH_ROWS = [
+    (("convert_images_per_s",), "", "",
+     "the dicom_to_npy stage's code (`convert.run`: CSVs, pool, decoding, manifest) at 224×224"),
+    (("convert_process_images_per_s",), "", "", "the same, timed from the Python process's start"),
+    (("convert_speedup_vs_reference",), "×", "≥ 6× (not reachable on 2 cores: see below)",
+     "against the reference loop (one process; `pixel_array / 255`, `cv2.resize`, float16, `np.save` per file)"),
+    (("convert_decode_bound_speedup_vs_reference",), "×", "",
+     "the ceiling for any converter here: the decode bound against the reference loop"),
+    (("convert_fraction_of_decode_bound",), "", "≥ 0.75",
+     "against reading + decoding the same files on all cores (DCT-downscaled to the same size), nothing else"),
+    (("convert_peak_rss_mb_small", "convert_peak_rss_mb_large"), " MB", "< 1500, large within 15 %",
+     "the whole stage, all its processes, on the small and the large set"),
+    (("train_images_per_s", "train_fraction_of_raw"), "", "fraction ≥ 0.9",
+     "the train stage's Lightning loop (memory-mapped data, augmentation) against a bare loop over tensors in memory"),
+    (("infer_images_per_s", "infer_fraction_of_raw"), "", "fraction ≥ 0.9", "evaluate's inference against a bare inference loop"),
+    (("repro_noop_s",), " s", "< 3 s", "`dvc repro` on an up-to-date workspace"),
+]
+
+
+def bench_block(results_json: Path) -> str:
+    results = json.loads(results_json.read_text())
+    settings = ", ".join(f"{k} {v}" for k, v in results.get("settings", {}).items())
+    lines = [f"Measured by `make bench` on: {results.get('machine', 'unknown')} ({settings}).", "",
+             "| figure | value | target | what it compares |", "|---|---|---|---|"]
+    for keys, unit, target, what in BENCH_ROWS:
+        present = [k for k in keys if k in results]
+        if not present:
+            continue
+        values = " / ".join(f"{results[k]:g}" for k in present)
+        lines.append(f"| {' / '.join(f'`{k}`' for k in present)} | {values}{unit} | {target} | {what} |")
+    return "\n".join(lines) + "\n"
+
+
 def blocks(root: Path) -> dict[str, str]:
-    return {"params": params_block(root / "params.yaml"), "metrics": metrics_block(root)}
+    return {
+        "params": params_block(root / "params.yaml"),
+        "metrics": metrics_block(root),
+        "bench": bench_block(root / "benchmarks" / "results.json"),
+    }
 
 
 def render(readme: str, generated: dict[str, str]) -> str:

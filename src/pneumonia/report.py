@@ -21,6 +21,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from pneumonia.atomic import atomic_path  # noqa: E402
 from pneumonia.errors import DatasetError  # noqa: E402
+from pneumonia.manifest import CLASS_NAMES  # noqa: E402
 
 FIGURES = "figures"
 POINT_LABELS = {"0p50": "0.50", "0p25": "0.25", "youden": "Youden (val)"}  # else sensitivity_0pXX
@@ -180,7 +181,7 @@ def draw_figures(plots_dir: Path, out_dir: Path, classification: dict) -> list[t
         for j in range(2):
             ax.text(j, i, str(matrix[i][j]), ha="center", va="center", fontsize=14,
                     color="white" if matrix[i][j] > max(map(max, matrix)) / 2 else "black")
-    names = ["no pneumonia", "pneumonia"]
+    names = list(CLASS_NAMES)
     ax.set_xticks([0, 1], names)
     ax.set_yticks([0, 1], names)
     ax.set_xlabel("predicted")

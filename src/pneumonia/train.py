@@ -39,7 +39,7 @@ from pneumonia.data import XrayDataset, epoch_seed, make_loader
 from pneumonia.errors import DatasetError
 from pneumonia.inference import predict_logits
 from pneumonia.grid import save_grid
-from pneumonia.manifest import MANIFEST, read_manifest, split_labels
+from pneumonia.manifest import CLASS_NAMES, MANIFEST, read_manifest, split_labels
 from pneumonia.model import PneumoniaClassifier
 from pneumonia.model_file import save_model
 from pneumonia.params import TrainParams
@@ -57,8 +57,13 @@ def run(
     model_path: Path = Path("models/classifier.safetensors"),
     live_dir: Path = Path("dvclive"),
     grid_path: Path | None = None,
+    windowing: str = "auto",
 ) -> dict[str, float]:
-    """Train, write the best epoch's model file to ``model_path``, return the final logged metrics."""
+    """Train, write the best epoch's model file to ``model_path``, return the final logged metrics.
+
+    ``windowing`` is how the arrays were rendered (``dicom_to_npy.windowing``); the
+    model file records it so ``predict`` renders new DICOMs the same way.
+    """
     pl.seed_everything(seed, workers=True)
     stats = json.loads(Path(stats_json).read_text())
     manifest = read_manifest(processed_dir)
@@ -77,7 +82,8 @@ def run(
         _save_augmented(grid_path, train_set, params.grid_images, seed)
 
     model = PneumoniaClassifier(
-        image_size=train_set.image_size, mean=stats["mean"], std=stats["std"], lr=params.lr, pos_weight=pos_weight
+        image_size=train_set.image_size, mean=stats["mean"], std=stats["std"], lr=params.lr, pos_weight=pos_weight,
+        windowing=windowing,
     )
     train_loader = make_loader(
         train_set, params.batch_size, params.num_workers, shuffle=True,
@@ -202,5 +208,5 @@ def _save_augmented(path: Path, dataset: XrayDataset, n: int, seed: int) -> None
     save_grid(
         path,
         images=[image[0].numpy() for image, _ in samples],
-        captions=[f"label {int(label)}" for _, label in samples],
+        captions=[f"{int(label)} {CLASS_NAMES[int(label)]}" for _, label in samples],  # as samples.png: "1 ..."
     )
