@@ -138,8 +138,7 @@ def test_an_old_lightning_checkpoint_gets_a_one_line_explanation(tmp_path, dicom
 
     out = tmp_path / "predictions.csv"
     result = subprocess.run(
-        [sys.executable, "-m", "pneumonia", "predict", str(dicom), "--model", str(path), "--out", str(out),
-         "--cam-threshold", "0.5", "--min-area", "0"],
+        [sys.executable, "-m", "pneumonia", "predict", str(dicom), "--model", str(path), "--out", str(out)],
         cwd=tmp_path, capture_output=True, text=True, timeout=120,
     )
     assert result.returncode == 1 and result.stdout == "", result.stderr
