@@ -29,7 +29,7 @@ LABELS = {
     },
     "metrics/cam.json": {"rsna_score": "CAM baseline RSNA score (val)", "size_spearman": "CAM size agreement (Spearman)"},
     "metrics/detection.json": {
-        "rsna_score": "detector RSNA score", "ap50": "detector AP@0.5", "ap50_95": "detector AP@[0.5:0.95]",
+        "rsna_score": "detector RSNA score", "ap50": "detector AP@0.5",
         "auroc": "detector image AUROC", "size_spearman": "detector size agreement (Spearman)",
         "area_mae": "detector area error (fraction of image, lower is better)",
     },
@@ -45,7 +45,8 @@ def _classifier_intervals(report: dict) -> dict[str, dict]:
 
 
 def _detection_intervals(report: dict) -> dict[str, dict]:
-    return report.get("headline_ci95", {})
+    """detection.json's image AUROC interval, from reports/detection.json (the gate's image score on test)."""
+    return {"auroc": report["test"]["image_auroc"][report["image_score"]["gate"]]["ci95"]}
 
 
 # headline file -> (its full report in reports/, the function reading the intervals of its keys from it)
