@@ -22,6 +22,8 @@ from torch import nn
 from pneumonia import inference, phantom
 from pneumonia.__main__ import main
 from pneumonia.checkpoint import classifier_header, load_classifier
+from pneumonia.detection.detector import LoadedDetector, save_detector
+from pneumonia.detection.network import build_detector
 from pneumonia.errors import DatasetError, PneumoniaError
 from pneumonia.localization.cam import localize_images
 from pneumonia.model import PneumoniaClassifier
@@ -115,8 +117,16 @@ def dicom(tmp_path_factory) -> Path:
 
 
 def test_predict_cli_with_the_model_file(tmp_path, good, dicom, capsys):
+    """The control for the refusals: the CLI runs with this model file (and an untrained detector of its size)."""
+    torch.manual_seed(0)
+    network = build_detector("centernet_resnet18", 16)
+    detector = tmp_path / "detector.safetensors"
+    save_detector(detector, network, LoadedDetector(
+        network, "centernet_resnet18", 16, image_size=SIZE, mean=0.4, std=0.3, image_threshold=0.5,
+        box_threshold=0.5, nms_iou=0.5, max_boxes=3,
+    ))
     out = tmp_path / "predictions.csv"
-    assert main(["predict", str(dicom), "--model", str(good), "--out", str(out)]) == 0
+    assert main(["predict", str(dicom), "--model", str(good), "--detector", str(detector), "--out", str(out)]) == 0
     assert out.exists() and capsys.readouterr().err == ""
 
 
