@@ -33,7 +33,7 @@ from pneumonia.detection.network import build_detector
 from pneumonia.detection.targets import detection_loss
 from pneumonia.detection.thresholds import choose_thresholds
 from pneumonia.manifest import read_manifest, split_rows
-from pneumonia.model import build_network
+from pneumonia.architectures import build_network
 
 THRESHOLDS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
 

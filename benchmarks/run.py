@@ -30,7 +30,8 @@ from pneumonia import phantom, rsna
 from pneumonia.checkpoint import load_classifier
 from pneumonia.data import XrayDataset, make_loader
 from pneumonia.inference import predict_probabilities
-from pneumonia.model import PneumoniaClassifier, build_network
+from pneumonia.architectures import build_network
+from pneumonia.model import PneumoniaClassifier
 from pneumonia.params import parse_params
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -17,7 +17,7 @@ from pneumonia.detection.targets import boxes_to_input, boxes_to_original, encod
 from pneumonia.detection.thresholds import choose_thresholds, rsna_at
 from pneumonia.errors import PneumoniaError
 from pneumonia.manifest import ManifestRow, write_manifest
-from pneumonia.model import build_network
+from pneumonia.architectures import build_network
 from pneumonia.model_file import save_model
 from project_params import project_params
 

@@ -13,7 +13,7 @@ from pneumonia.localization import cam as loc
 from pneumonia import phantom, stats, train
 from pneumonia.errors import DatasetError
 from pneumonia.manifest import ManifestRow, read_manifest, split_rows, write_manifest
-from pneumonia.model import build_network
+from pneumonia.architectures import build_network
 from project_params import project_params
 
 # --------------------------------------------------------------------------- maps and regions

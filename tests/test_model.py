@@ -1,6 +1,7 @@
 import torch
 
-from pneumonia.model import PneumoniaClassifier, build_network
+from pneumonia.architectures import build_network
+from pneumonia.model import PneumoniaClassifier
 
 
 def test_network_takes_one_channel_and_returns_one_logit():

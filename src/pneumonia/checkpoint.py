@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from pneumonia.errors import PneumoniaError
-from pneumonia.model import ARCHITECTURES, build_network
+from pneumonia.architectures import ARCHITECTURES, build_network
 from pneumonia.model_file import read_model
 from pneumonia.rendering import WINDOWING_MODES
 

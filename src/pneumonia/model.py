@@ -1,4 +1,4 @@
-"""The classifier: torchvision's ResNet18 with a 1-channel conv1 and a single logit."""
+"""The classifier: a torchvision network (ResNet18 by default) with a 1-channel stem and a single logit."""
 
 from __future__ import annotations
 
@@ -6,18 +6,8 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 from torchmetrics.classification import BinaryAccuracy, BinaryAUROC, BinaryAveragePrecision
-from torchvision.models import resnet18
 
-ARCHITECTURES = ("resnet18",)
-
-
-def build_network(arch: str = "resnet18") -> nn.Module:
-    """ResNet18, randomly initialised, taking 1 x S x S standardized images, returning N x 1 logits."""
-    if arch not in ARCHITECTURES:
-        raise ValueError(f"unknown architecture {arch!r}; known: {', '.join(ARCHITECTURES)}")
-    net = resnet18(weights=None, num_classes=1)
-    net.conv1 = nn.Conv2d(1, 64, kernel_size=7, stride=2, padding=3, bias=False)
-    return net
+from pneumonia.architectures import build_network
 
 
 class PneumoniaClassifier(pl.LightningModule):

@@ -21,6 +21,7 @@ from typing import Any, Literal, Union
 
 import yaml
 
+from pneumonia.architectures import ARCHITECTURES
 from pneumonia.errors import ParamsError
 
 
@@ -96,10 +97,23 @@ class DicomToNpyParams:
 
 @dataclass(frozen=True)
 class TrainParams:
+    arch: str  # a name of pneumonia.architectures.ARCHITECTURES
+    # scratch: random weights (the reference); imagenet: torchvision's ImageNet weights
+    # (RGB conv1 summed to one channel, fresh head); anything else: a path to a state dict.
+    init: str
     max_epochs: int
+    limit_train_batches: Union[int, float]  # Lightning's: 1.0 = every batch, an int = that many per epoch
+    optimizer: Literal["adam", "adamw"]
     lr: float
+    weight_decay: float
+    lr_schedule: Literal["constant", "cosine", "onecycle"]
+    warmup_epochs: int  # linear warm-up from lr/100 (constant and cosine); onecycle warms up by itself
+    early_stopping_patience: int  # epochs without a better val AUROC before stopping; 0 = never stop early
     batch_size: int
-    num_workers: int
+    num_workers: Union[int, str]  # or auto: half the cores (at most 8) when the augmentation runs on a GPU, else 0
+    # where the augmentation runs: loader = per sample in the DataLoader (the reference), device = whole
+    # batches on the model's device (kornia), auto = device on a GPU, loader on a CPU
+    augment_on: Literal["auto", "loader", "device"]
     accelerator: str
     devices: Union[int, str]  # per node; DDP runs one process per device
     num_nodes: int
@@ -114,10 +128,31 @@ class TrainParams:
     grid_images: int  # augmented samples in plots/images/augmented.png
 
     def __post_init__(self):
+        _check(self.arch in ARCHITECTURES, "train.arch", f"is {self.arch!r}; choose one of {', '.join(ARCHITECTURES)}")
+        _check(bool(self.init), "train.init", "must be scratch, imagenet or a path to a state dict")
         _check(self.max_epochs >= 1, "train.max_epochs", "must be >= 1")
+        _check(
+            self.limit_train_batches >= 1 if isinstance(self.limit_train_batches, int)
+            else 0 < self.limit_train_batches <= 1,
+            "train.limit_train_batches", "must be a fraction in (0, 1] or a count >= 1",
+        )
         _check(0 < self.lr < 1, "train.lr", "must be in (0, 1)")
+        _check(self.weight_decay >= 0, "train.weight_decay", "must be >= 0")
+        _check(
+            self.weight_decay == 0 or self.optimizer == "adamw", "train.weight_decay",
+            "needs train.optimizer adamw (Adam's L2 penalty is not decoupled weight decay)",
+        )
+        _check(0 <= self.warmup_epochs < self.max_epochs, "train.warmup_epochs", "must be in [0, max_epochs)")
+        _check(
+            self.warmup_epochs == 0 or self.lr_schedule != "onecycle", "train.warmup_epochs",
+            "must be 0 with lr_schedule onecycle (it warms up by itself)",
+        )
+        _check(self.early_stopping_patience >= 0, "train.early_stopping_patience", "must be >= 0 (0 = off)")
         _check(self.batch_size >= 1, "train.batch_size", "must be >= 1")
-        _check(self.num_workers >= 0, "train.num_workers", "must be >= 0")
+        _check(
+            self.num_workers == "auto" or (isinstance(self.num_workers, int) and self.num_workers >= 0),
+            "train.num_workers", "must be 'auto' or an integer >= 0",
+        )
         _check(self.pos_weight > 0, "train.pos_weight", "must be > 0")
         _check(self.grid_images >= 1, "train.grid_images", "must be >= 1")
         _check(self.num_nodes >= 1, "train.num_nodes", "must be >= 1")

@@ -9,7 +9,7 @@ sits at input pixel ``((j + 0.5) * 8, (i + 0.5) * 8)`` (:func:`cell_centres`):
   pixels, ``N x 4 x h x w``, positive (softplus) (TTFNet/FCOS's edge distances);
 - ``image_logit``: one logit per image from the pooled last block (pneumonia or not), ``N``.
 
-The trunk is built by :func:`pneumonia.model.build_network` (the classifier's registry), randomly
+The trunk is built by :func:`pneumonia.architectures.build_network` (the classifier's registry), randomly
 initialised: nothing is downloaded.
 """
 
@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pneumonia.model import build_network
+from pneumonia.architectures import build_network
 
 STRIDE = 8  # input pixels per cell of the output grid
 HEATMAP_PRIOR = 0.01  # initial centre probability everywhere (RetinaNet's prior): stable early focal loss
