@@ -113,6 +113,7 @@ def run(
                            save_on_train_epoch_end=True, enable_version_counter=False)
     trainer = pl.Trainer(
         max_epochs=params.max_epochs,
+        limit_train_batches=params.limit_train_batches,
         accelerator=params.accelerator,
         devices=params.devices,
         num_nodes=params.num_nodes,
