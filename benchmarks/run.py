@@ -159,42 +159,80 @@ class _StepTimer:
         self.callback = Callback()
 
 
-def stage_train_rate(array_path: Path, batch: int, steps: int, warmup: int = 2) -> float:
-    """The train stage's loop: Lightning, memory-mapped dataset, augmentation, DataLoader as configured."""
+def stage_train_rate(array_path: Path, batch: int, steps: int, warmup: int = 2, arch: str = "resnet18",
+                     precision: str = "32-true") -> float:
+    """The train stage's loop: Lightning, memory-mapped dataset, augmentation where train puts it
+    (``augment_on: auto``: per sample in the DataLoader on a CPU, whole batches on a GPU), DataLoader
+    workers as ``num_workers: auto`` gives them."""
     import pytorch_lightning as pl
 
-    params = parse_params({}).train
+    from pneumonia.train import augment_on_device, loader_workers
+
+    params = parse_params({"train": {"arch": arch, "num_workers": "auto"}}).train
+    on_device = augment_on_device(params)
     labels = np.arange(np.load(array_path, mmap_mode="r").shape[0]) % 2
-    dataset = XrayDataset(array_path, labels, 0.4, 0.3, augment=True)
-    loader = make_loader(dataset, batch, params.num_workers, shuffle=True)
-    model = PneumoniaClassifier(image_size=dataset.image_size, mean=0.4, std=0.3)
+    dataset = XrayDataset(array_path, labels, 0.4, 0.3, augment=not on_device)
+    loader = make_loader(dataset, batch, loader_workers(params, on_device), shuffle=True)
+    model = PneumoniaClassifier(image_size=dataset.image_size, mean=0.4, std=0.3, arch=arch,
+                                augment_on_device=on_device)
     timer = _StepTimer(warmup)
     trainer = pl.Trainer(
         max_epochs=1, limit_train_batches=steps + warmup, limit_val_batches=0, logger=False,
         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-        callbacks=[timer.callback], accelerator="auto", devices=1, deterministic=True,
+        callbacks=[timer.callback], accelerator="auto", devices=1, deterministic=True, precision=precision,
     )
     trainer.fit(model, loader)
     return timer.steps * batch / (timer.end - timer.start)
 
 
-def bare_train_rate(size: int, batch: int, steps: int, warmup: int = 2) -> float:
-    """The same model, batch size, image size and optimizer over tensors already in memory."""
+def bare_train_rate(size: int, batch: int, steps: int, warmup: int = 2, arch: str = "resnet18",
+                    precision: str = "32-true") -> float:
+    """The same model, batch size, image size and optimizer over tensors already on the device."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    net = build_network().to(device)
+    net = build_network(arch).to(device)
+    images = torch.randn(batch, 1, size, size, device=device)
+    if device == "cuda":  # as the train stage does on a GPU
+        net, images = net.to(memory_format=torch.channels_last), images.contiguous(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(net.parameters(), lr=1e-4)
     loss_fn = torch.nn.BCEWithLogitsLoss()
-    images = torch.randn(batch, 1, size, size, device=device)
     labels = (torch.arange(batch, device=device) % 2).float().unsqueeze(1)
+    autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=precision == "bf16-mixed")
     for step in range(steps + warmup):
         if step == warmup:
+            if device == "cuda":
+                torch.cuda.synchronize()
             start = time.perf_counter()
         optimizer.zero_grad()
-        loss_fn(net(images), labels).backward()
+        with autocast:
+            loss = loss_fn(net(images), labels)
+        loss.backward()
         optimizer.step()
     if device == "cuda":
         torch.cuda.synchronize()
     return steps * batch / (time.perf_counter() - start)
+
+
+def architecture_rates(size: int, batch: int, steps: int, repeats: int) -> dict[str, dict[str, float]]:
+    """Train images/s of every architecture, the stage's loop against the bare loop, paired per repeat.
+
+    On a GPU the stage runs in bf16-mixed with the batch augmentation on the device; on a CPU in 32-bit
+    with the per-sample augmentation (what ``augment_on: auto`` picks on each).
+    """
+    from pneumonia.architectures import ARCHITECTURES
+
+    precision = "bf16-mixed" if torch.cuda.is_available() else "32-true"
+    array = arrays(batch * (steps + 2), size)
+    table = {}
+    for arch in ARCHITECTURES:
+        stage, bare = [], []
+        for _ in range(repeats):
+            stage.append(stage_train_rate(array, batch, steps, arch=arch, precision=precision))
+            bare.append(bare_train_rate(size, batch, steps, arch=arch, precision=precision))
+        table[arch] = {"images_per_s": round(statistics.median(stage), 1),
+                       "fraction_of_bare": round(statistics.median(s / b for s, b in zip(stage, bare)), 3)}
+        print(f"train {arch:<16} {table[arch]['images_per_s']:>8} images/s  "
+              f"{table[arch]['fraction_of_bare']:.3f} of bare", flush=True)
+    return table
 
 
 def stage_infer_rate(array_path: Path, checkpoint: Path, batch: int) -> float:
@@ -253,7 +291,24 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=224, help="conversion image size (the reference: 224)")
     parser.add_argument("--train-size", type=int, default=128, help="image size for the train/infer figures (the default params)")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--arch-size", type=int, default=224, help="image size for the per-architecture figures")
+    parser.add_argument("--arch-batch", type=int, default=16, help="batch size for the per-architecture figures")
+    parser.add_argument("--arch-steps", type=int, default=3, help="timed batches per architecture and repeat")
+    parser.add_argument("--only-architectures", action="store_true",
+                        help="measure only the per-architecture figures, keep the rest of results.json")
     args = parser.parse_args()
+    out = ROOT / "benchmarks" / "results.json"
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU only"
+    machine = f"{platform.machine()}, {os.cpu_count()} cores, {device}"
+    by_arch = {"train_by_architecture": architecture_rates(args.arch_size, args.arch_batch, args.arch_steps,
+                                                           args.repeats),
+               "architecture_settings": {"image_size": args.arch_size, "batch_size": args.arch_batch,
+                                         "timed_batches": args.arch_steps, "repeats": args.repeats,
+                                         "machine": machine}}
+    if args.only_architectures:
+        results = json.loads(out.read_text()) | by_arch
+        out.write_text(json.dumps(results, indent=2) + "\n")
+        return
     CACHE.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
 
@@ -299,15 +354,14 @@ def main() -> None:
         "infer_images_per_s": round(statistics.median(stage_infer), 1),
         "infer_fraction_of_raw": round(statistics.median(s / b for s, b in zip(stage_infer, bare_infer)), 3),
         "repro_noop_s": round(repro_noop_seconds(), 2),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
-        + (torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU only"),
+        "machine": machine,
         "settings": {"convert_images": args.small, "convert_images_large": args.large, "convert_size": args.size,
                      "train_size": args.train_size, "batch_size": batch, "repeats": args.repeats},
-    }
-    (ROOT / "benchmarks" / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    } | by_arch
+    out.write_text(json.dumps(results, indent=2) + "\n")
     width = max(map(len, results))
     for key, value in results.items():
-        if key != "settings":
+        if key not in ("settings", "architecture_settings", "train_by_architecture"):
             print(f"{key:<{width}}  {value}")
 
 

@@ -30,24 +30,24 @@ def test_regions_from_a_hand_built_map():
     assert by_box[(3, 2, 5, 4)].area_fraction == pytest.approx(20 / 400)
     assert by_box[(3, 2, 5, 4)].strength == pytest.approx(1.0)
     assert by_box[(12, 10, 4, 5)].strength == pytest.approx(0.8)
-    assert len(loc.regions_from_map(cam, cam_threshold=0.5, min_area=0.0)) == 3
+    assert len(loc.regions_from_map(cam, cam_threshold=0.5, min_area=0.0, arch="resnet18")) == 3
     assert loc.regions_from_map(np.zeros((8, 8)), 0.5, 0.0) == []
 
 
 def test_map_cells_sit_where_their_receptive_fields_peak():
     # layer4 cell j of ResNet18 is centred on input pixel 32j (centre 32j + 0.5), whatever the image size.
-    assert loc.cell_centres(4, input_size=128, original_size=128).tolist() == [0.5, 32.5, 64.5, 96.5]
-    assert loc.cell_centres(4, input_size=128, original_size=1024).tolist() == [4.0, 260.0, 516.0, 772.0]
+    assert loc.cell_centres(4, input_size=128, original_size=128, arch="resnet18").tolist() == [0.5, 32.5, 64.5, 96.5]
+    assert loc.cell_centres(4, input_size=128, original_size=1024, arch="resnet18").tolist() == [4.0, 260.0, 516.0, 772.0]
     cam = np.zeros((2, 4), dtype=np.float32)
     cam[1, 2] = 3.0
-    assert loc.map_peak(cam, rows=640, columns=128, input_size=64) == (129.0, 325.0)
+    assert loc.map_peak(cam, rows=640, columns=128, input_size=64, arch="resnet18") == (129.0, 325.0)
 
 
 def test_upsampling_interpolates_between_cell_centres():
     # A 2x2 map of a 64x64 input, upsampled to 64x64: cell centres at pixels 0 and 32, so along each
     # axis the hot cell weighs 1 - k/32 at pixel k up to 32, then 0 (held flat beyond the last centre).
     cam = np.array([[1.0, 0.0], [0.0, 0.0]], dtype=np.float32)
-    up = loc.upsample_map(cam, 64, 64, input_size=64)
+    up = loc.upsample_map(cam, 64, 64, input_size=64, arch="resnet18")
     weight = np.clip(1 - np.arange(64) / 32, 0, None)
     np.testing.assert_allclose(up, np.outer(weight, weight), atol=1e-6)
     assert up[0, 0] == pytest.approx(1.0) and up[16, 0] == pytest.approx(0.5) and up[40:, :].max() == 0.0
@@ -57,7 +57,7 @@ def test_localize_map_boxes_in_original_pixels():
     # The same map, image 64x64 originally: the region at half the maximum is where
     # (1 - r/32)(1 - c/32) >= 1/2; its box starts at the corner and spans 17 pixels (0..16).
     cam = np.array([[1.0, 0.0], [0.0, 0.0]], dtype=np.float32)
-    result = loc.localize_map(cam, 0.8, 0.5, 64, 64, 64, pixel_spacing_mm=0.5, cam_threshold=0.5, min_area=0.0)
+    result = loc.localize_map(cam, 0.8, 0.5, 64, 64, 64, pixel_spacing_mm=0.5, cam_threshold=0.5, min_area=0.0, arch="resnet18")
     weight = np.clip(1 - np.arange(64) / 32, 0, None)
     up = np.outer(weight, weight)
     inside = up >= 0.5
@@ -70,14 +70,14 @@ def test_localize_map_boxes_in_original_pixels():
     assert box.confidence == pytest.approx(0.8 * up[inside].mean(), rel=1e-5)  # probability x strength
     assert result.peak == (0.5, 0.5)
 
-    below = loc.localize_map(cam, 0.3, 0.5, 64, 64, 64, pixel_spacing_mm=None, cam_threshold=0.5, min_area=0.0)
+    below = loc.localize_map(cam, 0.3, 0.5, 64, 64, 64, pixel_spacing_mm=None, cam_threshold=0.5, min_area=0.0, arch="resnet18")
     assert not below.positive and below.boxes == () and below.area_fraction == 0.0 and below.area_mm2 is None
 
 
 def test_the_peak_is_taken_before_the_relu():
     # No positive evidence anywhere: the map is zero, but the peak is still the least negative cell.
     evidence = np.array([[-3.0, -2.0], [-0.5, -4.0]], dtype=np.float32)
-    result = loc.localize_map(evidence, 0.9, 0.5, 64, 64, 64, pixel_spacing_mm=None, cam_threshold=0.5, min_area=0.0)
+    result = loc.localize_map(evidence, 0.9, 0.5, 64, 64, 64, pixel_spacing_mm=None, cam_threshold=0.5, min_area=0.0, arch="resnet18")
     assert result.peak == (0.5, 32.5)
     assert result.boxes == () and float(result.cam.max()) == 0.0
 
@@ -86,7 +86,7 @@ def test_class_activation_maps_equal_a_direct_computation():
     torch.manual_seed(0)
     network = build_network("resnet18").eval()
     images = torch.randn(3, 1, 64, 64)
-    probs, cams = loc.class_activation_maps(network, images, temperature=2.0)
+    probs, cams = loc.class_activation_maps(network, images, "resnet18", temperature=2.0)
     with torch.no_grad():
         x = network.maxpool(network.relu(network.bn1(network.conv1(images))))
         features = network.layer4(network.layer3(network.layer2(network.layer1(x))))
@@ -97,7 +97,7 @@ def test_class_activation_maps_equal_a_direct_computation():
     torch.testing.assert_close(probs, torch.sigmoid(logits / 2.0))
     assert not cams.requires_grad
     # Before the ReLU, the map's mean plus the fc bias is the logit (global average pooling).
-    _, evidence = loc.class_activation_maps(network, images, relu=False)
+    _, evidence = loc.class_activation_maps(network, images, "resnet18", relu=False)
     torch.testing.assert_close(evidence.mean(dim=(1, 2)) + network.fc.bias[0], logits, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(torch.relu(evidence), cams)
 

@@ -196,8 +196,8 @@ def head_offset(network: nn.Module, arch: str) -> float:
     """The logit's constant part: the head's bias (plus, for ConvNeXt, the norm's shift times the weights)."""
     spec = architecture(arch)
     head = network.get_submodule(spec.head)
-    offset = float(head.bias[0])
+    offset = float(head.bias[0].detach())
     if spec.head_norm is not None:
-        offset += float(head.weight[0] @ network.get_submodule(spec.head_norm).bias)
+        offset += float(head.weight[0].detach() @ network.get_submodule(spec.head_norm).bias.detach())
     return offset
 

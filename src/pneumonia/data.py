@@ -29,6 +29,24 @@ def reference_augmentation(image_size: int) -> v2.Compose:
     )
 
 
+def batch_augmentation(image_size: int) -> torch.nn.Module:
+    """The same recipe applied to whole N x 1 x S x S batches on their device, each image its own draw.
+
+    torchvision's v2 transforms draw one set of parameters per call, so on a batch
+    every image would get the same warp; kornia's augmentation module draws them
+    per sample on the batch's device (``same_on_batch=False``), from the same
+    ranges as :func:`reference_augmentation`. Nearest-neighbour resampling in the
+    affine, as torchvision's RandomAffine default; zero fill (the mean, as above).
+    The crop resamples bilinearly without torchvision's antialiasing.
+    """
+    import kornia.augmentation as K  # only the device path needs it
+
+    return K.AugmentationSequential(
+        K.RandomAffine(degrees=5.0, translate=(0.0, 0.05), scale=(0.9, 1.1), resample="nearest", p=1.0),
+        K.RandomResizedCrop((image_size, image_size), scale=(0.35, 1.0), p=1.0),
+    )
+
+
 class XrayDataset(Dataset):
     """Images of one split (``<split>.npy``, N x S x S uint8) with their 0/1 labels.
 

@@ -8,6 +8,7 @@ from torch import nn
 from torchmetrics.classification import BinaryAccuracy, BinaryAUROC, BinaryAveragePrecision
 
 from pneumonia.architectures import build_network
+from pneumonia.data import batch_augmentation
 
 
 class PneumoniaClassifier(pl.LightningModule):
@@ -30,15 +31,36 @@ class PneumoniaClassifier(pl.LightningModule):
         threshold: float = 0.5,
         temperature: float = 1.0,
         windowing: str = "none",
+        init: str = "scratch",
+        optimizer: str = "adam",
+        weight_decay: float = 0.0,
+        lr_schedule: str = "constant",
+        warmup_epochs: int = 0,
+        augment_on_device: bool = False,
     ):
         super().__init__()
         self.save_hyperparameters()
-        self.network = build_network(arch)
+        self.network = build_network(arch, init)
+        # A plain attribute, not a submodule: it has no weights and must not enter checkpoints.
+        self.__dict__["batch_augment"] = batch_augmentation(image_size) if augment_on_device else None
         self.loss = nn.BCEWithLogitsLoss(pos_weight=torch.tensor([pos_weight]))
         self.train_acc = BinaryAccuracy()
         self.val_acc = BinaryAccuracy()
         self.val_auroc = BinaryAUROC()
         self.val_ap = BinaryAveragePrecision()
+
+    def on_fit_start(self):
+        if self.device.type == "cuda":  # tensor cores want NHWC
+            self.to(memory_format=torch.channels_last)
+
+    def on_after_batch_transfer(self, batch, dataloader_idx):
+        """Train batches, now on the model's device, get the augmentation there when it runs on the device."""
+        images, labels = batch
+        if self.batch_augment is not None and self.trainer.training:
+            images = self.batch_augment(images)
+        if self.device.type == "cuda":
+            images = images.contiguous(memory_format=torch.channels_last)
+        return images, labels
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Logits, shape (N,)."""
@@ -67,4 +89,24 @@ class PneumoniaClassifier(pl.LightningModule):
         self.log("val/average_precision", self.val_ap, on_epoch=True, batch_size=len(labels))
 
     def configure_optimizers(self):
-        return torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
+        """Adam (the reference) or AdamW, and the learning-rate schedule, stepped every batch."""
+        h = self.hparams
+        if h.optimizer == "adamw":
+            optimizer = torch.optim.AdamW(self.parameters(), lr=h.lr, weight_decay=h.weight_decay)
+        else:
+            optimizer = torch.optim.Adam(self.parameters(), lr=h.lr)
+        if h.lr_schedule == "constant" and h.warmup_epochs == 0:
+            return optimizer  # the reference
+        total = self.trainer.estimated_stepping_batches
+        warmup = int(total * h.warmup_epochs / self.trainer.max_epochs)
+        if h.lr_schedule == "onecycle":
+            schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=h.lr, total_steps=total)
+        else:
+            after = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, total - warmup))
+                     if h.lr_schedule == "cosine" else torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0))
+            schedule = after if warmup == 0 else torch.optim.lr_scheduler.SequentialLR(
+                optimizer,
+                [torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=0.01, total_iters=warmup), after],
+                milestones=[warmup],
+            )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step", "name": "train/lr"}}

@@ -1,4 +1,4 @@
-"""The train stage: ResNet18 on the processed arrays with PyTorch Lightning.
+"""The train stage: the classifier (``train.arch``, ResNet18 by default) on the processed arrays with Lightning.
 
 Reads ``<processed>/{train,val}.npy`` and the manifest, normalises with the
 mean/std of ``reports/dataset.json``, logs curves with DVCLive, keeps the
@@ -20,6 +20,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import os
 import random
 import shutil
 import warnings
@@ -30,7 +31,7 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 from dvclive.lightning import DVCLiveLogger
-from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
 from pytorch_lightning.utilities import rank_zero_only
 
 from pneumonia.calibration import fit_temperature
@@ -72,24 +73,29 @@ def run(
         if len(np.unique(labels)) < 2:
             raise DatasetError(f"the {name} split has a single class; both are needed to train and to compute AUROC")
 
-    train_set = XrayDataset(processed_dir / "train.npy", train_labels, stats["mean"], stats["std"], augment=params.augment)
+    on_device = params.augment and augment_on_device(params)
+    train_set = XrayDataset(processed_dir / "train.npy", train_labels, stats["mean"], stats["std"],
+                            augment=params.augment and not on_device)
     val_set = XrayDataset(processed_dir / "val.npy", val_labels, stats["mean"], stats["std"])
     pos_weight = params.pos_weight
     if params.class_balance == "weighted_loss":
         pos_weight *= float((train_labels == 0).sum() / (train_labels == 1).sum())
 
-    if grid_path is not None and rank_zero_only.rank == 0:
-        _save_augmented(grid_path, train_set, params.grid_images, seed)
-
     model = PneumoniaClassifier(
         image_size=train_set.image_size, mean=stats["mean"], std=stats["std"], lr=params.lr, pos_weight=pos_weight,
-        windowing=windowing,
+        arch=params.arch, windowing=windowing, init=params.init, optimizer=params.optimizer,
+        weight_decay=params.weight_decay, lr_schedule=params.lr_schedule, warmup_epochs=params.warmup_epochs,
+        augment_on_device=on_device,
     )
+    if grid_path is not None and rank_zero_only.rank == 0:
+        _save_augmented(grid_path, train_set, params.grid_images, seed, model.batch_augment)
+
+    workers = loader_workers(params, on_device)
     train_loader = make_loader(
-        train_set, params.batch_size, params.num_workers, shuffle=True,
+        train_set, params.batch_size, workers, shuffle=True,
         oversample=params.class_balance == "oversample", seed=seed,
     )
-    val_loader = make_loader(val_set, params.batch_size, params.num_workers, shuffle=False)
+    val_loader = make_loader(val_set, params.batch_size, workers, shuffle=False)
 
     model_path = Path(model_path)
     model_path.parent.mkdir(parents=True, exist_ok=True)
@@ -108,6 +114,11 @@ def run(
             print(f"resuming from {resume} (epochs done: {epoch + 1} of {params.max_epochs})", flush=True)
             _trim_live(live_dir, global_step)
     best = ModelCheckpoint(dirpath=str(ckpt_dir), filename="best", monitor=MONITOR, mode="max", save_top_k=1)
+    extra = [EarlyStopping(MONITOR, mode="max", patience=params.early_stopping_patience)] * bool(
+        params.early_stopping_patience
+    )
+    if params.lr_schedule != "constant" or params.warmup_epochs:  # dvclive/plots/metrics/train/lr.tsv
+        extra.append(LearningRateMonitor(logging_interval="step"))
     # After validation, at the very end of each epoch: what a resumed run starts from.
     last = ModelCheckpoint(dirpath=str(ckpt_dir), filename=RESUME.removesuffix(".ckpt"), save_top_k=1,
                            save_on_train_epoch_end=True, enable_version_counter=False)
@@ -121,7 +132,7 @@ def run(
         precision=params.precision,
         deterministic=True,
         logger=DVCLiveLogger(dir=str(live_dir), save_dvc_exp=False, dvcyaml=False, resume=resume is not None),
-        callbacks=[best, last, _SeedEachEpoch(seed)],
+        callbacks=[best, last, _SeedEachEpoch(seed), *extra],
         log_every_n_steps=1,
         num_sanity_val_steps=0,
         enable_model_summary=False,
@@ -136,6 +147,20 @@ def run(
         # Finished: nothing to resume. (A failed or killed run keeps the folder for the next try.)
         shutil.rmtree(ckpt_dir, ignore_errors=True)
     return {k: float(v) for k, v in trainer.callback_metrics.items()} | {"best_" + MONITOR: float(best.best_model_score)}
+
+
+def augment_on_device(params: TrainParams) -> bool:
+    """Whether the augmentation runs on whole batches on the device (``augment_on``; auto: on a GPU)."""
+    if params.augment_on != "auto":
+        return params.augment_on == "device"
+    return params.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+
+
+def loader_workers(params: TrainParams, on_device: bool) -> int:
+    """``num_workers``; auto: half the cores, at most 8, when the device augments (the loader only reads), else 0."""
+    if params.num_workers != "auto":
+        return params.num_workers
+    return min(8, (os.cpu_count() or 2) // 2) if on_device else 0
 
 
 class _SeedEachEpoch(pl.Callback):
@@ -199,13 +224,16 @@ def _export(
     save_model(model_path, "classifier", state, header)
 
 
-def _save_augmented(path: Path, dataset: XrayDataset, n: int, seed: int) -> None:
-    """What the network sees in training: augmented, standardized train images."""
+def _save_augmented(path: Path, dataset: XrayDataset, n: int, seed: int, batch_augment=None) -> None:
+    """What the network sees in training: augmented, standardized train images (by the batch path if it runs)."""
     indices = np.random.default_rng(seed).choice(len(dataset), size=min(n, len(dataset)), replace=False)
     # A forked RNG: the grid's draws must not shift the training run's random stream.
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         samples = [dataset[int(i)] for i in indices]
+        if batch_augment is not None:
+            images = batch_augment(torch.stack([image for image, _ in samples]))
+            samples = [(image, label) for image, (_, label) in zip(images, samples)]
     save_grid(
         path,
         images=[image[0].numpy() for image, _ in samples],

@@ -8,9 +8,9 @@ RSNA), like the RSNA labels. A pixel ``(row, col)`` covers ``[col, col + 1)`` x
 ``[row, row + 1)``, so a region spanning columns 3..5 has x = 3, width = 3.
 
 The map of an image (Zhou et al. 2016, as ChestX-ray8 used it): the feature maps
-``F_k`` of ResNet18's last block (``layer4``, ``S/32`` x ``S/32`` for an
-``S`` x ``S`` input) weighted by the single logit's fc weights,
-``ReLU(sum_k w_k F_k)``, in the logit's units. It is upsampled bilinearly to the
+``F_k`` of the network's last block (ResNet's ``layer4``, ``S/32`` x ``S/32`` for an
+``S`` x ``S`` input; each architecture's in :mod:`pneumonia.architectures`) weighted
+by the single logit's head weights, ``ReLU(sum_k w_k F_k)``, in the logit's units. It is upsampled bilinearly to the
 original size, each cell placed where its receptive field peaks (see
 :func:`cell_centres`); regions are where it reaches ``cam_threshold`` times its maximum.
 
@@ -30,12 +30,10 @@ import torch
 from scipy import ndimage
 from torch import nn
 
+from pneumonia.architectures import architecture, feature_evidence
 from pneumonia.checkpoint import LoadedModel
 from pneumonia.errors import DatasetError
 from pneumonia.localization.box_metrics import XYWH
-
-LAYER4_STRIDE = 32  # input pixels per cell of ResNet18's last block
-
 
 @dataclass(frozen=True)
 class Region:
@@ -76,7 +74,7 @@ class ImageLocalization:
     ReLU so that it is defined when the map is zero everywhere; ``boxes``: empty when
     ``probability`` is below the classification threshold; ``area_fraction``:
     the thresholded area of the kept regions over the image area (0 without
-    boxes); ``area_mm2``: the same in mm², None without PixelSpacing.
+    boxes); ``area_mm2``: the same in mm², None without PixelSpacing; ``arch``: the network.
     """
 
     probability: float
@@ -86,53 +84,49 @@ class ImageLocalization:
     boxes: tuple[PredictedBox, ...]
     area_fraction: float
     area_mm2: float | None
+    arch: str  # the network whose map ``cam`` is: where its cells sit (upsample_map)
 
 
 @torch.inference_mode()
 def class_activation_maps(
-    network: nn.Module, images: torch.Tensor, temperature: float = 1.0, relu: bool = True
+    network: nn.Module, images: torch.Tensor, arch: str, temperature: float = 1.0, relu: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Probabilities (N,) and class activation maps (N, h, w) for standardized images (N, 1, S, S).
 
-    One forward pass; a hook keeps ``layer4``'s output. Probability =
+    One forward pass of the ``arch`` network (see
+    :func:`pneumonia.architectures.feature_evidence`). Probability =
     sigmoid(logit / ``temperature``) (pass the checkpoint's). The map is
     ``ReLU(sum_k w_k F_k)``; ``relu=False`` returns the signed evidence before the
-    ReLU (its mean plus the fc bias is the logit). The fc bias shifts the logit,
-    not where it comes from, so it is left out of the map. Both float32.
+    ReLU (its mean plus the head's constant is the logit). That constant shifts the
+    logit, not where it comes from, so it is left out of the map. Both float32.
     """
-    captured: list[torch.Tensor] = []
-    handle = network.layer4.register_forward_hook(lambda module, inputs, output: captured.append(output))
-    try:
-        logits = network(images)
-    finally:
-        handle.remove()
-    features = captured[0].float()
-    weights = network.fc.weight[0].float()
-    maps = torch.einsum("k,nkhw->nhw", weights, features)
-    return (logits[:, 0].float() / temperature).sigmoid(), torch.relu(maps) if relu else maps
+    logits, maps = feature_evidence(network, arch, images)
+    return (logits / temperature).sigmoid(), torch.relu(maps) if relu else maps
 
 
-def cell_centres(cells: int, input_size: int, original_size: int) -> np.ndarray:
+def cell_centres(cells: int, input_size: int, original_size: int, arch: str) -> np.ndarray:
     """Where the map's cells along one axis are centred, in pixels of the original image (pixel k covers [k, k+1)).
 
-    Every stride-2 layer of ResNet18 (conv1 7x7 pad 3, maxpool 3x3 pad 1, the 3x3
+    Every stride-2 layer of ResNet (conv1 7x7 pad 3, maxpool 3x3 pad 1, the 3x3
     pad 1 and 1x1 pad 0 convolutions opening layers 2-4) puts its output o on
     input pixel 2o, so ``layer4``'s cell j sits on input pixel 32j, centre 32j + 0.5
     (the peak of its receptive field), not 32j + 16, the middle of the 32-pixel
     block that a plain resize assumes. Ignoring that shifts the map by half a cell
-    (an eighth of the image for a 4 x 4 map) to the right and down.
+    (an eighth of the image for a 4 x 4 map) to the right and down. Other
+    architectures' offsets are derived the same way in :mod:`pneumonia.architectures`.
     """
-    return (LAYER4_STRIDE * np.arange(cells) + 0.5) * original_size / input_size
+    spec = architecture(arch)
+    return (spec.stride * np.arange(cells) + spec.cell_offset) * original_size / input_size
 
 
-def _interpolation_matrix(cells: int, input_size: int, size: int) -> np.ndarray:
+def _interpolation_matrix(cells: int, input_size: int, size: int, arch: str) -> np.ndarray:
     """``size`` x ``cells`` weights of linear interpolation between the cell centres, flat beyond the outer ones."""
-    centres = cell_centres(cells, input_size, size)
+    centres = cell_centres(cells, input_size, size, arch)
     pixels = np.arange(size) + 0.5
     return np.stack([np.interp(pixels, centres, np.eye(cells)[j]) for j in range(cells)], axis=1)
 
 
-def upsample_map(cam: np.ndarray | torch.Tensor, rows: int, columns: int, input_size: int) -> np.ndarray:
+def upsample_map(cam: np.ndarray | torch.Tensor, rows: int, columns: int, input_size: int, arch: str) -> np.ndarray:
     """Bilinear upsampling of an h x w map of an ``input_size`` x ``input_size`` input to ``rows`` x ``columns``.
 
     The map's values sit at the cell centres of :func:`cell_centres`; in between
@@ -142,18 +136,18 @@ def upsample_map(cam: np.ndarray | torch.Tensor, rows: int, columns: int, input_
     """
     cam = np.asarray(cam, dtype=np.float64)
     h, w = cam.shape
-    out = _interpolation_matrix(h, input_size, rows) @ cam @ _interpolation_matrix(w, input_size, columns).T
+    out = _interpolation_matrix(h, input_size, rows, arch) @ cam @ _interpolation_matrix(w, input_size, columns, arch).T
     return out.astype(np.float32)
 
 
-def map_peak(evidence: np.ndarray, rows: int, columns: int, input_size: int) -> tuple[float, float]:
+def map_peak(evidence: np.ndarray, rows: int, columns: int, input_size: int, arch: str) -> tuple[float, float]:
     """(x, y) in pixels of a ``rows`` x ``columns`` image: the centre of the map's hottest cell.
 
     The bilinear upsampling of :func:`upsample_map` peaks there too.
     """
     row, col = np.unravel_index(int(np.argmax(evidence)), evidence.shape)
     h, w = evidence.shape
-    return float(cell_centres(w, input_size, columns)[col]), float(cell_centres(h, input_size, rows)[row])
+    return float(cell_centres(w, input_size, columns, arch)[col]), float(cell_centres(h, input_size, rows, arch)[row])
 
 
 def regions_from_map(cam: np.ndarray, cam_threshold: float, min_area: float) -> list[Region]:
@@ -192,11 +186,12 @@ def localize_map(
     pixel_spacing_mm: float | None,
     cam_threshold: float,
     min_area: float,
+    arch: str,
 ) -> ImageLocalization:
     """Boxes, size and peak of one image from its low-resolution map (see :class:`ImageLocalization`).
 
     ``evidence``: the map before the ReLU (``class_activation_maps(..., relu=False)``)
-    of an ``input_size`` x ``input_size`` model input, rows x columns originally;
+    of an ``input_size`` x ``input_size`` input to an ``arch`` network, rows x columns originally;
     an already rectified map gives the same result. The peak is taken before the
     ReLU, so an image with no positive evidence anywhere (a zero map, common for
     confident negatives) still points at its strongest evidence rather than at
@@ -207,7 +202,7 @@ def localize_map(
     positive = probability >= threshold
     boxes: tuple[PredictedBox, ...] = ()
     if positive:
-        regions = regions_from_map(upsample_map(cam, rows, columns, input_size), cam_threshold, min_area)
+        regions = regions_from_map(upsample_map(cam, rows, columns, input_size, arch), cam_threshold, min_area)
         boxes = tuple(
             PredictedBox(*map(float, r.box), confidence=probability * r.strength, area_fraction=r.area_fraction)
             for r in regions
@@ -218,10 +213,11 @@ def localize_map(
         probability=float(probability),
         positive=bool(positive),
         cam=cam,
-        peak=map_peak(evidence, rows, columns, input_size),
+        peak=map_peak(evidence, rows, columns, input_size, arch),
         boxes=boxes,
         area_fraction=area_fraction,
         area_mm2=area_mm2,
+        arch=arch,
     )
 
 
@@ -250,13 +246,14 @@ def localize_images(
     results = []
     for start in range(0, len(images), batch_size):
         batch = standardize(model, images[start : start + batch_size])
-        probs, maps = class_activation_maps(model.network, batch, model.temperature, relu=False)
+        probs, maps = class_activation_maps(model.network, batch, model.arch, model.temperature, relu=False)
         for prob, evidence, (rows, columns, spacing) in zip(
             probs.cpu().numpy(), maps.cpu().numpy(), sizes[start : start + batch_size]
         ):
             results.append(
                 localize_map(
-                    evidence, float(prob), threshold, model.image_size, rows, columns, spacing, cam_threshold, min_area
+                    evidence, float(prob), threshold, model.image_size, rows, columns, spacing, cam_threshold,
+                    min_area, model.arch,
                 )
             )
     return results

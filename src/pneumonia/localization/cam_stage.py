@@ -172,7 +172,7 @@ def _write_overlays(
             scale = lambda b: (b[0] * sx, b[1] * sy, b[2] * sx, b[3] * sy)  # noqa: E731 original -> array pixels
             draw_overlay(
                 np.asarray(images[i]),
-                upsample_map(result.cam, size, size, size),
+                upsample_map(result.cam, size, size, size, result.arch),
                 [scale(b.xywh) for b in result.boxes],
                 [scale(b) for b in row.boxes],
                 result.probability,
