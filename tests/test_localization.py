@@ -30,7 +30,8 @@ def test_regions_from_a_hand_built_map():
     assert by_box[(3, 2, 5, 4)].area_fraction == pytest.approx(20 / 400)
     assert by_box[(3, 2, 5, 4)].strength == pytest.approx(1.0)
     assert by_box[(12, 10, 4, 5)].strength == pytest.approx(0.8)
-    assert len(loc.regions_from_map(cam, cam_threshold=0.5, min_area=0.0, arch="resnet18")) == 3
+    assert len(loc.regions_from_map(cam, cam_threshold=0.5, min_area=0.0,
+                              arch="resnet18")) == 3
     assert loc.regions_from_map(np.zeros((8, 8)), 0.5, 0.0) == []
 
 
@@ -57,7 +58,8 @@ def test_localize_map_boxes_in_original_pixels():
     # The same map, image 64x64 originally: the region at half the maximum is where
     # (1 - r/32)(1 - c/32) >= 1/2; its box starts at the corner and spans 17 pixels (0..16).
     cam = np.array([[1.0, 0.0], [0.0, 0.0]], dtype=np.float32)
-    result = loc.localize_map(cam, 0.8, 0.5, 64, 64, 64, pixel_spacing_mm=0.5, cam_threshold=0.5, min_area=0.0, arch="resnet18")
+    result = loc.localize_map(cam, 0.8, 0.5, 64, 64, 64, pixel_spacing_mm=0.5, cam_threshold=0.5, min_area=0.0,
+                              arch="resnet18")
     weight = np.clip(1 - np.arange(64) / 32, 0, None)
     up = np.outer(weight, weight)
     inside = up >= 0.5
@@ -70,14 +72,16 @@ def test_localize_map_boxes_in_original_pixels():
     assert box.confidence == pytest.approx(0.8 * up[inside].mean(), rel=1e-5)  # probability x strength
     assert result.peak == (0.5, 0.5)
 
-    below = loc.localize_map(cam, 0.3, 0.5, 64, 64, 64, pixel_spacing_mm=None, cam_threshold=0.5, min_area=0.0, arch="resnet18")
+    below = loc.localize_map(cam, 0.3, 0.5, 64, 64, 64, pixel_spacing_mm=None, cam_threshold=0.5, min_area=0.0,
+                              arch="resnet18")
     assert not below.positive and below.boxes == () and below.area_fraction == 0.0 and below.area_mm2 is None
 
 
 def test_the_peak_is_taken_before_the_relu():
     # No positive evidence anywhere: the map is zero, but the peak is still the least negative cell.
     evidence = np.array([[-3.0, -2.0], [-0.5, -4.0]], dtype=np.float32)
-    result = loc.localize_map(evidence, 0.9, 0.5, 64, 64, 64, pixel_spacing_mm=None, cam_threshold=0.5, min_area=0.0, arch="resnet18")
+    result = loc.localize_map(evidence, 0.9, 0.5, 64, 64, 64, pixel_spacing_mm=None, cam_threshold=0.5, min_area=0.0,
+                              arch="resnet18")
     assert result.peak == (0.5, 32.5)
     assert result.boxes == () and float(result.cam.max()) == 0.0
 
@@ -223,8 +227,45 @@ def test_run_writes_metrics_boxes_and_overlays(localized):
 
     overlays = sorted(outputs["overlays_dir"].glob("*.png"))
     assert 1 <= len(overlays) <= 7 and all(p.name[:3] in ("tp_", "fp_", "fn_") for p in overlays)
+    assert sorted(o["file"] for o in metrics["overlays"]) == [p.name for p in overlays]
+    assert all(o["patient_id"] in val for o in metrics["overlays"])
     with Image.open(overlays[0]) as png:
         assert png.size == (512, 512) and png.mode == "RGB"
+
+
+def _overlay_cases(prefix: str, n: int = 9) -> tuple[list[ManifestRow], list[loc.ImageLocalization]]:
+    """``n`` 64-pixel images, a true positive, a false positive and a miss in turn, probabilities falling."""
+    rows, results = [], []
+    for i in range(n):
+        label, positive = i % 3 != 1, i % 3 != 2
+        box = loc.PredictedBox(8.0, 8.0, 20.0, 24.0, confidence=0.5, area_fraction=0.1)
+        rows.append(ManifestRow(
+            patient_id=f"{prefix}-{i:04d}", split="val", row=i, label=int(label),
+            boxes=((10.0, 10.0, 20.0, 20.0),) if label else (), detailed_class="", view="PA", sex="F", age=50,
+            rows=64, columns=64, pixel_spacing_mm=None,
+        ))
+        results.append(loc.ImageLocalization(
+            probability=0.9 - 0.05 * i if positive else 0.3 - 0.01 * i, positive=positive,
+            cam=np.random.default_rng(i).random((4, 4)).astype(np.float32), peak=(20.0, 20.0),
+            boxes=(box,) if positive else (), area_fraction=0.1 if positive else 0.0, area_mm2=None, arch="resnet18",
+        ))
+    return rows, results
+
+
+def test_overlays_are_named_by_role_and_rank_never_by_patient(tmp_path):
+    # Two runs over different patients write the same file names (no churn in git, nothing stale left behind);
+    # which patient each shows is in the returned list, that the stage writes into its report.
+    images = np.full((9, 64, 64), 128, dtype=np.uint8)
+    expected = ["fn_01.png", "fn_02.png", "fp_01.png", "fp_02.png", "tp_01.png", "tp_02.png"]
+    for seed, prefix in enumerate(("first", "second")):
+        rows, results = _overlay_cases(prefix)
+        shown = cam_stage.write_overlays(tmp_path / "overlays", images, rows, results, count=6, seed=seed)
+        assert sorted(p.name for p in (tmp_path / "overlays").iterdir()) == expected
+        assert sorted(o["file"] for o in shown) == expected
+        assert all(o["patient_id"].startswith(prefix) and prefix not in o["file"] for o in shown)
+        for role in ("tp", "fp", "fn"):  # rank 1 is the most confident of its role, as the detector ranks
+            ranked = sorted((o for o in shown if o["role"] == role), key=lambda o: o["rank"])
+            assert [o["probability"] for o in ranked] == sorted((o["probability"] for o in ranked), reverse=True)
 
 
 def test_run_gives_boxes_only_above_the_threshold(localized, tmp_path):

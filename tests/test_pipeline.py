@@ -61,6 +61,12 @@ def test_repro_then_experiment(tmp_path):
     overlays = sorted(p.name for p in (repo / "plots/detection/overlays").glob("*.png"))
     assert overlays and all(name[:3] in ("tp_", "fp_", "fn_") and name.endswith("_01.png") for name in overlays)
     assert "](../plots/detection/overlays/" in (repo / "reports/detection.md").read_text()
+    # The CAM overlays too are named by role and rank, so an experiment rewrites them instead of adding files;
+    # the report says which patient each shows.
+    cam_overlays = sorted(p.name for p in (repo / "plots/localization").glob("*.png"))
+    assert cam_overlays and all(re.fullmatch(r"(tp|fp|fn)_\d\d\.png", name) for name in cam_overlays), cam_overlays
+    shown = json.loads((repo / "reports/localization.json").read_text())["val"]["overlays"]
+    assert sorted(o["file"] for o in shown) == cam_overlays
     assert "Data and pipelines are up to date" in run(["dvc", "status"], repo).stdout
 
     run(["dvc", "plots", "show", "-o", "html"], repo)

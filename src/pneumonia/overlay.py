@@ -18,6 +18,12 @@ from pneumonia.atomic import atomic_path
 PREDICTED_COLOUR = (0, 210, 255)
 TRUTH_COLOUR = (60, 255, 60)
 MAX_OPACITY = 0.55  # of the heat overlay where the map peaks
+OVERLAY_ROLES = ("tp", "fp", "fn")  # true positive, false positive, miss
+
+
+def overlay_file(role: str, rank: int) -> str:
+    """An evaluation overlay's file name, by role and rank (``tp_01.png``), never by patient: stable across runs."""
+    return f"{role}_{rank:02d}.png"
 
 # "hot"-like colormap: (position in [0, 1], RGB); linear in between.
 _HEAT_STOPS = ((0.0, (0, 0, 0)), (0.4, (230, 0, 0)), (0.75, (255, 210, 0)), (1.0, (255, 255, 230)))

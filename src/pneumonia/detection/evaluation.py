@@ -37,7 +37,7 @@ from pneumonia.localization.box_metrics import XYWH, iou_accuracy, size_agreemen
 from pneumonia.localization.cam import localize_images
 from pneumonia.localization.cam_stage import localization_metrics
 from pneumonia.manifest import ManifestRow, read_manifest, split_rows
-from pneumonia.overlay import draw_overlay
+from pneumonia.overlay import OVERLAY_ROLES, draw_overlay, overlay_file
 from pneumonia.params import EvaluateDetectionParams, LocalizeParams
 
 SPLITS = ("val", "test")
@@ -227,7 +227,7 @@ def _write_plots(plots_dir: Path, sweep: list[dict], test: tuple, image_threshol
     rows, images, detections = test
     write_json(plots_dir / "thresholds.json", sweep)
     write_json(plots_dir / "size.json", _size_points(rows, detections, image_threshold, box_threshold))
-    roles: dict[str, list[tuple[float, int]]] = {"tp": [], "fp": [], "fn": []}
+    roles: dict[str, list[tuple[float, int]]] = {role: [] for role in OVERLAY_ROLES}
     for i, (r, d) in enumerate(zip(rows, detections)):
         boxes, scores = d.kept(image_threshold, box_threshold)
         if len(boxes):
@@ -244,7 +244,7 @@ def _write_plots(plots_dir: Path, sweep: list[dict], test: tuple, image_threshol
                 boxes, scores = d.kept(image_threshold, box_threshold)
                 draw_overlay(
                     np.asarray(images[i]), np.zeros((size, size), np.float32), [scale(b) for b in boxes],
-                    [scale(b) for b in r.boxes], d.image_probability, tmp / f"{role}_{rank:02d}.png",
+                    [scale(b) for b in r.boxes], d.image_probability, tmp / overlay_file(role, rank),
                     title=f"{role.upper()} #{rank}" + (f"  box {scores.max():.2f}" if len(scores) else ""),
                 )
 

@@ -17,7 +17,7 @@ from pneumonia.localization.box_metrics import (
 )
 from pneumonia.localization.cam import ImageLocalization, localize_images, upsample_map
 from pneumonia.manifest import ManifestRow, read_manifest, split_rows
-from pneumonia.overlay import draw_overlay
+from pneumonia.overlay import OVERLAY_ROLES, draw_overlay, overlay_file
 from pneumonia.params import LocalizeParams
 
 
@@ -68,7 +68,9 @@ def run(
 
     Returns ``{split: metrics}`` (what ``out_json`` holds). The overlays are a
     ``seed``-fixed sample of true positives, false positives and false negatives
-    (at the classification threshold), taken in turn, ``params.overlays`` in all.
+    (at the classification threshold), taken in turn, ``params.overlays`` in all,
+    written as ``tp_01.png``, ``fp_01.png``, ``fn_01.png`` …; ``metrics["overlays"]``
+    says which patient each one shows.
     """
     processed_dir = Path(processed_dir)
     model = load_classifier(model_path, default_device())
@@ -99,7 +101,7 @@ def run(
         **localization_metrics(results, gt, [(r.rows, r.columns) for r in rows]),
     }
     write_boxes_csv(boxes_csv, rows, results)
-    _write_overlays(overlays_dir, images, rows, results, params.overlays, seed)
+    report["overlays"] = write_overlays(overlays_dir, images, rows, results, params.overlays, seed)
     result = {split: report}
     write_json(out_json, result)
     if headline_json is not None:
@@ -141,16 +143,23 @@ def write_boxes_csv(path: Path, rows: Sequence[ManifestRow], results: Sequence[I
                 writer.writerow(head + [""] * 7)
 
 
-def _write_overlays(
+def write_overlays(
     overlays_dir: Path,
     images: np.ndarray,
     rows: Sequence[ManifestRow],
     results: Sequence[ImageLocalization],
     count: int,
     seed: int,
-) -> None:
+) -> list[dict]:
+    """Draw the sampled overlays as ``{role}_{rank:02d}.png``; return what each file shows.
+
+    Named by role and rank, never by patient, so another run or experiment replaces
+    the same files; the patient ID is in the image's caption (its first 8
+    characters) and, whole, in the returned list (reports/localization.json).
+    Within a role, rank 1 is the highest probability, as the detector ranks its own.
+    """
     rng = np.random.default_rng(seed)
-    groups = {"tp": [], "fp": [], "fn": []}
+    groups: dict[str, list[int]] = {role: [] for role in OVERLAY_ROLES}
     for i, (row, result) in enumerate(zip(rows, results)):
         if result.positive and row.label:
             groups["tp"].append(i)
@@ -158,24 +167,32 @@ def _write_overlays(
             groups["fp"].append(i)
         elif row.label:
             groups["fn"].append(i)
-    queues = {kind: list(rng.permutation(indices)) for kind, indices in groups.items()}
-    picked: list[tuple[str, int]] = []
-    while len(picked) < count and any(queues.values()):
-        for kind, queue in queues.items():
-            if queue and len(picked) < count:
-                picked.append((kind, int(queue.pop(0))))
+    queues = {role: list(rng.permutation(indices)) for role, indices in groups.items()}
+    picked: dict[str, list[int]] = {role: [] for role in OVERLAY_ROLES}
+    taken = 0
+    while taken < count and any(queues.values()):
+        for role, queue in queues.items():
+            if queue and taken < count:
+                picked[role].append(int(queue.pop(0)))
+                taken += 1
     size = images.shape[1]
+    shown = []
     with atomic_dir(overlays_dir) as tmp:
-        for kind, i in picked:
-            row, result = rows[i], results[i]
-            sx, sy = size / row.columns, size / row.rows
-            scale = lambda b: (b[0] * sx, b[1] * sy, b[2] * sx, b[3] * sy)  # noqa: E731 original -> array pixels
-            draw_overlay(
-                np.asarray(images[i]),
-                upsample_map(result.cam, size, size, size, result.arch),
-                [scale(b.xywh) for b in result.boxes],
-                [scale(b) for b in row.boxes],
-                result.probability,
-                tmp / f"{kind}_{row.patient_id}.png",
-                title=f"{kind.upper()} {row.patient_id[:8]}",
-            )
+        for role, indices in picked.items():
+            for rank, i in enumerate(sorted(indices, key=lambda i: -results[i].probability), start=1):
+                row, result = rows[i], results[i]
+                sx, sy = size / row.columns, size / row.rows
+                scale = lambda b: (b[0] * sx, b[1] * sy, b[2] * sx, b[3] * sy)  # noqa: E731 original -> array pixels
+                name = overlay_file(role, rank)
+                draw_overlay(
+                    np.asarray(images[i]),
+                    upsample_map(result.cam, size, size, size, result.arch),
+                    [scale(b.xywh) for b in result.boxes],
+                    [scale(b) for b in row.boxes],
+                    result.probability,
+                    tmp / name,
+                    title=f"{role.upper()} #{rank}  {row.patient_id[:8]}",
+                )
+                shown.append({"file": name, "role": role, "rank": rank, "patient_id": row.patient_id,
+                              "probability": round(result.probability, 6)})
+    return shown
