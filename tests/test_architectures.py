@@ -12,7 +12,7 @@ from pneumonia.architectures import ARCHITECTURES, build_network, feature_eviden
 from pneumonia.checkpoint import load_classifier
 from pneumonia.data import batch_augmentation
 from pneumonia.errors import ParamsError, PneumoniaError
-from pneumonia.localization.cam import class_activation_maps, localize_images
+from pneumonia.localization.cam import localize_images
 from pneumonia.params import parse_params
 from project_params import merged, project_params
 from tiny_data import prepare

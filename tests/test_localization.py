@@ -30,8 +30,7 @@ def test_regions_from_a_hand_built_map():
     assert by_box[(3, 2, 5, 4)].area_fraction == pytest.approx(20 / 400)
     assert by_box[(3, 2, 5, 4)].strength == pytest.approx(1.0)
     assert by_box[(12, 10, 4, 5)].strength == pytest.approx(0.8)
-    assert len(loc.regions_from_map(cam, cam_threshold=0.5, min_area=0.0,
-                              arch="resnet18")) == 3
+    assert len(loc.regions_from_map(cam, cam_threshold=0.5, min_area=0.0)) == 3
     assert loc.regions_from_map(np.zeros((8, 8)), 0.5, 0.0) == []
 
 

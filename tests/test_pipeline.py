@@ -89,7 +89,9 @@ def test_repro_then_experiment(tmp_path):
 
     commit(repo, "baseline run")
     bad_params_destroy_nothing(repo)
-    experiment = run(["dvc", "exp", "run", "-S", "train.lr=0.003"], repo).stdout
+    # Another architecture through every stage after train (evaluate, the CAM baseline, the report).
+    experiment = run(["dvc", "exp", "run", "-S", "train.lr=0.003", "-S", "train.arch=densenet121",
+                      "-S", "train.init=scratch"], repo).stdout
     assert "Running stage 'train'" in experiment and "Running stage 'evaluate'" in experiment
     assert "Running stage 'evaluate_detection'" in experiment and "Running stage 'detect'" not in experiment
     for upstream in ("download", "dicom_to_npy", "compute_stats"):
@@ -102,6 +104,8 @@ def test_repro_then_experiment(tmp_path):
     params_diff = json.loads(run(["dvc", "params", "diff", "--json"], repo).stdout)
     lr = params_diff["params.yaml"]["train.lr"]
     assert (lr["old"], lr["new"]) == (0.0001, 0.003)
+    assert params_diff["params.yaml"]["train.arch"]["new"] == "densenet121"
+    assert json.loads((repo / "reports" / "localization.json").read_text())["overlays"]
 
 
 def bad_params_destroy_nothing(repo):

@@ -14,6 +14,16 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.transforms import v2
 
 
+def standardize(values: torch.Tensor, mean: float, std: float) -> torch.Tensor:
+    """The model's input from array values (0-255): ``(value/255 - mean) / std``; every path uses this one."""
+    return (values / 255.0 - mean) / std
+
+
+def as_batch(images: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
+    """``N x S x S`` uint8 images (an array or a memmap slice) -> ``N x 1 x S x S`` float32 on ``device``."""
+    return torch.from_numpy(np.asarray(images, dtype=np.float32)).to(device).unsqueeze(1)
+
+
 def reference_augmentation(image_size: int) -> v2.Compose:
     """The reference recipe, applied after standardization (so the affine fill is the mean).
 
@@ -71,7 +81,7 @@ class XrayDataset(Dataset):
         if self._array is None:
             self._array = np.load(self.array_path, mmap_mode="r")
         image = torch.from_numpy(np.array(self._array[index], dtype=np.float32)).unsqueeze(0)
-        image = (image / 255.0 - self.mean) / self.std
+        image = standardize(image, self.mean, self.std)
         if self.transform is not None:
             image = self.transform(image)
         return image, self.labels[index]

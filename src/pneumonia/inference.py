@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from pneumonia.checkpoint import LoadedModel
+from pneumonia.data import as_batch, standardize
 from pneumonia.errors import DatasetError
 
 
@@ -28,8 +29,7 @@ def predict_logits(model: LoadedModel, images: np.ndarray, batch_size: int) -> n
     device = next(model.network.parameters()).device
     logits = [torch.zeros(0)]
     for start in range(0, len(images), batch_size):
-        batch = torch.from_numpy(np.asarray(images[start : start + batch_size], dtype=np.float32)).to(device)
-        batch = (batch.unsqueeze(1) / 255.0 - model.mean) / model.std
+        batch = standardize(as_batch(images[start : start + batch_size], device), model.mean, model.std)
         logits.append(model.network(batch).squeeze(1).float().cpu())
     return torch.cat(logits).numpy().astype(np.float64)
 

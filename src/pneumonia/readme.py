@@ -4,7 +4,9 @@ A block is the text between ``<!-- generated:NAME -->`` and ``<!-- /generated:NA
 ``params`` is the table of every setting, made from params.yaml itself (value and
 the line's own comment), so the README cannot disagree with the one place defaults
 live. ``metrics`` is ``dvc metrics show --md`` of the committed headline metrics.
-``bench`` is the performance table from ``benchmarks/results.json`` (``make bench``).
+``bench`` is the performance table from ``benchmarks/results.json`` (``make bench``), and
+``architectures`` its per-architecture training figures, ``rehearsal`` the full-size rehearsal's
+(``benchmarks/rehearsal.json``, ``make rehearsal``).
 ``tests/test_readme.py`` fails when a block differs from what this module makes.
 """
 
@@ -102,11 +104,51 @@ def bench_block(results_json: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
+def architectures_block(results_json: Path) -> str:
+    """Train images/s of each ``train.arch`` against its bare loop (``make bench``'s per-architecture part)."""
+    results = json.loads(results_json.read_text())
+    table, settings = results.get("train_by_architecture"), results.get("architecture_settings", {})
+    if not table:
+        return "Not measured yet: run `make bench`.\n"
+    lines = [f"Measured by `make bench` on: {settings.get('machine', 'unknown')} (image size "
+             f"{settings.get('image_size')}, batch {settings.get('batch_size')}, {settings.get('timed_batches')} "
+             f"timed batches, median of {settings.get('repeats')}).", "",
+             "| `train.arch` | train images/s | fraction of the bare loop |", "|---|---|---|"]
+    lines += [f"| {arch} | {row['images_per_s']:g} | {row['fraction_of_bare']:g} |" for arch, row in table.items()]
+    return "\n".join(lines) + "\n"
+
+
+def rehearsal_block(rehearsal_json: Path) -> str:
+    """``make rehearsal``'s figures (benchmarks/rehearsal.json): seconds and memory per stage, DVC's overhead."""
+    if not rehearsal_json.exists():
+        return "Not measured yet: run `make rehearsal`.\n"
+    r = json.loads(rehearsal_json.read_text())
+    gb = lambda n: f"{n / 1e9:.2f} GB"  # noqa: E731
+    split = r["settings"]["counts"]
+    lines = [f"`{r['command']}` on: {r['machine']['cores']} cores, {r['machine']['accelerator']} "
+             f"(load average {r['load_average_before'][0]:g} before); {r['settings']['patients']} patients, "
+             f"train {split['train']['total']} / val {split['val']['total']}, "
+             f"{r['train']['batches']} training batches of {r['train']['batch_size']}.", "",
+             "| stage | seconds | peak memory, all processes (MB) | largest process (MB) |", "|---|---|---|---|"]
+    lines += [f"| {s['stage']} | {s['seconds']:g} | {s['peak_rss_mb']:g} | {s['peak_process_rss_mb']:g} |"
+              for s in r["stages"]]
+    dvc, data, train = r["dvc"], r["data"], r["train"]
+    lines += ["", f"- DVC with {data['raw_files']:,} files in `data/raw`: `dvc status` {dvc['status']['median_s']:g} s, "
+              f"a no-op `dvc repro` {dvc['noop_repro_evaluate']['median_s']:g} s; cache {gb(dvc['cache_bytes'])} "
+              f"({dvc['cache_files']:,} files), `data/raw` {gb(data['raw_bytes'])}, `data/processed` "
+              f"{gb(data['processed_bytes'])}.",
+              f"- Training: {train['images_per_s']:g} images/s ({train['how']}); a full epoch of this split: "
+              f"about {train['full_epoch_stage_estimate_s'] / 60:.0f} min on this machine."]
+    return "\n".join(lines) + "\n"
+
+
 def blocks(root: Path) -> dict[str, str]:
     return {
         "params": params_block(root / "params.yaml"),
         "metrics": metrics_block(root),
         "bench": bench_block(root / "benchmarks" / "results.json"),
+        "architectures": architectures_block(root / "benchmarks" / "results.json"),
+        "rehearsal": rehearsal_block(root / "benchmarks" / "rehearsal.json"),
     }
 
 

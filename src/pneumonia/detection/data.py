@@ -20,7 +20,7 @@ from torch.utils.data import Dataset, Sampler
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from pneumonia.data import epoch_seed
+from pneumonia.data import epoch_seed, standardize
 from pneumonia.detection.targets import boxes_to_input, encode_targets
 from pneumonia.manifest import ManifestRow
 
@@ -75,7 +75,7 @@ class DetectionDataset(Dataset):
         if self._array is None:
             self._array = np.load(self.array_path, mmap_mode="r")
         image = torch.from_numpy(np.array(self._array[index], dtype=np.float32))[None, None]
-        image = (resize_images(image, self.image_size)[0] / 255.0 - self.mean) / self.std
+        image = standardize(resize_images(image, self.image_size)[0], self.mean, self.std)
         boxes = torch.as_tensor(self.input_boxes(index), dtype=torch.float32)
         if self.transform is not None:
             sample = self.transform(

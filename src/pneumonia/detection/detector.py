@@ -11,12 +11,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
+from pneumonia.data import as_batch, standardize
 from pneumonia.detection.data import resize_images
 from pneumonia.detection.decode import ImageBoxes, decode
 from pneumonia.detection.network import DETECTOR_ARCHITECTURES, STRIDE, build_detector
@@ -119,8 +120,8 @@ def detect_images(
     device = next(detector.network.parameters()).device
     results = []
     for start in range(0, len(images), batch_size):
-        batch = torch.from_numpy(np.asarray(images[start : start + batch_size], dtype=np.float32)).to(device)
-        batch = (resize_images(batch.unsqueeze(1), detector.image_size) / 255.0 - detector.mean) / detector.std
+        batch = as_batch(images[start : start + batch_size], device)
+        batch = standardize(resize_images(batch, detector.image_size), detector.mean, detector.std)
         found = decode(detector.network(batch), detector.image_size, detector.max_boxes, detector.nms_iou)
         results.extend(to_original(found, sizes[start : start + batch_size], detector.image_size))
     return results

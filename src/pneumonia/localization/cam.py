@@ -32,6 +32,7 @@ from torch import nn
 
 from pneumonia.architectures import architecture, feature_evidence
 from pneumonia.checkpoint import LoadedModel
+from pneumonia.data import as_batch, standardize
 from pneumonia.errors import DatasetError
 from pneumonia.localization.box_metrics import XYWH
 
@@ -221,13 +222,6 @@ def localize_map(
     )
 
 
-def standardize(model: LoadedModel, images: np.ndarray) -> torch.Tensor:
-    """uint8 images (N, S, S) -> the model's input (N, 1, S, S) on its device: (value/255 - mean)/std."""
-    device = next(model.network.parameters()).device
-    batch = torch.from_numpy(np.asarray(images, dtype=np.float32)).to(device)
-    return (batch.unsqueeze(1) / 255.0 - model.mean) / model.std
-
-
 def localize_images(
     model: LoadedModel,
     images: np.ndarray,
@@ -243,9 +237,10 @@ def localize_images(
             f"images are {images.shape[1]}x{images.shape[2]} but the model was trained on "
             f"{model.image_size}x{model.image_size}; rerun dicom_to_npy and train together (dvc repro)"
         )
+    device = next(model.network.parameters()).device
     results = []
     for start in range(0, len(images), batch_size):
-        batch = standardize(model, images[start : start + batch_size])
+        batch = standardize(as_batch(images[start : start + batch_size], device), model.mean, model.std)
         probs, maps = class_activation_maps(model.network, batch, model.arch, model.temperature, relu=False)
         for prob, evidence, (rows, columns, spacing) in zip(
             probs.cpu().numpy(), maps.cpu().numpy(), sizes[start : start + batch_size]
