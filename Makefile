@@ -20,8 +20,9 @@ $(STAMP): pyproject.toml
 repro: $(STAMP)
 	dvc repro
 
+# One pytest-xdist worker per core; a file whose module fixtures train a model stays on one worker.
 test: $(STAMP)
-	python -m pytest
+	python -m pytest -n auto --dist loadgroup
 
 # Benchmarks: throughput and memory beside their references; writes benchmarks/results.json.
 bench: $(STAMP)

@@ -17,6 +17,9 @@ from pneumonia.params import parse_params
 from project_params import merged, project_params
 from tiny_data import prepare
 
+# One pytest-xdist worker runs this file: its module fixtures are built once.
+pytestmark = pytest.mark.xdist_group("architectures")
+
 SIZE = 64  # every architecture's last feature map is then 2 x 2
 
 TRAIN = {"max_epochs": 1, "limit_train_batches": 2, "batch_size": 8, "grid_images": 2, "accelerator": "cpu",

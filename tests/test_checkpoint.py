@@ -29,6 +29,9 @@ from pneumonia.localization.cam import localize_images
 from pneumonia.model import PneumoniaClassifier
 from pneumonia.model_file import FORMAT, read_model, save_model
 
+# One pytest-xdist worker runs this file: its module fixtures are built once.
+pytestmark = pytest.mark.xdist_group("checkpoint")
+
 SIZE = 32
 RETRAIN = "retrain it with `dvc repro train`"
 

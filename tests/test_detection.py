@@ -21,6 +21,9 @@ from pneumonia.architectures import build_network
 from pneumonia.model_file import save_model
 from project_params import project_params
 
+# One pytest-xdist worker runs this file: its module fixtures are built once.
+pytestmark = pytest.mark.xdist_group("detection")
+
 # --------------------------------------------------------------------------- coordinates, targets, loss
 
 

@@ -28,6 +28,9 @@ from pneumonia.dicom import DicomInfo, read_dicom
 from pneumonia.errors import DicomReadError
 from pneumonia.phantom import draw_patients, render, write_dicom
 
+# One pytest-xdist worker runs this file: its module fixtures are built once.
+pytestmark = pytest.mark.xdist_group("dicom_fuzz")
+
 TIME_LIMIT_S = 10
 
 

@@ -11,6 +11,9 @@ from pneumonia.manifest import read_manifest, write_manifest
 from project_params import project_params
 from tiny_data import prepare
 
+# One pytest-xdist worker runs this file: its module fixtures are built once.
+pytestmark = pytest.mark.xdist_group("evaluate")
+
 PARAMS = project_params(
     {
         "split": {"train_size": 0.5, "test_size": 0.25, "stratify": True},

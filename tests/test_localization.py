@@ -16,6 +16,9 @@ from pneumonia.manifest import ManifestRow, read_manifest, split_rows, write_man
 from pneumonia.architectures import build_network
 from project_params import project_params
 
+# One pytest-xdist worker runs this file: its module fixtures are built once.
+pytestmark = pytest.mark.xdist_group("localization")
+
 # --------------------------------------------------------------------------- maps and regions
 
 

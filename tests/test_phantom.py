@@ -16,6 +16,9 @@ from sklearn.metrics import roc_auc_score
 from pneumonia import phantom
 from pneumonia.phantom import LUNG_OPACITY, NORMAL, NOT_NORMAL
 
+# One pytest-xdist worker runs this file: its module fixtures are built once.
+pytestmark = pytest.mark.xdist_group("phantom")
+
 SIZE = 256  # pixels; small, for speed
 PATIENTS = 40
 UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")

@@ -18,6 +18,9 @@ from pneumonia.predict import (
 from project_params import project_params
 from tiny_data import prepare
 
+# One pytest-xdist worker runs this file: its module fixtures are built once.
+pytestmark = pytest.mark.xdist_group("predict")
+
 PARAMS = project_params(
     {
         "split": {"train_size": 0.6, "test_size": 0},

@@ -15,6 +15,9 @@ from project_params import project_params
 from tiny_data import prepare
 from pneumonia.model_file import read_model
 
+# One pytest-xdist worker runs this file: its module fixtures are built once.
+pytestmark = pytest.mark.xdist_group("resume")
+
 PARAMS = project_params(
     {
         "split": {"train_size": 0.6, "test_size": 0},

@@ -11,6 +11,9 @@ from pneumonia.errors import PneumoniaError
 from project_params import project_params
 from tiny_data import prepare
 
+# One pytest-xdist worker runs this file: its module fixtures are built once.
+pytestmark = pytest.mark.xdist_group("train")
+
 PARAMS = project_params(
     {
         "split": {"train_size": 0.6, "test_size": 0},
