@@ -17,7 +17,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from multiprocessing import get_context
 from pathlib import Path
@@ -33,6 +32,7 @@ from pneumonia.inference import predict_probabilities
 from pneumonia.architectures import build_network
 from pneumonia.model import PneumoniaClassifier
 from pneumonia.params import parse_params
+from process_tree import TreeSampler
 
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = ROOT / "benchmarks" / ".cache"
@@ -77,19 +77,13 @@ def run_convert_stage(raw: Path, size: int) -> tuple[float, float, float]:
             [sys.executable, "-c", CONVERT_SNIPPET, str(raw), f"{out}/processed", str(size)],
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
         )
-        peak = 0
-        while process.poll() is None:
-            try:
-                tree = [process, *process.children(recursive=True)]
-                peak = max(peak, sum(p.memory_info().rss for p in tree if p.is_running()))
-            except psutil.Error:
-                pass
-            time.sleep(0.02)
+        with TreeSampler(process, interval=0.02) as sampler:
+            process.wait()
         process_seconds = time.perf_counter() - start
         if process.returncode != 0:
             raise SystemExit(f"conversion failed with exit code {process.returncode}")
         seconds = float(process.stdout.read())
-    return seconds, process_seconds, peak / 2**20
+    return seconds, process_seconds, sampler.peak_rss / 2**20
 
 
 def reference_convert(paths: list[str], size: int) -> float:

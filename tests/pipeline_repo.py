@@ -27,10 +27,14 @@ TINY_PARAMS = {
 }
 
 
+def environment() -> dict[str, str]:
+    """This process's environment with its interpreter's bin/ first on PATH (so `python` and `dvc` are the venv's)."""
+    return dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", DVC_NO_ANALYTICS="1")
+
+
 def run(args: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
-    """Run a command with the test interpreter's bin/ first on PATH (so `python` and `dvc` are the venv's)."""
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", DVC_NO_ANALYTICS="1")
-    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
+    """Run a command in :func:`environment`, its output captured."""
+    result = subprocess.run(args, cwd=cwd, env=environment(), capture_output=True, text=True)
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
     return result

@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -32,3 +33,34 @@ def test_mean_std_streams_a_memmap(tmp_path):
 def test_empty_split_is_an_error():
     with pytest.raises(stats.DatasetError):
         stats.mean_std(np.zeros((0, 4, 4), np.uint8))
+
+
+def test_read_blocks_gives_the_array_in_order(tmp_path):
+    images = np.random.default_rng(1).integers(0, 256, size=(7, 5, 3), dtype=np.uint8)
+    np.save(tmp_path / "train.npy", images)
+    blocks = list(stats.read_blocks(tmp_path / "train.npy", rows=3))
+    assert [len(b) for b in blocks] == [3, 3, 1]
+    np.testing.assert_array_equal(np.concatenate(blocks), images)
+    assert stats.mean_std_of_blocks(blocks) == stats.mean_std(images)
+
+
+def _resident_file_bytes() -> int:
+    """This process's resident file-backed pages (Linux's RssFile)."""
+    line = next(line for line in open("/proc/self/status") if line.startswith("RssFile:"))
+    return int(line.split()[1]) * 1024
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads Linux's /proc/self/status")
+def test_the_split_does_not_stay_resident_while_it_is_read(tmp_path):
+    """compute_stats reads train.npy block by block; a memory map would keep every page read (the control)."""
+    path = tmp_path / "train.npy"
+    np.save(path, np.full((1000, 256, 256), 7, np.uint8))  # 64 MB
+    growth = {}
+    for name, blocks in (("read", stats.read_blocks(path, rows=100)),
+                         ("memory map", (b for b in np.array_split(np.load(path, mmap_mode="r"), 10)))):
+        before, peak = _resident_file_bytes(), 0
+        for block in blocks:
+            stats.mean_std_of_blocks([block])
+            peak = max(peak, _resident_file_bytes())
+        growth[name] = (peak - before) / 2**20
+    assert growth["read"] < 8 and growth["memory map"] > 48, growth

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Iterable, Iterator
 
 import numpy as np
 
@@ -22,15 +23,39 @@ BLOCK = 256  # images read per step: bounded memory, few Python iterations
 
 def mean_std(images: np.ndarray) -> tuple[float, float]:
     """Mean and std of an ``N x H x W`` uint8 array (or memmap), on the [0, 1] scale."""
-    if len(images) == 0:
-        raise DatasetError("the train split is empty; there is nothing to compute statistics on")
-    sum_means = sum_squares = 0.0
-    for start in range(0, len(images), BLOCK):
-        block = np.asarray(images[start : start + BLOCK], dtype=np.float64) / 255.0
+    return mean_std_of_blocks(images[start : start + BLOCK] for start in range(0, len(images), BLOCK))
+
+
+def mean_std_of_blocks(blocks: Iterable[np.ndarray]) -> tuple[float, float]:
+    """Mean and std, on the [0, 1] scale, of the images in ``blocks`` of ``n x H x W`` uint8 arrays."""
+    count, sum_means, sum_squares = 0, 0.0, 0.0
+    for images in blocks:
+        block = np.asarray(images, dtype=np.float64) / 255.0
         sum_means += block.mean(axis=(1, 2)).sum()
         sum_squares += (block**2).mean(axis=(1, 2)).sum()
-    mean = sum_means / len(images)
-    return mean, math.sqrt(max(sum_squares / len(images) - mean**2, 0.0))
+        count += len(block)
+    if count == 0:
+        raise DatasetError("the train split is empty; there is nothing to compute statistics on")
+    mean = sum_means / count
+    return mean, math.sqrt(max(sum_squares / count - mean**2, 0.0))
+
+
+def read_blocks(path: Path, rows: int = BLOCK) -> Iterator[np.ndarray]:
+    """The images of an ``N x H x W`` .npy file, ``rows`` at a time, with plain reads.
+
+    Not a memory map: a map keeps every page it has touched in the process's resident
+    memory until it is closed (the whole split at the end of a pass, 1.2 GB for RSNA's
+    24,000 train images at 224 pixels); what a read brings in stays in the page cache.
+    """
+    header = np.load(path, mmap_mode="r")
+    shape, dtype, offset = header.shape, header.dtype, header.offset
+    del header
+    per_image = math.prod(shape[1:])
+    with open(path, "rb") as handle:
+        handle.seek(offset)
+        for start in range(0, shape[0], rows):
+            n = min(rows, shape[0] - start)
+            yield np.fromfile(handle, dtype=dtype, count=n * per_image).reshape(n, *shape[1:])
 
 
 def run(processed_dir: Path, out_json: Path, headline_json: Path | None = None) -> dict:
@@ -39,7 +64,7 @@ def run(processed_dir: Path, out_json: Path, headline_json: Path | None = None) 
     ``headline_json`` (for ``dvc metrics``) gets the patients per split only.
     """
     manifest = read_manifest(processed_dir)
-    mean, std = mean_std(np.load(processed_dir / "train.npy", mmap_mode="r"))
+    mean, std = mean_std_of_blocks(read_blocks(processed_dir / "train.npy"))
     counts = {}
     for split in SPLITS:
         labels = [r.label for r in manifest if r.split == split]

@@ -1,0 +1,306 @@
+"""`make rehearsal`: the pipeline at the real dataset's size, stage by stage, with the figures a user plans with.
+
+A throwaway copy of the project (tests/pipeline_repo.make_repo) gets a phantom of
+RSNA's size (26,684 patients, 1024-pixel DICOMs), the reference's split (24,000
+train, the other 2,684 val, no test), 224-pixel arrays and one epoch cut to
+``--batches`` batches. Each stage runs with its own `dvc repro <stage>`, in
+pipeline order, measured for wall seconds and peak memory of the whole process
+tree; then DVC's own overhead (`dvc status`, a no-op `dvc repro`) with every file
+in place, and the sizes on disk. Writes benchmarks/rehearsal.json and prints a table.
+Not part of `make test`: the full size takes about an hour on two cores; a quick
+end-to-end check is `python benchmarks/rehearsal.py --patients 300 --out /tmp/r.json`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+
+from process_tree import TreeSampler
+
+ROOT = Path(__file__).resolve().parents[1]
+CACHE = ROOT / "benchmarks" / ".cache"
+sys.path.insert(0, str(ROOT / "tests"))
+from pipeline_repo import environment, make_repo, run  # noqa: E402
+
+RSNA_PATIENTS, RSNA_TRAIN = 26684, 24000
+# `dvc repro <stage>` one at a time, in pipeline order; check_params is upstream of every stage.
+STAGES = ("check_params", "download", "dicom_to_npy", "compute_stats", "train", "evaluate")
+MB = 2**20
+
+
+def rehearsal_params(patients: int, phantom_size: int, image_size: int, batches: int, batch_size: int) -> dict:
+    """Settings over params.yaml: the reference's split in proportion (exactly 24,000 / 2,684 at full size)."""
+    return {
+        "download": {"source": "synthetic", "phantom": {"patients": patients, "size": phantom_size}},
+        "split": {"train_size": round(patients * RSNA_TRAIN / RSNA_PATIENTS), "test_size": 0, "stratify": False},
+        "dicom_to_npy": {"image_size": image_size},
+        "train": {"max_epochs": 1, "limit_train_batches": batches, "batch_size": batch_size},
+    }
+
+
+def run_stage(repo: Path, stage: str, log: Path) -> dict:
+    """`dvc repro <stage>`: wall seconds, the stage command's own seconds, peak memory in MB."""
+    env = environment() | {"PYTHONPATH": str(repo / "src")}  # the copy's code, not the editable install's
+    load_before = os.getloadavg()[0]
+    cpu_before = _children_cpu_seconds()
+    with open(log, "w") as out:
+        start = time.perf_counter()
+        process = psutil.Popen(["dvc", "repro", stage], cwd=repo, env=env, stdout=out, stderr=subprocess.STDOUT)
+        with TreeSampler(process, watch=f"stages/{stage}.py") as sampler:
+            code = process.wait()
+        seconds = time.perf_counter() - start
+    if code != 0:
+        raise SystemExit(f"dvc repro {stage} failed ({code}); its output is in {log}")
+    command = None if sampler.first_seen is None else sampler.last_seen - sampler.first_seen
+    return {
+        "stage": stage,
+        "seconds": round(seconds, 1),
+        # User + system CPU of the whole tree (every descendant is waited for): what the load cannot stretch.
+        "cpu_seconds": round(_children_cpu_seconds() - cpu_before, 1),
+        # The stage's script alone (sampled every 0.1 s); the rest is DVC: hashing, caching, status.
+        "command_seconds": None if command is None else round(command, 1),
+        "dvc_seconds": None if command is None else round(seconds - command, 1),
+        "peak_rss_mb": round(sampler.peak_rss / MB),
+        "peak_anon_mb": round(sampler.peak_anon / MB),
+        "peak_process_rss_mb": round(sampler.peak_process_rss / MB),
+        "dvc_process_peak_rss_mb": round(sampler.peak_root_rss / MB),
+        "load_1min_before": round(load_before, 2),
+        "load_1min_after": round(os.getloadavg()[0], 2),
+    }
+
+
+def _children_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def timed(repo: Path, args: list[str], repeats: int) -> dict:
+    """Seconds of ``args`` run ``repeats`` times: the first and the median."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        out = run(args, repo).stdout
+        times.append(time.perf_counter() - start)
+        if args[1] == "repro" and "Running stage" in out:
+            raise SystemExit(f"{' '.join(args)} was expected to do nothing but ran a stage:\n{out}")
+    return {"first_s": round(times[0], 2), "median_s": round(statistics.median(times), 2)}
+
+
+def disk_usage(*paths: Path) -> int:
+    """Bytes of disk the paths take together; a file hard-linked into several of them counts once."""
+    return int(subprocess.run(["du", "-s", "-c", "-B1", *map(str, paths)], capture_output=True, text=True,
+                              check=True).stdout.split()[-2])
+
+
+def file_bytes(path: Path) -> tuple[int, int]:
+    """(apparent bytes, files) below ``path``."""
+    files = [p for p in path.rglob("*") if p.is_file()]
+    return sum(p.stat().st_size for p in files), len(files)
+
+
+def _seconds(clock: str) -> int:
+    return sum(int(part) * 60**i for i, part in enumerate(reversed(clock.split(":"))))
+
+
+def train_loop(log_text: str) -> tuple[int, int]:
+    """(batches, seconds) of the training loop, from Lightning's progress bar in the train stage's log.
+
+    The bar's elapsed time (whole seconds) stops at the last training batch, so it
+    leaves out what comes after: validation (its own bar), temperature fitting,
+    export. It includes the first batch (the loader's and the model's warm-up).
+    Rich's bar ("Epoch 0/0 ━━━ 60/60 0:02:52 • 0:00:00") when rich is installed, else tqdm's.
+    """
+    rich = re.findall(r"Epoch \d+/\d+ .*?(\d+)/\d+ (\d+:\d\d:\d\d) •", log_text)
+    bars = rich or re.findall(r"Epoch \d+:\s+\d+%\|[^|]*\|\s*(\d+)/\d+ \[([\d:]+)<", log_text)
+    if not bars:
+        raise SystemExit("no training progress bar in the train stage's log: was the progress bar turned off?")
+    batches, clock = bars[-1]
+    return int(batches), _seconds(clock)
+
+
+def machine() -> dict:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    import torch  # imported here: only for its version and the device
+
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+        "accelerator": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none (CPU only)",
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "dvc": run(["dvc", "--version"], ROOT).stdout.strip(),
+        "os": platform.platform(),
+    }
+
+
+def code_version() -> dict:
+    head = run(["git", "rev-parse", "HEAD"], ROOT).stdout.strip()
+    paths = ["src", "stages", "dvc.yaml", "params.yaml", "benchmarks", "tests/pipeline_repo.py"]
+    changed = run(["git", "status", "--porcelain", "--", *paths], ROOT).stdout.split("\n")
+    return {"commit": head, "uncommitted_changes": [line[3:] for line in changed if line and "rehearsal.json" not in line]}
+
+
+def rehearse(args: argparse.Namespace, work: Path, logs: Path) -> dict:
+    params = rehearsal_params(args.patients, args.phantom_size, args.image_size, args.batches, args.batch_size)
+    repo = make_repo(work / "repo", params)
+    stages = []
+    for stage in STAGES:
+        print(f"dvc repro {stage} ...", flush=True)
+        stages.append(run_stage(repo, stage, logs / f"{stage}.log"))
+        print(f"  {stages[-1]['seconds']} s, peak RSS {stages[-1]['peak_rss_mb']} MB", flush=True)
+        if stage == "train":  # under the same load as the stage: what this machine gives a bare loop now
+            import run as bench  # benchmarks/run.py (`make bench`), which imports torch
+
+            bare = bench.bare_train_rate(args.image_size, args.batch_size, steps=args.bare_steps, warmup=1)
+
+    dvc = {
+        # The whole pipeline's status (the stages after evaluate never ran, so they are listed as changed).
+        "status": timed(repo, ["dvc", "status"], args.repeats),
+        "noop_repro_evaluate": timed(repo, ["dvc", "repro", "evaluate"], args.repeats),
+    }
+    raw, processed, cache = repo / "data" / "raw", repo / "data" / "processed", repo / ".dvc" / "cache"
+    raw_bytes, raw_files = file_bytes(raw)
+    cache_bytes, cache_files = file_bytes(cache)
+    dcm = next((raw / "stage_2_train_images").iterdir())
+    dvc |= {
+        "cache_bytes": cache_bytes,
+        "cache_files": cache_files,
+        "cache_link_type": run(["dvc", "config", "cache.type"], repo, check=False).stdout.strip() or "default",
+        # With hard links the workspace and the cache share the files: the disk holds them once.
+        "workspace_files_linked_to_cache": dcm.stat().st_nlink > 1,
+        "disk_bytes_cache_and_data": disk_usage(cache, repo / "data"),
+    }
+    # `dvc repro` leaves its outputs as copies of the cache even where hard links are allowed (DVC keeps
+    # files it cannot tell apart from reflinks as they are); `dvc checkout --relink` links them.
+    start = time.perf_counter()
+    run(["dvc", "checkout", "--relink", "--with-deps", "evaluate"], repo)
+    dvc |= {
+        "relink_s": round(time.perf_counter() - start, 1),
+        "disk_bytes_cache_and_data_after_relink": disk_usage(cache, repo / "data"),
+        "noop_repro_evaluate_after_relink": timed(repo, ["dvc", "repro", "evaluate"], args.repeats),
+    }
+    data = {
+        "raw_bytes": raw_bytes,
+        "raw_files": raw_files,
+        "processed_bytes": file_bytes(processed)[0],
+    }
+    manifest_lines = (processed / "manifest.csv").read_text().count("\n") - 1
+    counts = json.loads((repo / "reports" / "dataset.json").read_text())["counts"]
+    batches, loop_s = train_loop((logs / "train.log").read_text())
+    train_stage = next(row for row in stages if row["stage"] == "train")
+    images_per_s = min(batches * args.batch_size, counts["train"]["total"]) / loop_s
+    # Everything in the stage's script but the training loop: start-up, the augmented grid, validation
+    # of every val image, the temperature fit (another pass over val) and the export.
+    other_s = train_stage["command_seconds"] - loop_s
+    full_batches = -(-counts["train"]["total"] // args.batch_size)
+    train = {
+        "batches": batches,
+        "batch_size": args.batch_size,
+        "loop_s": loop_s,
+        "images_per_s": round(images_per_s, 1),
+        "how": "batches x batch size / the training loop's seconds, read from Lightning's progress bar in the "
+               "train stage's log (first batch included; validation, temperature fit and export excluded)",
+        # The same network, optimizer and batch on tensors already in memory, right after the stage:
+        # the machine's speed at the time, so the ratio holds on a quieter machine too.
+        "bare_loop_images_per_s": round(bare, 1),
+        "fraction_of_bare_loop": round(images_per_s / bare, 2),
+        "stage_other_s": round(other_s, 1),
+        "val_images": counts["val"]["total"],
+        "full_epoch_batches": full_batches,
+        # One full epoch as the train stage runs it: every train batch at the measured rate plus the rest as measured.
+        "full_epoch_stage_estimate_s": round(full_batches * loop_s / batches + other_s),
+    }
+    evaluate = json.loads((repo / "reports" / "classification.json").read_text())
+    return {
+        "settings": params | {"patients": args.patients, "manifest_rows": manifest_lines, "counts": counts},
+        "stages": stages,
+        "dvc": dvc,
+        "data": data,
+        "train": train,
+        "evaluate_headline_split": evaluate["headline_split"],
+    }
+
+
+def print_table(result: dict) -> None:
+    columns = ("stage", "seconds", "cpu_seconds", "command_seconds", "dvc_seconds", "peak_rss_mb", "peak_anon_mb",
+               "peak_process_rss_mb", "dvc_process_peak_rss_mb", "load_1min_before", "load_1min_after")
+    widths = [max(len(c), *(len(str(row[c])) for row in result["stages"])) for c in columns]
+    print("  ".join(c.rjust(w) for c, w in zip(columns, widths)))
+    for row in result["stages"]:
+        print("  ".join(str(row[c]).rjust(w) for c, w in zip(columns, widths)))
+    dvc, data, train = result["dvc"], result["data"], result["train"]
+    print(f"dvc status: {dvc['status']['median_s']} s (first {dvc['status']['first_s']} s); no-op dvc repro evaluate: "
+          f"{dvc['noop_repro_evaluate']['median_s']} s (first {dvc['noop_repro_evaluate']['first_s']} s)")
+    print(f"DVC cache: {dvc['cache_bytes'] / MB:.0f} MB in {dvc['cache_files']} files (link type {dvc['cache_link_type']}, "
+          f"shared with the workspace: {dvc['workspace_files_linked_to_cache']}); cache and data on disk together: "
+          f"{dvc['disk_bytes_cache_and_data'] / MB:.0f} MB; after `dvc checkout --relink` ({dvc['relink_s']} s) "
+          f"{dvc['disk_bytes_cache_and_data_after_relink'] / MB:.0f} MB")
+    print(f"data/raw: {data['raw_bytes'] / MB:.0f} MB in {data['raw_files']} files; "
+          f"data/processed: {data['processed_bytes'] / MB:.0f} MB")
+    print(f"train: {train['images_per_s']} images/s ({train['batches']} batches of {train['batch_size']} in "
+          f"{train['loop_s']} s; {train['fraction_of_bare_loop']} of a bare loop's {train['bare_loop_images_per_s']}); "
+          f"the rest of the stage (validation of {train['val_images']} images, temperature, export) "
+          f"{train['stage_other_s']} s; a one-epoch train stage on all {train['full_epoch_batches']} batches "
+          f"~{train['full_epoch_stage_estimate_s']} s")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--patients", type=int, default=RSNA_PATIENTS, help="phantom patients (RSNA: 26684)")
+    parser.add_argument("--batches", type=int, default=30, help="training batches (train.limit_train_batches)")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--image-size", type=int, default=224, help="dicom_to_npy.image_size (the reference: 224)")
+    parser.add_argument("--phantom-size", type=int, default=1024, help="DICOM side in pixels (RSNA: 1024)")
+    parser.add_argument("--repeats", type=int, default=3, help="runs of dvc status and of the no-op repro")
+    parser.add_argument("--bare-steps", type=int, default=3, help="timed steps of the bare training loop")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "rehearsal.json")
+    parser.add_argument("--keep", action="store_true", help="keep the throwaway repository (its path is printed)")
+    args = parser.parse_args()
+    CACHE.mkdir(parents=True, exist_ok=True)
+    logs = CACHE / f"rehearsal-logs-{args.patients}"
+    shutil.rmtree(logs, ignore_errors=True)
+    logs.mkdir()
+    work = Path(tempfile.mkdtemp(prefix="rehearsal-", dir=CACHE))
+    print(f"rehearsal in {work}; stage logs in {logs}", flush=True)
+    started, load_before = time.time(), os.getloadavg()
+    try:
+        result = rehearse(args, work, logs)
+    finally:
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+    result = {
+        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "started": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started)),
+        "total_s": round(time.time() - started),
+        "load_average_before": [round(x, 2) for x in load_before],
+        "load_average_after": [round(x, 2) for x in os.getloadavg()],
+        "machine": machine(),
+        "code": code_version(),
+        "memory": ("peak_rss_mb: the sum of the resident sets of `dvc repro` and all its descendants, sampled every "
+                   "0.1 s (shared pages count once per process: an upper bound); peak_anon_mb: the same without "
+                   "file-backed and shared pages (memory-mapped arrays, forked workers' shared pages); "
+                   "peak_process_rss_mb: the largest single process; dvc_process_peak_rss_mb: DVC's own process"),
+    } | result
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print_table(result)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

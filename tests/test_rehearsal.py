@@ -1,0 +1,25 @@
+"""benchmarks/rehearsal.py's settings and log reading (the rehearsal itself runs with `make rehearsal`)."""
+
+import sys
+
+from pipeline_repo import ROOT
+from project_params import project_params
+
+from pneumonia.split import split_counts
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import rehearsal  # noqa: E402
+
+
+def test_full_size_settings_are_valid_and_split_as_the_reference():
+    overrides = rehearsal.rehearsal_params(26684, phantom_size=1024, image_size=224, batches=30, batch_size=64)
+    params = project_params(overrides)
+    assert params.train.limit_train_batches == 30 and params.download.phantom.patients == 26684
+    assert split_counts(26684, params.split.train_size, params.split.test_size) == {"train": 24000, "val": 2684, "test": 0}
+
+
+def test_the_training_loop_is_read_from_either_progress_bar():
+    rich = "Epoch 0/0  ━━━━━━━━━━━━━━━━━━━━━━━━━━ 30/30 0:12:05 • 0:00:00 0.04it/s v_num: _run\n"
+    tqdm = "Epoch 0:  50%|█████     | 15/30 [01:01<01:01,  0.25it/s]\rEpoch 0: 100%|██████████| 30/30 [1:02:03<00:00]\r"
+    assert rehearsal.train_loop("Seed set to 42\n" + rich) == (30, 725)
+    assert rehearsal.train_loop(tqdm) == (30, 3723)
