@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from multiprocessing import get_context
 from pathlib import Path
 
@@ -31,7 +32,7 @@ from pneumonia.data import XrayDataset, make_loader
 from pneumonia.inference import predict_probabilities
 from pneumonia.architectures import build_network
 from pneumonia.model import PneumoniaClassifier
-from pneumonia.params import parse_params
+from pneumonia.params import load_params
 from process_tree import TreeSampler
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,8 +57,10 @@ CONVERT_SNIPPET = """
 import sys, time
 from pathlib import Path
 from pneumonia import convert
-from pneumonia.params import parse_params
-p = parse_params({"dicom_to_npy": {"image_size": int(sys.argv[3])}, "split": {"train_size": 0.8}})
+from dataclasses import replace
+from pneumonia.params import load_params
+p = load_params(sys.argv[4])
+p = replace(p, dicom_to_npy=replace(p.dicom_to_npy, image_size=int(sys.argv[3])), split=replace(p.split, train_size=0.8))
 start = time.perf_counter()
 convert.run(Path(sys.argv[1]), Path(sys.argv[2]), p.dicom_to_npy, p.split)
 print(time.perf_counter() - start)
@@ -74,7 +77,7 @@ def run_convert_stage(raw: Path, size: int) -> tuple[float, float, float]:
     with tempfile.TemporaryDirectory(dir=CACHE) as out:
         start = time.perf_counter()
         process = psutil.Popen(
-            [sys.executable, "-c", CONVERT_SNIPPET, str(raw), f"{out}/processed", str(size)],
+            [sys.executable, "-c", CONVERT_SNIPPET, str(raw), f"{out}/processed", str(size), str(ROOT / "params.yaml")],
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
         )
         with TreeSampler(process, interval=0.02) as sampler:
@@ -162,7 +165,7 @@ def stage_train_rate(array_path: Path, batch: int, steps: int, warmup: int = 2, 
 
     from pneumonia.train import augment_on_device, loader_workers
 
-    params = parse_params({"train": {"arch": arch, "num_workers": "auto"}}).train
+    params = replace(load_params(ROOT / "params.yaml").train, arch=arch, num_workers="auto")
     on_device = augment_on_device(params)
     labels = np.arange(np.load(array_path, mmap_mode="r").shape[0]) % 2
     dataset = XrayDataset(array_path, labels, 0.4, 0.3, augment=not on_device)

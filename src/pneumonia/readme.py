@@ -126,19 +126,25 @@ def rehearsal_block(rehearsal_json: Path) -> str:
     gb = lambda n: f"{n / 1e9:.2f} GB"  # noqa: E731
     split = r["settings"]["counts"]
     lines = [f"`{r['command']}` on: {r['machine']['cores']} cores, {r['machine']['accelerator']} "
-             f"(load average {r['load_average_before'][0]:g} before); {r['settings']['patients']} patients, "
-             f"train {split['train']['total']} / val {split['val']['total']}, "
+             f"(load average {r['load_average_before'][0]:g} at the start); {r['settings']['patients']:,} patients "
+             f"at {r['settings']['download']['phantom']['size']} px, train {split['train']['total']:,} / val "
+             f"{split['val']['total']:,}, {r['settings']['dicom_to_npy']['image_size']} px arrays, "
              f"{r['train']['batches']} training batches of {r['train']['batch_size']}.", "",
-             "| stage | seconds | peak memory, all processes (MB) | largest process (MB) |", "|---|---|---|---|"]
-    lines += [f"| {s['stage']} | {s['seconds']:g} | {s['peak_rss_mb']:g} | {s['peak_process_rss_mb']:g} |"
-              for s in r["stages"]]
+             "| stage | seconds | CPU seconds | peak memory, all processes (MB) | largest process (MB) |",
+             "|---|---|---|---|---|"]
+    lines += [f"| {s['stage']}{' (phantom generation)' * (s['stage'] == 'download')} | {s['seconds']:g} | "
+              f"{s.get('cpu_seconds', '')} | {s['peak_rss_mb']:g} | {s['peak_process_rss_mb']:g} |" for s in r["stages"]]
     dvc, data, train = r["dvc"], r["data"], r["train"]
     lines += ["", f"- DVC with {data['raw_files']:,} files in `data/raw`: `dvc status` {dvc['status']['median_s']:g} s, "
               f"a no-op `dvc repro` {dvc['noop_repro_evaluate']['median_s']:g} s; cache {gb(dvc['cache_bytes'])} "
               f"({dvc['cache_files']:,} files), `data/raw` {gb(data['raw_bytes'])}, `data/processed` "
-              f"{gb(data['processed_bytes'])}.",
-              f"- Training: {train['images_per_s']:g} images/s ({train['how']}); a full epoch of this split: "
-              f"about {train['full_epoch_stage_estimate_s'] / 60:.0f} min on this machine."]
+              f"{gb(data['processed_bytes'])}; cache and workspace together {gb(dvc['disk_bytes_cache_and_data'])} "
+              f"(DVC copies a stage's outputs into the cache; `dvc checkout --relink` "
+              f"({dvc['relink_s']:g} s) brought it to {gb(dvc['disk_bytes_cache_and_data_after_relink'])}).",
+              f"- Training: {train['images_per_s']:g} images/s, {train['fraction_of_bare_loop']:g} of a bare loop "
+              f"({train['bare_loop_images_per_s']:g} images/s) measured right after; a full epoch of this split "
+              f"({train['full_epoch_batches']} batches, then validation on {train['val_images']:,} images): about "
+              f"{train['full_epoch_stage_estimate_s'] / 60:.0f} min on this machine."]
     return "\n".join(lines) + "\n"
 
 
