@@ -124,7 +124,8 @@ def run(
                            save_on_train_epoch_end=True, enable_version_counter=False)
     trainer = pl.Trainer(
         max_epochs=params.max_epochs,
-        limit_train_batches=params.limit_train_batches,
+        # None is Lightning's "every batch" without its info line about 1.0
+        limit_train_batches=None if params.limit_train_batches == 1.0 else params.limit_train_batches,
         accelerator=params.accelerator,
         devices=params.devices,
         num_nodes=params.num_nodes,
