@@ -105,7 +105,7 @@ def test_repro_then_experiment(tmp_path):
     lr = params_diff["params.yaml"]["train.lr"]
     assert (lr["old"], lr["new"]) == (0.0001, 0.003)
     assert params_diff["params.yaml"]["train.arch"]["new"] == "densenet121"
-    assert json.loads((repo / "reports" / "localization.json").read_text())["overlays"]
+    assert json.loads((repo / "reports" / "localization.json").read_text())["val"]["overlays"]
 
 
 def bad_params_destroy_nothing(repo):
