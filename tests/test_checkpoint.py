@@ -186,10 +186,15 @@ def test_a_detector_file_is_not_a_classifier(tmp_path):
     refused(path, "holds a 'detector' model, not a classifier")
 
 
-@pytest.mark.parametrize("arch", ["resnet50", "", None])
+@pytest.mark.parametrize("arch", ["vgg16", "", None])
 def test_unknown_architecture_is_named(tmp_path, header, arch):
     path = model_file(tmp_path / "other.safetensors", header={**header, "arch": arch})
-    refused(path, f"architecture {arch!r} is not one this project builds (resnet18)")
+    refused(path, f"architecture {arch!r} is not one this project builds (resnet18, resnet34, resnet50, ")
+
+
+def test_a_header_naming_another_known_architecture_than_its_weights_is_refused(tmp_path, header):
+    path = model_file(tmp_path / "other.safetensors", header={**header, "arch": "resnet50"})
+    refused(path, "its weights do not fit a resnet50 classifier")
 
 
 def test_checkpoint_for_another_image_size_is_refused_by_every_inference_path(tmp_path):
