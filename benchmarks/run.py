@@ -295,6 +295,7 @@ def main() -> None:
                         help="measure only the per-architecture figures, keep the rest of results.json")
     args = parser.parse_args()
     out = ROOT / "benchmarks" / "results.json"
+    CACHE.mkdir(parents=True, exist_ok=True)
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU only"
     machine = f"{platform.machine()}, {os.cpu_count()} cores, {device}"
     by_arch = {"train_by_architecture": architecture_rates(args.arch_size, args.arch_batch, args.arch_steps,
