@@ -1,4 +1,4 @@
-"""Stage evaluate: the classifier on val and test: metrics/classifier.json (headline), reports/classification.json, plots/."""
+"""Stage evaluate: the predictor's image-level answer on val and test: metrics/classifier.json (headline), reports/classification.json, plots/."""
 
 from pathlib import Path
 
@@ -7,7 +7,7 @@ from pneumonia.stage import run_stage
 
 
 def main(params):
-    result = evaluate.run(Path("data/processed"), Path("models/classifier.safetensors"), params.evaluate, seed=params.base.seed)
+    result = evaluate.run(Path("data/processed"), Path("models/pneumonia.safetensors"), params.evaluate, seed=params.base.seed)
     split = result["headline_split"]
     head = result[split]
     note = " (checkpoint and thresholds chosen on this split: optimistic)" if split == evaluate.SPLIT else ""

@@ -1,23 +1,19 @@
-"""Stage evaluate_detection: the detector on val and test beside the classifier and the CAM baseline.
-
-Writes metrics/detection.json (headline, test), reports/detection.{json,md}, plots/detection/.
+"""Stage evaluate_detection: the boxes predict gives (the detector's, under the decision) on val and test,
+beside the CAM baseline. Writes metrics/detection.json (headline, test), reports/detection.{json,md}, plots/detection/.
 """
 
 from pathlib import Path
 
-from pneumonia.checkpoint import load_classifier
 from pneumonia.detection import evaluation
-from pneumonia.detection.detector import load_detector
 from pneumonia.inference import default_device
+from pneumonia.predictor import load_predictor
 from pneumonia.stage import run_stage
 
 
 def main(params):
-    device = default_device()
     report = evaluation.run(
         Path("data/processed"),
-        load_detector(Path("models/detector.safetensors"), device),
-        load_classifier(Path("models/classifier.safetensors"), device),
+        load_predictor(Path("models/pneumonia.safetensors"), default_device()),
         params.evaluate_detection,
         params.localize,
         params.detect.score_thresholds,
@@ -26,7 +22,7 @@ def main(params):
     for split in evaluation.SPLITS:
         found, cam = report[split]["detector"], report[split]["cam_baseline"]
         print(f"{split}: RSNA score {found['rsna_score']:.3f} (CAM {cam['rsna_score']:.3f}), AP@0.5 {found['ap50']:.3f}, "
-              f"image AUROC {report[split]['image_auroc']['detector']['auroc']:.3f} "
+              f"image AUROC {report[split]['image_auroc']['decision']['auroc']:.3f} "
               f"(classifier {report[split]['image_auroc']['classifier']['auroc']:.3f})")
 
 

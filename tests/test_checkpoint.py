@@ -22,12 +22,11 @@ from torch import nn
 from pneumonia import inference, phantom
 from pneumonia.__main__ import main
 from pneumonia.checkpoint import classifier_header, load_classifier
-from pneumonia.detection.detector import LoadedDetector, save_detector
-from pneumonia.detection.network import build_detector
 from pneumonia.errors import DatasetError, PneumoniaError
 from pneumonia.localization.cam import localize_images
 from pneumonia.model import PneumoniaClassifier
 from pneumonia.model_file import FORMAT, read_model, save_model
+from tiny_predictor import write_predictor
 
 # One pytest-xdist worker runs this file: its module fixtures are built once.
 pytestmark = pytest.mark.xdist_group("checkpoint")
@@ -120,16 +119,10 @@ def dicom(tmp_path_factory) -> Path:
 
 
 def test_predict_cli_with_the_model_file(tmp_path, good, dicom, capsys):
-    """The control for the refusals: the CLI runs with this model file (and an untrained detector of its size)."""
-    torch.manual_seed(0)
-    network = build_detector("centernet_resnet18", 16)
-    detector = tmp_path / "detector.safetensors"
-    save_detector(detector, network, LoadedDetector(
-        network, "centernet_resnet18", 16, image_size=SIZE, mean=0.4, std=0.3, image_threshold=0.5,
-        box_threshold=0.5, nms_iou=0.5, max_boxes=3,
-    ))
+    """The control for the refusals: the CLI runs with this model file (in a predictor, with an untrained detector)."""
+    predictor = write_predictor(tmp_path / "pneumonia.safetensors", good, detector_size=SIZE, box_threshold=0.5)
     out = tmp_path / "predictions.csv"
-    assert main(["predict", str(dicom), "--model", str(good), "--detector", str(detector), "--out", str(out)]) == 0
+    assert main(["predict", str(dicom), "--model", str(predictor), "--out", str(out)]) == 0
     assert out.exists() and capsys.readouterr().err == ""
 
 

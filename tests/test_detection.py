@@ -19,6 +19,9 @@ from pneumonia.errors import PneumoniaError
 from pneumonia.manifest import ManifestRow, write_manifest
 from pneumonia.architectures import build_network
 from pneumonia.model_file import save_model
+from pneumonia.decision import Decision
+from pneumonia.ood import OodGuard
+from pneumonia.predictor import Predictor
 from project_params import project_params
 
 # One pytest-xdist worker runs this file: its module fixtures are built once.
@@ -149,7 +152,7 @@ def test_box_metrics_against_hand_computed_values():
         _detections([(50, 50, 20, 10)], [0.8], 0.9),  # IoU 0.5, half the area
         _detections([(0, 0, 5, 5)], [0.7], 0.9),  # a false positive on the negative
     ]
-    result = evaluation.box_metrics(detections, rows, image_threshold=0.5, box_threshold=0.5)
+    result = evaluation.box_metrics(detections, [d.kept(0.5, 0.5) for d in detections], rows)
     assert result["predicted_boxes"] == 3 and result["gt_boxes"] == 2
     assert result["recall_iou0p50"] == 1.0 and result["false_positives_per_image"] == pytest.approx(1 / 3)
     # RSNA: 1 for the exact box; IoU 0.5 beats 0.40 and 0.45 only (2 of 8); 0 for the negative with a box.
@@ -255,8 +258,13 @@ def test_evaluation_writes_the_headline_report_plots_and_overlays(trained, tmp_p
     params = project_params({"evaluate_detection": {"overlays": 2, "bootstrap_resamples": 50}})
     out = {"metrics_json": tmp_path / "metrics.json", "report_json": tmp_path / "reports" / "detection.json",
            "report_md": tmp_path / "reports" / "detection.md", "plots_dir": tmp_path / "plots"}
-    report = evaluation.run(root / "processed", load_detector(root / "detector.safetensors"), classifier,
-                            params.evaluate_detection, params.localize, DETECT["score_thresholds"], seed=0, **out)
+    detector = load_detector(root / "detector.safetensors")
+    # The detector's own image probability as the decision, at its own gate: the detector alone, as predict uses it.
+    decision = Decision("detector", "temperature", (0.0, 1.0), 0.0, None, detector.image_threshold)
+    predictor = Predictor(classifier, detector, decision, detector.box_threshold,
+                          OodGuard(np.zeros(512), np.eye(512), 1e9, 0.99), {"source": "synthetic", "patients": {}})
+    report = evaluation.run(root / "processed", predictor, params.evaluate_detection, params.localize,
+                            DETECT["score_thresholds"], seed=0, **out)
     assert json.loads(out["report_json"].read_text()) == json.loads(json.dumps(report))
     headline = json.loads(out["metrics_json"].read_text())
     test = report["test"]
@@ -264,6 +272,8 @@ def test_evaluation_writes_the_headline_report_plots_and_overlays(trained, tmp_p
     assert headline["rsna_score"] == round(test["detector"]["rsna_score"], 3) >= 0.4
     assert test["detector"]["ap50"] >= test["detector"]["ap50_95"] > 0
     assert test["image_auroc"]["detector"]["auroc"] > 0.8  # rectangles or none: the image logit learns it too
+    assert test["image_auroc"]["decision"]["auroc"] == test["image_auroc"]["detector"]["auroc"]
+    assert test["boxes_under_negative_labels"] == 0
     ci = test["image_auroc"]["classifier"]["ci95"]
     assert ci["low"] <= test["image_auroc"]["classifier"]["auroc"] <= ci["high"]
     assert test["cam_baseline"]["n"] == 30 and not test["model_selected_on_this_split"]
@@ -274,5 +284,6 @@ def test_evaluation_writes_the_headline_report_plots_and_overlays(trained, tmp_p
     overlays = sorted(p.name for p in (tmp_path / "plots" / "overlays").glob("*.png"))
     assert overlays and all(name[:3] in ("tp_", "fp_", "fn_") and name[3:] in ("01.png", "02.png") for name in overlays)
     text = out["report_md"].read_text()
+    assert "**Synthetic data.**" in text
     assert f"| {test['detector']['rsna_score']:.3f} |" in text
     assert all(f"](../plots/overlays/{name})" in text for name in overlays)  # relative to reports/

@@ -306,7 +306,7 @@ def test_multi_frame_dicom(tmp_path):
     ds.NumberOfFrames = 2
     ds.PixelData = gradient().tobytes() * 2
     ds.save_as(path)
-    assert refused(path) == "multi-frame DICOM (2 frames); only single images are supported"
+    assert refused(path) == "not a single greyscale image: multi-frame DICOM (2 frames); give each frame as a file"
 
 
 def test_rows_and_columns_that_do_not_match_the_pixel_data(tmp_path):

@@ -1,4 +1,4 @@
-"""The evaluate stage's library on a tiny trained model with a held-out test split."""
+"""The decide and evaluate stages' libraries on a tiny trained classifier (and an untrained detector) with a test split."""
 
 import json
 import random
@@ -6,7 +6,11 @@ from dataclasses import replace
 
 import pytest
 
-from pneumonia import evaluate, train
+import torch
+
+from pneumonia import decide, evaluate, train
+from pneumonia.detection.detector import LoadedDetector, save_detector
+from pneumonia.detection.network import build_detector
 from pneumonia.manifest import read_manifest, write_manifest
 from project_params import project_params
 from tiny_data import prepare
@@ -20,6 +24,7 @@ PARAMS = project_params(
         "dicom_to_npy": {"image_size": 32, "workers": 1},
         "train": {"max_epochs": 1, "batch_size": 8, "accelerator": "cpu", "temperature_scaling": True},
         "evaluate": {"bootstrap_resamples": 100},
+        "decide": {"folds": 2},
     }
 )
 
@@ -29,11 +34,33 @@ def trained(tmp_path_factory):
     root = prepare(tmp_path_factory.mktemp("eval"), PARAMS, patients=48, size=128, seed=2)
     train.run(root / "processed", root / "dataset.json", PARAMS.train, seed=1,
               model_path=root / "model.safetensors", live_dir=root / "dvclive")
+    torch.manual_seed(0)
+    network = build_detector("centernet_resnet18", 16)
+    save_detector(root / "detector.safetensors", network, LoadedDetector(
+        network, "centernet_resnet18", 16, image_size=32, mean=0.4, std=0.3, image_threshold=0.5,
+        box_threshold=0.3, nms_iou=0.5, max_boxes=3,
+    ))
+    decide.run(root / "processed", root / "model.safetensors", root / "detector.safetensors", PARAMS.decide,
+               PARAMS.evaluate.target_sensitivity, PARAMS.detect.score_thresholds, "synthetic", seed=3,
+               dataset_json=root / "dataset.json", model_path=root / "pneumonia.safetensors",
+               report_json=root / "decision.json")
     return root
 
 
+def test_decide_compares_every_candidate_out_of_fold_and_records_its_choice(trained):
+    report = json.loads((trained / "decision.json").read_text())
+    compared = {(c["source"], c["method"]) for c in report["compared_out_of_fold"]}
+    assert compared == {("classifier", "temperature"), ("classifier", "platt"), ("classifier", "isotonic"),
+                        ("detector", "temperature"), ("detector", "platt"), ("detector", "isotonic"),
+                        ("stacked", "platt")}
+    best = min(report["compared_out_of_fold"], key=lambda c: c["log_loss"])
+    assert (report["decision"]["source"], report["decision"]["method"]) == (best["source"], best["method"])
+    assert report["trained_on"] == {"source": "synthetic", "patients": {"train": 24, "val": 12, "test": 12}}
+    assert 0 <= report["ood"]["val_flagged"] <= 0.1 and report["ood"]["threshold"] > 0
+
+
 def evaluate_into(root, name):
-    return evaluate.run(root / "processed", root / "model.safetensors", PARAMS.evaluate,
+    return evaluate.run(root / "processed", root / "pneumonia.safetensors", PARAMS.evaluate,
                         report_json=root / name / "eval.json", headline_json=root / name / "headline.json", plots_dir=root / name / "plots")
 
 
@@ -42,11 +69,19 @@ def test_headline_is_test_and_everything_is_chosen_on_val(trained):
     assert result["headline_split"] == "test"
     assert result["val"]["model_selected_on_this_split"] is True
     assert result["test"]["model_selected_on_this_split"] is False
-    assert result["temperature"] > 0
+    assert result["synthetic"] and "phantom" in result["note"]
     for split in ("val", "test"):
         block = result[split]
         assert block["ci95"]["auroc"]["low"] <= block["auroc"] <= block["ci95"]["auroc"]["high"]
-        assert {"brier", "ece_15_bins", "brier_before_temperature"} <= set(block["calibration"])
+        cal = block["calibration"]
+        assert cal["ece_15_bins_ci95"]["low"] <= cal["ece_15_bins"] <= cal["ece_15_bins_ci95"]["high"]
+        assert {"brier_before_calibration", "ece_15_bins_before_calibration"} <= set(cal)
+        assert set(block["candidates_auroc"]) == {"classifier", "detector", "mean_of_both", "decision"}
+        assert block["out_of_distribution"]["flagged"] <= block["n"]
+    unlike = result["unlike_set"]
+    assert set(unlike["by_kind"]) == {"dicom_other_modality", "photograph", "noise", "blank", "inverted", "rotated",
+                                      "cropped", "no_lungs"}
+    assert unlike["n"] == sum(k["n"] for k in unlike["by_kind"].values()) >= 50
     for name in ("roc.json", "precision_recall.json", "operating_points.json", "reliability.json",
                  "score_histogram.json", "predictions.csv"):
         assert (trained / "a" / "plots" / name).exists(), name

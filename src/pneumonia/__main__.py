@@ -1,4 +1,4 @@
-"""The command line: ``python -m pneumonia predict PATH... --model models/classifier.safetensors`` (or ``pneumonia predict``)."""
+"""The command line: ``python -m pneumonia predict PATH...`` (or ``pneumonia predict``)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Sequence
 
 from pneumonia.errors import PneumoniaError
 
-NOT_SCORED_EXIT = 3  # some files were not scored (not chest radiographs); 1 (unreadable files) takes precedence
+NOT_SCORED_EXIT = 3  # some files were not scored (not chest radiographs, or unlike the training images); 1 (unreadable) first
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -17,22 +17,23 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     predict = commands.add_parser(
         "predict",
-        help="classify DICOMs and find the opacities with the trained classifier and detector",
+        help="the probability of pneumonia and where the opacities are, for chest X-ray DICOMs",
         description=(
-            "Classify chest X-ray DICOMs with the trained classifier and find the opacities with the trained "
-            "detector (boxes with confidences and the estimated area). Prints a table and writes a CSV; boxes "
-            "are x y width height in pixels of the original image. Files that are not chest radiographs "
+            "Answer for each chest X-ray DICOM: a calibrated probability of pneumonia, its label at the operating "
+            "point chosen on val, and under a positive label the opacities found (boxes with scores, x y width "
+            "height in pixels of the original image, and the estimated area). Prints a table and writes a CSV. "
+            "Not scored, with the reason in their row: files that are not chest radiographs by their header "
             "(Modality not CR, DX or DR, or a BodyPartExamined that is not a chest; a missing tag is no reason) "
-            "are not scored: their row says why. Exit code 1 if any file could not be read, else 3 if any was "
-            "not scored, else 0."
+            "and images unlike the training images (the model file's out-of-distribution guard). Exit code 1 if "
+            "any path could not be read, else 3 if any file was not scored, else 0."
         ),
     )
     predict.add_argument(
         "paths", nargs="+", metavar="PATH", help="DICOM files, or folders searched recursively for *.dcm"
     )
     predict.add_argument(
-        "--model", type=Path, default=Path("models/classifier.safetensors"),
-        help="the classifier's model file (default: %(default)s)",
+        "--model", type=Path, default=Path("models/pneumonia.safetensors"),
+        help="the predictor's model file, written by the decide stage (default: %(default)s)",
     )
     predict.add_argument("--out", type=Path, default=Path("predictions.csv"), help="CSV written (default: %(default)s)")
     predict.add_argument("--overlays", type=Path, metavar="DIR", help="write an overlay PNG per image into DIR")
@@ -45,8 +46,8 @@ def _parser() -> argparse.ArgumentParser:
         help="score files whose Modality or BodyPartExamined say they are not chest radiographs",
     )
     predict.add_argument(
-        "--detector", type=Path, default=Path("models/detector.safetensors"),
-        help="the detector's model file (default: %(default)s)",
+        "--allow-out-of-distribution", action="store_true",
+        help="score images unlike the training images anyway (the CSV keeps out_of_distribution = 1)",
     )
     return parser
 
@@ -61,23 +62,22 @@ def _positive_int(text: str) -> int:
 def _predict(args: argparse.Namespace) -> int:
     from pneumonia import predict  # torch and friends load only when there is work to do
 
-    model, predictions = predict.run(
+    predictor, predictions = predict.run(
         args.paths, args.model, out_csv=args.out, overlays_dir=args.overlays, submission=args.rsna_submission,
-        batch_size=args.batch_size, detector_path=args.detector, allow_non_chest=args.allow_non_chest,
+        batch_size=args.batch_size, allow_non_chest=args.allow_non_chest, allow_unlike=args.allow_out_of_distribution,
     )
-    print(predict.format_table(predictions, model.threshold))
-    failed = [p for p in predictions if p.error]
-    not_scored = [p for p in predictions if p.not_scored]
-    for prediction in failed:
-        print(f"pneumonia predict: {prediction.file}: {prediction.error}", file=sys.stderr)
-    for prediction in not_scored:
-        print(f"pneumonia predict: {prediction.file}: {prediction.not_scored}; not scored "
-              "(--allow-non-chest scores it anyway)", file=sys.stderr)
+    print(predict.format_table(predictions, predictor.decision.threshold))
+    for prediction in predictions:
+        if not prediction.scored:
+            print(f"pneumonia predict: {prediction.file}: {prediction.reason}", file=sys.stderr)
     written = [str(p) for p in (args.out, args.rsna_submission, args.overlays) if p is not None]
-    scored = len(predictions) - len(failed) - len(not_scored)
-    counts = f"{scored} predicted, {len(failed)} failed" + (f", {len(not_scored)} not scored" if not_scored else "")
-    print(f"{counts}; wrote {', '.join(written)}")
-    return 1 if failed else NOT_SCORED_EXIT if not_scored else 0
+    lines = predict.summary(predictor, predictions)
+    print(f"{lines[0]}; wrote {', '.join(written)}")
+    for line in lines[1:]:
+        print(line)
+    if any(p.status == "unreadable" for p in predictions):
+        return 1
+    return NOT_SCORED_EXIT if any(not p.scored for p in predictions) else 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -51,6 +51,13 @@ def classifier_header(hparams: Mapping[str, Any]) -> dict[str, Any]:
 def load_classifier(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
     path = Path(path)
     hparams, state = read_model(path, "classifier", _RETRAIN)
+    return build_classifier(path, hparams, state, device)
+
+
+def build_classifier(
+    path: Path, hparams: Mapping[str, Any], state: Mapping[str, torch.Tensor], device: str | torch.device = "cpu"
+) -> LoadedModel:
+    """The classifier of a model file's header and tensors (``path`` names the file in errors)."""
     arch = hparams.get("arch")
     if arch not in ARCHITECTURES:
         raise PneumoniaError(

@@ -104,8 +104,10 @@ class DicomInfo:
     pixel_spacing_note: str = ""  # why the spacing is unknown, or that it is ImagerPixelSpacing ("" when PixelSpacing)
     modality: str = ""  # Modality ("" when absent)
     body_part: str = ""  # BodyPartExamined ("" when absent)
+    patient_id: str = ""  # PatientID ("" when absent)
 
 
+NOT_AN_IMAGE = "not a single greyscale image"  # how the reasons for multi-frame and 1-bit objects start
 NOT_CHEST = "not a chest radiograph"  # how chest_problem's reasons start
 PROJECTION_RADIOGRAPHY = ("CR", "DX", "DR")
 """Modality values of a projection radiograph (DR is not a DICOM term, but some systems write it)."""
@@ -157,6 +159,17 @@ def read_dicom(
     for anything that is not a single-frame greyscale DICOM image, including
     truncated and damaged files.
     """
+    images, info = read_dicom_sizes(path, (size,), fast, windowing)
+    return images[0], info
+
+
+def read_dicom_sizes(
+    path: str | Path, sizes: tuple[int, ...], fast: bool = True, windowing: Windowing = "auto"
+) -> tuple[list[np.ndarray], DicomInfo]:
+    """:func:`read_dicom` at several sizes from one read of the file (e.g. the model's input and an overlay's).
+
+    Each size's image is the one :func:`read_dicom` gives at that size alone, byte for byte.
+    """
     ds = _open(path)
     header = _header(ds, path)
     data = _pixel_data(ds, path)
@@ -166,35 +179,47 @@ def read_dicom(
         inverse = presentation_inverse(ds, header.monochrome1) if windowing == "auto" else header.monochrome1
     except RenderingError as exc:
         raise DicomReadError(path, f"{exc}; {_REPLACE}") from None
+    drafts = False
     if header.transfer_syntax.is_encapsulated:
         frame = _single_frame(data, path)
         if header.transfer_syntax in (JPEGBaseline8Bit, JPEGExtended12Bit):
             problem = _jpeg_problem(frame, header)
             if problem:
                 raise DicomReadError(path, f"{problem}; {_REPLACE}")
-        if header.transfer_syntax == JPEGBaseline8Bit and not windowed and not ds.get("PresentationLUTSequence"):
-            if fast and 2 * size <= min(header.rows, header.columns):
-                image = _draft_decode(frame, size)
-                if image is not None:
-                    return (255 - image if inverse else image), header.info
+        drafts = header.transfer_syntax == JPEGBaseline8Bit and not windowed and not ds.get("PresentationLUTSequence")
     else:
         _check_length(data, header, path)
 
+    full: np.ndarray | None = None
+    images = []
+    for size in sizes:
+        image = None
+        if drafts and fast and 2 * size <= min(header.rows, header.columns):
+            image = _draft_decode(frame, size)
+            if image is not None and inverse:
+                image = 255 - image
+        if image is None:
+            if full is None:
+                full = _render(ds, header, path, windowed, inverse)
+            # Pillow's bilinear filter antialiases when shrinking, unlike a plain bilinear sample.
+            # A non-square image is stretched: each axis is resized by its own factor.
+            image = full if full.shape == (size, size) else np.asarray(
+                Image.fromarray(full).resize((size, size), Image.BILINEAR))
+        images.append(image)
+    return images, header.info
+
+
+def _render(ds: pydicom.Dataset, header: _Header, path: str | Path, windowed: bool, inverse: bool) -> np.ndarray:
+    """The whole image decoded and rendered to uint8 at its own size."""
     pixels = _decode(ds, header, path)
     try:
         if windowed:
-            image = render_windowed(pixels, ds, inverse)
-        else:
-            image = render_stored_range(pixels, header.bits_stored, header.signed, inverse)
+            return render_windowed(pixels, ds, inverse)
+        return render_stored_range(pixels, header.bits_stored, header.signed, inverse)
     except RenderingError as exc:
         raise DicomReadError(
             path, f"{exc}; replace the file, or set dicom_to_npy.windowing: none to ignore the window it declares"
         ) from None
-    if image.shape != (size, size):
-        # Pillow's bilinear filter antialiases when shrinking, unlike a plain bilinear sample.
-        # A non-square image is stretched: each axis is resized by its own factor.
-        image = np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR))
-    return image, header.info
 
 
 def _decode(ds: pydicom.Dataset, header: _Header, path: str | Path) -> np.ndarray:
@@ -413,7 +438,7 @@ def _header(ds: pydicom.Dataset, path: str | Path) -> _Header:
         raise bad("PhotometricInterpretation", photometric, "not MONOCHROME1 or MONOCHROME2")
     frames = number("NumberOfFrames", 1) or 1
     if frames > 1:
-        raise DicomReadError(path, f"multi-frame DICOM ({frames} frames); only single images are supported")
+        raise DicomReadError(path, f"{NOT_AN_IMAGE}: multi-frame DICOM ({frames} frames); give each frame as a file")
     if frames < 0:
         raise bad("NumberOfFrames", frames, "not a number of frames")
 
@@ -426,6 +451,9 @@ def _header(ds: pydicom.Dataset, path: str | Path) -> _Header:
             f"accepts (a damaged header?); {_REPLACE} or downscale it"
         )  # fmt: skip
     bits_allocated = number("BitsAllocated")
+    if bits_allocated == 1:
+        raise DicomReadError(path, f"{NOT_AN_IMAGE}: 1-bit pixels (BitsAllocated 1: a segmentation or overlay "
+                                   "object, not a radiograph); give the radiograph it was made from")
     if bits_allocated not in (8, 16):
         raise bad("BitsAllocated", bits_allocated, "not 8 or 16")
     bits_stored = number("BitsStored")
@@ -454,6 +482,7 @@ def _header(ds: pydicom.Dataset, path: str | Path) -> _Header:
             pixel_spacing_note=spacing_note,
             modality=_str(get("Modality")).strip(),
             body_part=_str(get("BodyPartExamined")).strip(),
+            patient_id=_str(get("PatientID")).strip(),
         ),
     )
 

@@ -49,17 +49,20 @@ def draw_overlay(
     cam: np.ndarray,
     predicted_boxes: Sequence[Sequence[float]],
     gt_boxes: Sequence[Sequence[float]] | None,
-    probability: float,
+    probability: float | None,
     path: str | Path,
     title: str = "",
     display_size: int = 512,
+    box_scores: Sequence[float] | None = None,
+    notes: Sequence[str] = (),
 ) -> None:
     """Write ``path`` (PNG, ``display_size`` pixels wide): ``image`` with ``cam`` as heat and the boxes.
 
     ``image``: uint8 (H, W) greyscale. ``cam``: (H, W), any non-negative scale; it is
     divided by its maximum. Boxes: (x, y, width, height) in pixels of ``image``;
     ``gt_boxes=None`` (no ground truth known, as in predict) also drops it from the legend.
-    ``probability`` and ``title`` are written in the top-left corner, a legend at the bottom.
+    ``probability`` (None: not scored) and ``title`` are written in the top-left corner, each of ``notes``
+    on a line below them, each predicted box's score from ``box_scores`` at its corner, a legend at the bottom.
     """
     image = np.asarray(image)
     cam = np.asarray(cam, dtype=np.float32)
@@ -83,8 +86,16 @@ def draw_overlay(
             draw.rectangle([x * scale, y * scale, (x + w) * scale, (y + h) * scale], outline=colour, width=line)
 
     font = _font(max(10, display_size // 32))
-    text = f"p(pneumonia) = {probability:.3f}" + (f"   {title}" if title else "")
-    _label(draw, (6, 6), text, (255, 255, 255), font)
+    small = _font(max(9, display_size // 40))
+    for (x, y, w, h), score in zip(predicted_boxes, box_scores or ()):
+        _label(draw, (round(x * scale) + line + 2, round((y + h) * scale) - line - 2 - display_size // 40),
+               f"{score:.2f}", PREDICTED_COLOUR, small)
+    head = "not scored" if probability is None else f"p(pneumonia) = {probability:.3f}"
+    _label(draw, (6, 6), head + (f"   {title}" if title else ""), (255, 255, 255), font)
+    top = draw.textbbox((6, 6), head, font=font)[3] + 8
+    for note in notes:
+        _label(draw, (6, top), note, (255, 230, 120), small)
+        top = draw.textbbox((6, top), note, font=small)[3] + 7
     bottom = size[1] - 6
     x = 6
     legend = [("predicted", PREDICTED_COLOUR)] + ([("ground truth", TRUTH_COLOUR)] if gt_boxes is not None else [])

@@ -243,6 +243,18 @@ class EvaluateDetectionParams:
 
 
 @dataclass(frozen=True)
+class DecideParams:
+    folds: int  # stratified folds of val for choosing the decision and its calibration by out-of-fold log loss
+    ood_quantile: float  # the guard's threshold: this quantile of val's distances
+    batch_size: int
+
+    def __post_init__(self):
+        _check(2 <= self.folds <= 20, "decide.folds", "must be between 2 and 20")
+        _check(0.5 <= self.ood_quantile < 1, "decide.ood_quantile", "must be in [0.5, 1)")
+        _check(self.batch_size >= 1, "decide.batch_size", "must be >= 1")
+
+
+@dataclass(frozen=True)
 class Params:
     base: BaseParams
     download: DownloadParams
@@ -252,6 +264,7 @@ class Params:
     evaluate: EvaluateParams
     localize: LocalizeParams
     detect: DetectParams
+    decide: DecideParams
     evaluate_detection: EvaluateDetectionParams
 
 

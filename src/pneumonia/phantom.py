@@ -189,7 +189,9 @@ class _Pose:
         return 0.5 + self.dx + self.scale * (c * x - s * y), 0.5 + self.dy + self.scale * (s * x + c * y)
 
 
-def render(patient: Patient, size: int, opacity_contrast: float = OPACITY_CONTRAST) -> Rendering:
+def render(
+    patient: Patient, size: int, opacity_contrast: float = OPACITY_CONTRAST, lung_darkness: float = LUNG_DARKNESS
+) -> Rendering:
     """Draw ``patient``'s radiograph at ``size`` x ``size`` pixels, with its opacity boxes.
 
     Deterministic in ``patient.image_seed``; ``opacity_contrast`` changes only how
@@ -223,7 +225,7 @@ def render(patient: Patient, size: int, opacity_contrast: float = OPACITY_CONTRA
     # Where the heart or aortic knob lies in front of the lung, the lung hardly shows.
     see_through = 1 - 0.9 * np.maximum(_heart(body, heart_scale), _aortic_knob(body))
     lung = np.maximum(*lungs) * see_through
-    att = 0.03 + tissue - LUNG_DARKNESS * lung
+    att = 0.03 + tissue - lung_darkness * lung
 
     # Vessel markings: fine texture, densest around the hila.
     markings = ndimage.gaussian_filter(rng.standard_normal((n, n)).astype(np.float32), 1.2 * n / 256)
@@ -237,7 +239,7 @@ def render(patient: Patient, size: int, opacity_contrast: float = OPACITY_CONTRA
             att += 0.05 * _soft(1 - np.hypot((d - s * 0.25 * body.width) / 0.17, (b - 0.72) / 0.11), 0.15) * inside
     if "nodule" in patient.findings:
         cy, cx = _sample_pixel(rng, lung * (b > 0.25), n)
-        att += 0.5 * LUNG_DARKNESS * _soft(rng.uniform(0.012, 0.025) - np.hypot(u - cx, v - cy), 0.003)
+        att += 0.5 * lung_darkness * _soft(rng.uniform(0.012, 0.025) - np.hypot(u - cx, v - cy), 0.003)
 
     # Pneumonia: soft, cloudy opacities in the mid and lower zones, filling in the lung's darkness.
     boxes = []
@@ -246,7 +248,7 @@ def render(patient: Patient, size: int, opacity_contrast: float = OPACITY_CONTRA
         same_side = [i for i, s in enumerate(sides) if s == side]
         band = same_side.index(k), len(same_side)
         cloud = _opacity(rng, lungs[0 if side < 0 else 1] * see_through, b, u, v, band, n)
-        att += opacity_contrast * LUNG_DARKNESS * rng.uniform(0.7, 1.3) * cloud
+        att += opacity_contrast * lung_darkness * rng.uniform(0.7, 1.3) * cloud
         boxes.append(_bounding_box(cloud, size))
 
     # Film: AP portables are blurrier; exposure, contrast and noise vary per image.
@@ -611,3 +613,9 @@ def preview(path: Path, count: int = 8, size: int = 512, seed: int = 0) -> None:
         sheet.paste(tile, ((i % columns) * size, (i // columns) * size))
     with atomic_path(path) as tmp:
         sheet.save(tmp, format="PNG")
+
+
+def radiographs_without_lungs(n: int, size: int, seed: int) -> np.ndarray:
+    """``n`` phantom chests drawn without air in the lungs (``n x size x size`` uint8): images no training
+    image resembles, for the out-of-distribution guard's unlike set."""
+    return np.stack([render(p, size, lung_darkness=0.0).pixels for p in draw_patients(n, seed)])

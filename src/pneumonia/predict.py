@@ -1,13 +1,14 @@
-"""`pneumonia predict`: the trained classifier and detector on DICOM files: whether, where and how large.
+"""`pneumonia predict`: the predictor on DICOM files: whether, where and how large, or why not.
 
-The image's probability and label are the classifier's (its model file gives image size, mean/std,
-threshold, temperature, windowing). The boxes are the detector's (``models/detector.safetensors``, see
-:mod:`pneumonia.detection`): (x, y, width, height) in pixels of each ORIGINAL image, each with its
-confidence (the detector's score), kept when the detector's own image probability passes its gate
-and the box its threshold, both chosen together on val for the best RSNA score. The estimated area
-is the union of the boxes, as a percentage of the image and in mm² where PixelSpacing is known.
-Files that are not chest radiographs (:func:`pneumonia.dicom.chest_problem`) are not scored unless
-``allow_non_chest``: their row says why.
+One model file, the predictor (``models/pneumonia.safetensors``, :mod:`pneumonia.predictor`), holds
+both networks and every number chosen on val. One answer per file, in this order: readable (a single
+greyscale image)? a chest radiograph by its header (:func:`pneumonia.dicom.chest_problem`; unless
+``allow_non_chest``)? like the training images (the out-of-distribution guard; unless
+``allow_unlike``)? then the decision's calibrated probability, its label at the threshold chosen on
+val, and the detector's boxes only under a positive label: (x, y, width, height) in pixels of each
+ORIGINAL image, each with its score, and the estimated area (the union of the boxes) as a percentage
+of the image and in mm² where PixelSpacing is known. Each file is read once (at the model's size and,
+for an overlay, at the overlay's).
 """
 
 from __future__ import annotations
@@ -18,76 +19,67 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 import numpy as np
-import pydicom
 from tqdm import tqdm
 
 from pneumonia.atomic import atomic_path
-from pneumonia.checkpoint import LoadedModel, load_classifier
-from pneumonia.detection.detector import LoadedDetector, area_fraction, detect_images, load_detector
-from pneumonia.dicom import chest_problem, read_dicom
+from pneumonia.detection.detector import area_fraction
+from pneumonia.dicom import DicomInfo, chest_problem, read_dicom_sizes
 from pneumonia.errors import DicomReadError, PneumoniaError
-from pneumonia.inference import default_device, predict_probabilities
+from pneumonia.inference import default_device
 from pneumonia.overlay import draw_overlay
+from pneumonia.predictor import SYNTHETIC_NOTE, ImageAnswer, Predictor, answer_images, load_predictor
 
 PROGRESS_MIN_FILES = 8  # a progress bar only for more files than a handful
-OVERLAY_SIZE = 512  # pixels: overlays are drawn from the DICOM read again at this size
+OVERLAY_SIZE = 512  # pixels: overlays are drawn at this size from the same read as the model's input
 CSV_COLUMNS = [
-    "file", "patientId", "probability", "label", "detector_probability", "boxes", "confidences", "area_percent",
-    "area_mm2", "error",
+    "file", "patientId", "status", "probability", "label", "boxes", "confidences", "area_percent", "area_mm2",
+    "out_of_distribution", "ood_distance", "classifier_probability", "detector_probability", "reason",
 ]
-
-
-@dataclass(frozen=True)
-class ImagePrediction:
-    """What the models say about one image; boxes in ORIGINAL pixels, most confident first."""
-
-    probability: float  # the classifier's: sigmoid(logit / temperature)
-    positive: bool  # probability >= the classifier's threshold
-    detector_probability: float  # the detector's image probability: its boxes are kept only above its gate
-    boxes: tuple[tuple[float, float, float, float], ...]  # (x, y, width, height)
-    confidences: tuple[float, ...]
-    area_fraction: float  # the union of the boxes over the image (0 without boxes)
-    area_mm2: float | None  # the same in mm², None without PixelSpacing
+STATUSES = ("scored", "unreadable", "not_chest", "unlike_training")
 
 
 @dataclass(frozen=True)
 class FilePrediction:
-    """One file's result: ``localization`` when scored, else ``error`` (one line) or ``not_scored`` (why)."""
+    """One file's result: ``answer`` when the models ran on it; ``status`` one of STATUSES; ``reason`` why not
+    scored (or, for an image scored although unlike the training images, the guard's line)."""
 
     file: Path
     patient_id: str
-    localization: ImagePrediction | None = None
-    error: str | None = None
-    not_scored: str | None = None  # readable, but not a chest radiograph (and not allowed)
+    status: str
+    answer: ImageAnswer | None = None
+    reason: str = ""
+    area_fraction: float | None = None  # of the boxes' union; None without boxes
+    area_mm2: float | None = None
+
+    @property
+    def scored(self) -> bool:
+        return self.status == "scored"
 
 
-def find_dicoms(paths: Sequence[str | Path]) -> list[Path]:
+def find_dicoms(paths: Sequence[str | Path]) -> tuple[list[Path], list[FilePrediction]]:
     """Files as given (any name), and every ``*.dcm`` under a folder (recursively, any case, sorted).
 
-    Raises :class:`PneumoniaError` for a path that does not exist or when no file is found.
+    A path that does not exist, or a folder without a DICOM, is a result row of its own (status
+    ``unreadable``), and the other paths are still read. Raises :class:`PneumoniaError` only when
+    nothing at all was found.
     """
     files: list[Path] = []
+    missing: list[FilePrediction] = []
     for path in map(Path, paths):
         if path.is_dir():
-            files.extend(sorted(p for p in path.rglob("*") if p.suffix.lower() == ".dcm" and p.is_file()))
+            found = sorted(p for p in path.rglob("*") if p.suffix.lower() == ".dcm" and p.is_file())
+            files.extend(found)
+            if not found:
+                missing.append(FilePrediction(path, "", "unreadable", reason="a folder without *.dcm files"))
         elif path.exists():
             files.append(path)
         else:
-            raise PneumoniaError(f"{path}: no such file or folder; give DICOM files or folders holding *.dcm files")
+            missing.append(FilePrediction(path, path.stem, "unreadable",
+                                          reason="no such file or folder; give DICOM files or folders holding *.dcm"))
     files = list(dict.fromkeys(files))  # a file named twice (or inside a folder also named) once
     if not files:
         raise PneumoniaError(f"no DICOM (*.dcm) found in {', '.join(map(str, paths))}; give DICOM files or folders")
-    return files
-
-
-def patient_id_of(path: Path) -> str:
-    """The DICOM's PatientID, else the file name without its extension."""
-    try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["PatientID"])
-        value = str(ds.get("PatientID", "")).strip()
-    except Exception:  # the pixels were readable; a header quirk only costs the ID
-        value = ""
-    return value or path.stem
+    return files, missing
 
 
 def _chunks(items: Sequence, size: int) -> Iterator[Sequence]:
@@ -95,72 +87,62 @@ def _chunks(items: Sequence, size: int) -> Iterator[Sequence]:
         yield items[start : start + size]
 
 
-def predict_images(
-    images: np.ndarray, infos: Sequence, model: LoadedModel, detector: LoadedDetector, batch_size: int
-) -> list[ImagePrediction]:
-    """Both models on ``N x S x S`` uint8 images of the classifier's size; ``infos`` give each original's size."""
-    probabilities = predict_probabilities(model, images, batch_size)
-    found = detect_images(detector, images, [(i.rows, i.columns) for i in infos], batch_size)
-    predictions = []
-    for probability, detections, info in zip(probabilities, found, infos):
-        boxes, scores = detections.kept(detector.image_threshold, detector.box_threshold)
-        fraction = area_fraction(boxes, info.rows, info.columns)
-        spacing = info.pixel_spacing_mm
-        predictions.append(
-            ImagePrediction(
-                probability=float(probability),
-                positive=bool(probability >= model.threshold),
-                detector_probability=detections.image_probability,
-                boxes=tuple(tuple(float(v) for v in b) for b in boxes),
-                confidences=tuple(float(s) for s in scores),
-                area_fraction=fraction,
-                area_mm2=None if spacing is None else fraction * info.rows * info.columns * spacing**2,
-            )
-        )
-    return predictions
-
-
 def predict_files(
     files: Sequence[Path],
-    model: LoadedModel,
-    detector: LoadedDetector,
+    predictor: Predictor,
     batch_size: int,
     overlays_dir: Path | None = None,
     allow_non_chest: bool = False,
+    allow_unlike: bool = False,
 ) -> list[FilePrediction]:
-    """Read, classify and detect in each file, ``batch_size`` at a time; unreadable files carry their error.
-
-    A file that is not a chest radiograph is not scored (it carries the reason)
-    unless ``allow_non_chest``.
-    """
+    """Answer each file, ``batch_size`` at a time; a file not scored carries its status and reason."""
     results: list[FilePrediction] = []
     overlay_names: set[str] = set()
+    sizes = (predictor.image_size, OVERLAY_SIZE) if overlays_dir is not None else (predictor.image_size,)
     with tqdm(total=len(files), unit="file", disable=len(files) < PROGRESS_MIN_FILES, desc="predict") as bar:
         for chunk in _chunks(list(files), batch_size):
-            images, infos, readable = [], [], []
+            images, overlays, infos, readable = [], [], [], []
             for path in chunk:
                 try:
-                    image, info = read_dicom(path, model.image_size, windowing=model.windowing)
+                    rendered, info = read_dicom_sizes(path, sizes, windowing=predictor.windowing)
                 except DicomReadError as exc:
-                    results.append(FilePrediction(path, path.stem, error=exc.reason))
+                    results.append(FilePrediction(path, path.stem, "unreadable", reason=exc.reason))
                     continue
                 problem = None if allow_non_chest else chest_problem(info)
                 if problem:
-                    results.append(FilePrediction(path, patient_id_of(path), not_scored=problem))
+                    results.append(FilePrediction(path, info.patient_id or path.stem, "not_chest",
+                                                  reason=f"{problem} (--allow-non-chest scores it anyway)"))
                     continue
-                images.append(image)
+                images.append(rendered[0])
+                overlays.append(rendered[-1])
                 infos.append(info)
-                readable.append((len(results), path))
-                results.append(FilePrediction(path, patient_id_of(path)))
+                readable.append(len(results))
+                results.append(FilePrediction(path, info.patient_id or path.stem, "scored"))
             if images:
-                found = predict_images(np.stack(images), infos, model, detector, batch_size)
-                for (index, path), prediction, info in zip(readable, found, infos):
-                    results[index] = FilePrediction(path, results[index].patient_id, prediction)
-                    if overlays_dir is not None:
-                        name = _unique_name(path.stem, overlay_names)
-                        _draw(path, prediction, model, info.rows, info.columns, Path(overlays_dir) / f"{name}.png")
+                found = answer_images(predictor, np.stack(images), [(i.rows, i.columns) for i in infos], batch_size,
+                                      allow_unlike)
+                for index, answer, info, overlay in zip(readable, found, infos, overlays):
+                    results[index] = _result(results[index], answer, info)
+                    if overlays_dir is not None and results[index].scored:
+                        name = _unique_name(results[index].file.stem, overlay_names)
+                        _draw(results[index], overlay, predictor, info, Path(overlays_dir) / f"{name}.png")
             bar.update(len(chunk))
     return results
+
+
+def _result(pending: FilePrediction, answer: ImageAnswer, info: DicomInfo) -> FilePrediction:
+    if answer.refused:
+        return FilePrediction(pending.file, pending.patient_id, "unlike_training", answer,
+                              f"{answer.refused} (--allow-out-of-distribution scores it anyway)")
+    fraction = area_fraction(answer.boxes, info.rows, info.columns) if answer.boxes else None
+    spacing = info.pixel_spacing_mm
+    mm2 = None if fraction is None or spacing is None else fraction * info.rows * info.columns * spacing**2
+    note = f"scored although {_unlike_line(answer)}" if answer.unlike else ""
+    return FilePrediction(pending.file, pending.patient_id, "scored", answer, note, fraction, mm2)
+
+
+def _unlike_line(answer: ImageAnswer) -> str:
+    return f"unlike the training images (distance {answer.distance:.1f})"
 
 
 def _unique_name(stem: str, taken: set[str]) -> str:
@@ -172,37 +154,62 @@ def _unique_name(stem: str, taken: set[str]) -> str:
     return name
 
 
-def _draw(path: Path, prediction: ImagePrediction, model: LoadedModel, rows: int, columns: int, out: Path) -> None:
-    """The DICOM read again at ``OVERLAY_SIZE`` with the detector's boxes (no truth is known here)."""
-    image, _ = read_dicom(path, OVERLAY_SIZE, windowing=model.windowing)
-    sx, sy = OVERLAY_SIZE / columns, OVERLAY_SIZE / rows
+def caption_notes(prediction: FilePrediction, predictor: Predictor) -> list[str]:
+    """The overlay's lines under the probability: the label and its threshold, the boxes' meaning, the caveats."""
+    answer = prediction.answer
+    label = "pneumonia" if answer.positive else "no pneumonia"
+    notes = [f"label: {label} (p >= {predictor.decision.threshold:.2f} is pneumonia); "
+             + (f"{len(answer.boxes)} box(es), scores at their corners" if answer.boxes else "no boxes")]
+    if answer.unlike:
+        notes.append(f"UNLIKE THE TRAINING IMAGES (distance {answer.distance:.1f} > {predictor.guard.threshold:.1f}): "
+                     "do not trust this")
+    if predictor.synthetic:
+        notes.append("model trained on a synthetic phantom: not a diagnosis")
+    return notes
+
+
+def _draw(prediction: FilePrediction, image: np.ndarray, predictor: Predictor, info: DicomInfo, out: Path) -> None:
+    """The image as read at ``OVERLAY_SIZE`` with the boxes and the caption (no truth is known here)."""
+    answer = prediction.answer
+    sx, sy = OVERLAY_SIZE / info.columns, OVERLAY_SIZE / info.rows
     draw_overlay(
         image,
         np.zeros(image.shape, np.float32),
-        [(x * sx, y * sy, w * sx, h * sy) for x, y, w, h in prediction.boxes],
+        [(x * sx, y * sy, w * sx, h * sy) for x, y, w, h in answer.boxes],
         None,
-        prediction.probability,
+        answer.probability,
         out,
-        title=path.name,
+        title=prediction.file.name,
         display_size=OVERLAY_SIZE,
+        box_scores=answer.confidences,
+        notes=caption_notes(prediction, predictor),
     )
 
 
 def _fields(prediction: FilePrediction) -> dict[str, str]:
-    """The CSV's (and the table's) text for one file."""
-    found = prediction.localization
-    reason = prediction.error or prediction.not_scored or ""
-    row = {"file": str(prediction.file), "patientId": prediction.patient_id, "error": reason}
+    """The CSV's (and the table's) text for one file: blank, never 0, where there is no value."""
+    found = prediction.answer
+    row = {k: "" for k in CSV_COLUMNS} | {
+        "file": str(prediction.file), "patientId": prediction.patient_id, "status": prediction.status,
+        "reason": prediction.reason,
+    }
     if found is None:
-        return row | {k: "" for k in CSV_COLUMNS if k not in row}
+        return row
+    row |= {
+        "out_of_distribution": str(int(found.unlike)),
+        "ood_distance": f"{found.distance:.1f}",
+        "classifier_probability": f"{found.classifier_probability:.4f}",
+        "detector_probability": f"{found.detector_probability:.4f}",
+    }
+    if found.probability is None:
+        return row
     return row | {
         "probability": f"{found.probability:.4f}",
         "label": str(int(found.positive)),
-        "detector_probability": f"{found.detector_probability:.4f}",
         "boxes": ";".join(" ".join(f"{v:.1f}" for v in b) for b in found.boxes),
         "confidences": ";".join(f"{c:.4f}" for c in found.confidences),
-        "area_percent": f"{100 * found.area_fraction:.2f}",
-        "area_mm2": "" if found.area_mm2 is None else f"{found.area_mm2:.0f}",
+        "area_percent": "" if prediction.area_fraction is None else f"{100 * prediction.area_fraction:.2f}",
+        "area_mm2": "" if prediction.area_mm2 is None else f"{prediction.area_mm2:.0f}",
     }
 
 
@@ -218,65 +225,74 @@ def write_predictions_csv(path: Path, predictions: Sequence[FilePrediction]) -> 
 def write_submission(path: Path, predictions: Sequence[FilePrediction]) -> None:
     """Kaggle's RSNA submission: ``patientId,PredictionString``, each box "confidence x y width height".
 
-    Files that could not be read or were not scored are left out (the command's
-    exit code says so); a patient without boxes gets an empty string.
+    Files not scored are left out (the command's exit code says so); a patient without boxes
+    (a negative label) gets an empty string.
     """
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["patientId", "PredictionString"])
         for prediction in predictions:
-            if prediction.localization is None:
+            if not prediction.scored:
                 continue
-            found = prediction.localization
+            found = prediction.answer
             ranked = sorted(zip(found.confidences, found.boxes), key=lambda pair: -pair[0])
             text = " ".join(f"{c:.4f} {x:.1f} {y:.1f} {w:.1f} {h:.1f}" for c, (x, y, w, h) in ranked)
             writer.writerow([prediction.patient_id, text])
 
 
 def format_table(predictions: Sequence[FilePrediction], threshold: float) -> str:
-    """A plain-text table of the predictions, one line per file."""
-    label = f"label (p>={threshold:.2f})"
-    header = ["file", "patientId", "probability", label, "boxes (x y w h)", "area %", "area mm2"]
+    """A plain-text table of the predictions, one line per file: what the CSV and the overlays say."""
+    header = ["file", "patientId", "probability", f"label (p>={threshold:.2f})", "boxes (x y w h)", "box scores",
+              "area %", "OOD distance"]
     lines = []
     for prediction in predictions:
         f = _fields(prediction)
-        if prediction.error:
-            lines.append([f["file"], f["patientId"], "error: " + prediction.error, "", "", "", ""])
-        elif prediction.not_scored:
-            lines.append([f["file"], f["patientId"], "not scored: " + prediction.not_scored, "", "", "", ""])
+        if not prediction.scored:
+            lines.append([f["file"], f["patientId"], f"{prediction.status.replace('_', ' ')}: {prediction.reason}",
+                          "", "", "", "", ""])
         else:
-            lines.append(
-                [f["file"], f["patientId"], f["probability"], f["label"], f["boxes"] or "-", f["area_percent"],
-                 f["area_mm2"] or "-"]
-            )
+            flag = " UNLIKE" if prediction.answer.unlike else ""
+            lines.append([f["file"], f["patientId"], f["probability"], f["label"], f["boxes"], f["confidences"],
+                          f["area_percent"], f["ood_distance"] + flag])
     widths = [max(len(row[i]) for row in [header, *lines]) for i in range(len(header))]
-    # An error message is long: let it run past its column rather than widen the whole table.
+    # A reason is long: let it run past its column rather than widen the whole table.
     widths[2] = max(len(header[2]), max((len(r[2]) for r in lines if r[3]), default=0))
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in [header, *lines])
 
 
+def summary(predictor: Predictor, predictions: Sequence[FilePrediction]) -> list[str]:
+    """The closing lines: counts by status, and what the model was trained on when a person must know it."""
+    counts = {status: sum(p.status == status for p in predictions) for status in STATUSES}
+    allowed = sum(p.scored and p.answer.unlike for p in predictions)
+    parts = [f"{counts['scored']} scored" + (f" ({allowed} although unlike the training images)" if allowed else "")]
+    parts += [f"{n} {status.replace('_', ' ')}" for status, n in counts.items() if status != "scored" and n]
+    lines = [", ".join(parts)]
+    patients = predictor.trained_on.get("patients", {})
+    if predictor.synthetic:
+        lines.append(f"note: this model was {SYNTHETIC_NOTE} ({patients.get('train', '?')} phantom training images)")
+    return lines
+
+
 def run(
     paths: Sequence[str | Path],
-    model_path: Path,
+    model_path: Path = Path("models/pneumonia.safetensors"),
     out_csv: Path | None = Path("predictions.csv"),
     overlays_dir: Path | None = None,
     submission: Path | None = None,
     batch_size: int = 32,
-    detector_path: Path = Path("models/detector.safetensors"),
     allow_non_chest: bool = False,
-) -> tuple[LoadedModel, list[FilePrediction]]:
+    allow_unlike: bool = False,
+) -> tuple[Predictor, list[FilePrediction]]:
     """Predict every DICOM in ``paths``; write the CSV, overlays and submission asked for.
 
-    Raises :class:`PneumoniaError` (missing checkpoint or detector, no DICOM found); a file that
-    cannot be read is returned with its error instead.
+    Raises :class:`PneumoniaError` (missing or foreign model file, no DICOM found at all); a path
+    or file that cannot be read is returned as a row with its reason instead.
     """
-    files = find_dicoms(paths)
-    device = default_device()
-    model = load_classifier(model_path, device)
-    detector = load_detector(detector_path, device)
-    predictions = predict_files(files, model, detector, batch_size, overlays_dir, allow_non_chest)
+    files, missing = find_dicoms(paths)
+    predictor = load_predictor(model_path, default_device())
+    predictions = missing + predict_files(files, predictor, batch_size, overlays_dir, allow_non_chest, allow_unlike)
     if out_csv is not None:
         write_predictions_csv(out_csv, predictions)
     if submission is not None:
         write_submission(submission, predictions)
-    return model, predictions
+    return predictor, predictions

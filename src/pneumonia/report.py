@@ -64,11 +64,16 @@ def classification_section(report: dict) -> list[str]:
     chosen = "" if not block["model_selected_on_this_split"] else (
         " **The checkpoint and thresholds were chosen on this split: these numbers are optimistic.**"
     )
+    decision = report["decision"]
     lines = [
-        "## Classification",
+        "## Classification: the image-level answer",
         "",
+        f"The probability `pneumonia predict` prints is the **{decision['source']}** score with a "
+        f"**{decision['calibration']}** calibration map, chosen on val among the classifier, the detector's image "
+        f"probability and both stacked, by out-of-fold log loss (`reports/decision.json`). "
         f"Headline split: **{split}** ({block['n']} patients, {block['positive']} with pneumonia). "
-        f"Everything chosen (checkpoint, temperature {report['temperature']:.3f}, thresholds) was chosen on val.{chosen}",
+        f"Everything chosen (checkpoints, decision, calibration, thresholds, the out-of-distribution guard) was "
+        f"chosen on val.{chosen}",
         "",
     ]
     lines += _table(
@@ -95,12 +100,25 @@ def classification_section(report: dict) -> list[str]:
     cal = block["calibration"]
     lines += ["### Calibration", ""]
     lines += _table(
-        ["", "Brier", "ECE (15 bins)"],
+        ["", "Brier", "95 % CI", "ECE (15 bins)", "95 % CI"],
         [
-            [f"after temperature scaling (T = {report['temperature']:.3f})", cal["brier"], cal["ece_15_bins"]],
-            ["before", cal["brier_before_temperature"], cal["ece_15_bins_before_temperature"]],
+            [f"after the {decision['calibration']} map (what predict prints)", cal["brier"],
+             _interval(cal["brier_ci95"]), cal["ece_15_bins"], _interval(cal["ece_15_bins_ci95"])],
+            ["before (the raw score's sigmoid)", cal["brier_before_calibration"],
+             _interval(cal["brier_before_calibration_ci95"]), cal["ece_15_bins_before_calibration"],
+             _interval(cal["ece_15_bins_before_calibration_ci95"])],
         ],
     )
+    val_prevalence = report["val"]["calibration"]["prevalence"]
+    lines += [f"A probability means: among images like val's (prevalence {val_prevalence:.2f}), this fraction had "
+              f"pneumonia. This split's prevalence is {cal['prevalence']:.2f} and its mean probability "
+              f"{cal['mean_probability']:.2f}. Where pneumonia is rarer or commoner, the probability is off by the "
+              "ratio of the odds (`pneumonia.decision.at_prevalence` corrects it).", ""]
+    lines += ["### Candidates for the answer (AUROC, bootstrap 95 % CI)", ""]
+    lines += _table(["score", "AUROC", "95 % CI"],
+                    [[name.replace("_", " "), c["auroc"], _interval(c["ci95"])]
+                     for name, c in block["candidates_auroc"].items()])
+    lines += ood_section(report, split)
     sub = block["subgroups"]
     lines += [f"### Subgroups (at threshold {sub['at_threshold']:.3f}, chosen on val)", ""]
     rows = []
@@ -114,6 +132,29 @@ def classification_section(report: dict) -> list[str]:
         [[name.replace("_", " "), m["n"], m["fpr"]] for name, m in fpr.items()],
     )
     return lines
+
+
+def ood_section(report: dict, split: str) -> list[str]:
+    unlike = report["unlike_set"]
+    flagged = report[split]["out_of_distribution"]
+    lines = ["### Images unlike the training images", "",
+             f"The guard refuses an image whose pooled features lie farther from the train split's than "
+             f"{flagged['threshold']:.1f} (Mahalanobis; the 99th percentile of val's distances): such an image gets "
+             f"no probability and no boxes. On {split}, {flagged['flagged']} of {report[split]['n']} images "
+             f"({100 * flagged['flagged_rate']:.1f} %) were refused; of the unlike set made offline, "
+             f"{unlike['caught']} of {unlike['n']} ({100 * unlike['rate']:.1f} %) were.", ""]
+    lines += _table(["unlike images", "n", "refused", "rate"],
+                    [[f"{kind.replace('_', ' ')}: {m['what']}", m["n"], m["caught"], m["rate"]]
+                     for kind, m in unlike["by_kind"].items()])
+    return lines
+
+
+def synthetic_banner(report: dict) -> list[str]:
+    """The warning every page opens with when the models or the data are the phantom."""
+    if not report.get("synthetic"):
+        return []
+    return [f"> **Synthetic data.** The models were {report['note']}. Every number below is measured on "
+            "phantom images: it tests the pipeline, not clinical performance.", ""]
 
 
 def localization_section(report: dict) -> list[str]:
@@ -168,7 +209,7 @@ def draw_figures(plots_dir: Path, out_dir: Path, classification: dict) -> list[t
     filled = [b for b in reliability if b["count"]]
     ax.plot([0, 1], [0, 1], ls="--", c="grey", label="perfect calibration")
     ax.plot([b["mean_predicted"] for b in filled], [b["observed_fraction"] for b in filled], marker="o",
-            label="after temperature scaling")
+            label=f"{classification['decision']['calibration']} calibration")
     _finish(fig, ax, f"Reliability ({split})", "mean predicted probability", "observed fraction with pneumonia")
     figures.append(_save(fig, out_dir, "reliability.png", "Reliability diagram"))
 
@@ -231,6 +272,7 @@ def run(reports_dir: Path = Path("reports"), plots_dir: Path = Path("plots")) ->
     lines = [
         "# Pneumonia detection: evaluation report",
         "",
+        *synthetic_banner(classification),
         "Written by the `report` stage from `reports/*.json` (the full results) and `plots/` (plot data); "
         "`metrics/` holds the headline numbers that `dvc metrics diff` compares.",
         "",

@@ -23,6 +23,7 @@ class ImageBoxes(NamedTuple):
     boxes: torch.Tensor  # K x 4, xyxy, model-input pixels, most confident first
     scores: torch.Tensor  # K, in (0, 1)
     image_probability: float  # sigmoid of the image logit
+    image_logit: float = float("nan")  # the image head's raw output (the decision calibrates it)
 
 
 @torch.no_grad()
@@ -43,5 +44,7 @@ def decode(raw: RawDetections, image_size: int, max_boxes: int, nms_iou: float) 
         keep = keep[scores[i][keep] >= MIN_SCORE]
         candidates, kept_scores = candidates[keep], scores[i][keep]
         keep = nms(candidates, kept_scores, nms_iou)[:max_boxes]  # sorted by score
-        out.append(ImageBoxes(candidates[keep].cpu(), kept_scores[keep].cpu(), float(raw.image_logit[i].float().sigmoid())))
+        image_logit = raw.image_logit[i].float()
+        out.append(ImageBoxes(candidates[keep].cpu(), kept_scores[keep].cpu(), float(image_logit.sigmoid()),
+                              float(image_logit)))
     return out

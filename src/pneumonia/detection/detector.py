@@ -63,6 +63,7 @@ class ImageDetections:
     image_probability: float
     rows: int
     columns: int
+    image_logit: float = float("nan")  # the image head's raw output, whose sigmoid is image_probability
 
     @property
     def max_box_score(self) -> float:
@@ -88,6 +89,13 @@ def save_detector(path: str | Path, network: nn.Module, detector: LoadedDetector
 def load_detector(path: str | Path, device: str | torch.device = "cpu") -> LoadedDetector:
     """The detector of a model file; any problem with it is one line of :class:`PneumoniaError` naming the file."""
     header, tensors = read_model(path, KIND, _RETRAIN)
+    return build_detector_from(path, header, tensors, device)
+
+
+def build_detector_from(
+    path: str | Path, header: dict[str, Any], tensors: dict[str, torch.Tensor], device: str | torch.device = "cpu"
+) -> LoadedDetector:
+    """The detector of a model file's header and tensors (``path`` names the file in errors)."""
     arch = header.get("arch")
     if arch not in DETECTOR_ARCHITECTURES:
         raise PneumoniaError(f"{path}: detector architecture {arch!r} is not one this project builds; {_RETRAIN}")
@@ -136,6 +144,7 @@ def to_original(found: Sequence[ImageBoxes], sizes: Sequence[tuple[int, int]], i
             image_probability=item.image_probability,
             rows=rows,
             columns=columns,
+            image_logit=item.image_logit,
         )
         for item, (rows, columns) in zip(found, sizes, strict=True)
     ]

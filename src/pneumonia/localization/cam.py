@@ -33,7 +33,7 @@ from torch import nn
 from pneumonia.architectures import architecture, feature_evidence
 from pneumonia.checkpoint import LoadedModel
 from pneumonia.data import as_batch, standardize
-from pneumonia.errors import DatasetError
+from pneumonia.inference import check_image_size
 from pneumonia.localization.box_metrics import XYWH
 
 @dataclass(frozen=True)
@@ -232,11 +232,7 @@ def localize_images(
     batch_size: int,
 ) -> list[ImageLocalization]:
     """Localize ``N x S x S`` uint8 images; ``sizes[i]`` = (rows, columns, pixel spacing mm or None) of the original."""
-    if images.shape[1:] != (model.image_size, model.image_size):
-        raise DatasetError(
-            f"images are {images.shape[1]}x{images.shape[2]} but the model was trained on "
-            f"{model.image_size}x{model.image_size}; rerun dicom_to_npy and train together (dvc repro)"
-        )
+    check_image_size(model, images)
     device = next(model.network.parameters()).device
     results = []
     for start in range(0, len(images), batch_size):
