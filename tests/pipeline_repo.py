@@ -23,6 +23,7 @@ TINY_PARAMS = {
     "train": {"max_epochs": 1, "batch_size": 8, "grid_images": 4},
     "evaluate": {"batch_size": 16, "bootstrap_resamples": 200},
     "detect": {"image_size": 32, "max_epochs": 2, "batch_size": 8, "width": 16},
+    "decide": {"folds": 2},
     "evaluate_detection": {"overlays": 1, "bootstrap_resamples": 200},
 }
 

@@ -274,6 +274,8 @@ def test_evaluation_writes_the_headline_report_plots_and_overlays(trained, tmp_p
     assert test["image_auroc"]["detector"]["auroc"] > 0.8  # rectangles or none: the image logit learns it too
     assert test["image_auroc"]["decision"]["auroc"] == test["image_auroc"]["detector"]["auroc"]
     assert test["boxes_under_negative_labels"] == 0
+    ci = test["detector"]["rsna_score_ci95"]
+    assert ci["low"] <= test["detector"]["rsna_score"] <= ci["high"] and ci["resamples_used"] == 50
     ci = test["image_auroc"]["classifier"]["ci95"]
     assert ci["low"] <= test["image_auroc"]["classifier"]["auroc"] <= ci["high"]
     assert test["cam_baseline"]["n"] == 30 and not test["model_selected_on_this_split"]

@@ -371,3 +371,25 @@ def test_missing_file(tmp_path):
     assert refused(tmp_path / "gone.dcm") == (
         "cannot be read (No such file or directory); check that the file exists and is readable"
     )
+
+
+def test_a_1_bit_segmentation_is_not_a_single_greyscale_image_not_corrupt():
+    from pydicom.data import get_testdata_file
+
+    with pytest.raises(DicomReadError) as refused:
+        read_dicom(get_testdata_file("liver_1frame.dcm"), 32)
+    assert refused.value.reason.startswith("not a single greyscale image: 1-bit pixels")
+    assert "corrupt" not in refused.value.reason
+
+
+@pytest.mark.parametrize("jpeg", [True, False])
+def test_several_sizes_from_one_read_are_each_sizes_own_image(tmp_path, jpeg):
+    from pneumonia.dicom import read_dicom_sizes
+
+    path = tmp_path / "x.dcm"
+    pixels = np.random.default_rng(0).integers(0, 256, (512, 512), dtype=np.uint8)
+    write_dicom(path, pixels, patient_id="p7", jpeg=jpeg)
+    images, info = read_dicom_sizes(path, (64, 256, 512))
+    assert info.patient_id == "p7"
+    for size, image in zip((64, 256, 512), images):
+        assert np.array_equal(image, read_dicom(path, size)[0]), size

@@ -55,7 +55,12 @@ def test_repro_then_experiment(tmp_path):
     assert detection["split"] == "test" and 0 <= detection["rsna_score"] <= 1 and 0 <= detection["ap50"] <= 1
     report = json.loads((repo / "reports/detection.json").read_text())
     assert round(report["test"]["detector"]["rsna_score"], 3) == detection["rsna_score"]
-    assert set(report["test"]["image_auroc"]) == {"detector", "max_box_score", "classifier", "ensemble"}
+    assert set(report["test"]["image_auroc"]) == {"decision", "detector", "max_box_score", "classifier"}
+    assert report["test"]["boxes_under_negative_labels"] == 0
+    predictor = json.loads((repo / "reports/decision.json").read_text())
+    assert predictor["trained_on"]["source"] == "synthetic" and len(predictor["compared_out_of_fold"]) == 7
+    assert (repo / "models/pneumonia.safetensors").exists()
+    assert "**Synthetic data.**" in (repo / "reports/report.md").read_text()
     assert "cam_baseline" in report["test"] and report["val"]["model_selected_on_this_split"]
     assert (repo / "models/detector.safetensors").exists() and not list((repo / "models").glob(".detector*"))
     overlays = sorted(p.name for p in (repo / "plots/detection/overlays").glob("*.png"))
@@ -93,6 +98,7 @@ def test_repro_then_experiment(tmp_path):
     experiment = run(["dvc", "exp", "run", "-S", "train.lr=0.003", "-S", "train.arch=densenet121",
                       "-S", "train.init=scratch"], repo).stdout
     assert "Running stage 'train'" in experiment and "Running stage 'evaluate'" in experiment
+    assert "Running stage 'decide'" in experiment
     assert "Running stage 'evaluate_detection'" in experiment and "Running stage 'detect'" not in experiment
     for upstream in ("download", "dicom_to_npy", "compute_stats"):
         assert f"Running stage '{upstream}'" not in experiment

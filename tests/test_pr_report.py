@@ -59,9 +59,9 @@ def test_report_marks_changes_against_the_base_interval_and_stays_short(tmp_path
     report = run(["bash", str(ROOT / "scripts/pr_report.sh"), "main"], repo).stdout
     lines = report.splitlines()
     assert report.startswith("## Pipeline report against") and len(lines) <= 40, report
-    (auroc,) = [line for line in lines if line.startswith("| classifier AUROC |")]
+    (auroc,) = [line for line in lines if line.startswith("| image-level AUROC (the decision predict prints) |")]
     assert "0.810" in auroc and "0.900" in auroc and "+0.090" in auroc and "**outside** base 95 % CI 0.780–0.840" in auroc
-    (ap,) = [line for line in lines if line.startswith("| classifier average precision |")]
+    (ap,) = [line for line in lines if line.startswith("| image-level average precision |")]
     assert "within noise (base 95 % CI 0.650–0.750)" in ap, report
     assert not [line for line in lines if "sensitivity" in line], "unchanged metrics are not listed"
     params = [line for line in lines if line.startswith("| `train.")]

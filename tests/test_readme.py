@@ -11,7 +11,7 @@ from pipeline_repo import ROOT
 
 def test_every_generated_block_is_up_to_date():
     text = (ROOT / "README.md").read_text()
-    assert sorted(re.findall(r"<!-- generated:(\w+) -->", text)) == ["architectures", "bench", "metrics", "params", "rehearsal"]
+    assert sorted(re.findall(r"<!-- generated:(\w+) -->", text)) == ["architectures", "bench", "metrics", "params", "rehearsal", "trust"]
     assert readme.render(text, readme.blocks(ROOT)) == text, "README.md is stale: run `make readme` and commit"
 
 

@@ -21,16 +21,18 @@ MAX_PARAM_ROWS = 10
 LABELS = {
     "metrics/dataset.json": {"train": "patients in train", "val": "patients in val", "test": "patients in test"},
     "metrics/classifier.json": {
-        "auroc": "classifier AUROC", "auroc_low": "classifier AUROC, 95 % CI low",
-        "auroc_high": "classifier AUROC, 95 % CI high", "ap": "classifier average precision",
-        "sens": "classifier sensitivity (threshold chosen on val)",
-        "spec": "classifier specificity (threshold chosen on val)",
-        "brier": "classifier Brier score (lower is better)", "ece": "classifier ECE (lower is better)",
+        "auroc": "image-level AUROC (the decision predict prints)", "auroc_low": "image-level AUROC, 95 % CI low",
+        "auroc_high": "image-level AUROC, 95 % CI high", "ap": "image-level average precision",
+        "sens": "sensitivity (label threshold chosen on val)",
+        "spec": "specificity (label threshold chosen on val)",
+        "brier": "Brier score (lower is better)", "ece": "ECE, 15 bins (lower is better)",
+        "ood_flag": "test images refused as unlike the training images (lower is better)",
+        "ood_catch": "unlike images refused (higher is better)",
     },
     "metrics/cam.json": {"rsna_score": "CAM baseline RSNA score (val)", "size_spearman": "CAM size agreement (Spearman)"},
     "metrics/detection.json": {
         "rsna_score": "detector RSNA score", "ap50": "detector AP@0.5",
-        "auroc": "detector image AUROC", "size_spearman": "detector size agreement (Spearman)",
+        "auroc": "image AUROC of the decision gating the boxes", "size_spearman": "detector size agreement (Spearman)",
         "area_mae": "detector area error (fraction of image, lower is better)",
     },
 }
@@ -40,13 +42,16 @@ def _classifier_intervals(report: dict) -> dict[str, dict]:
     """The bootstrap intervals of classifier.json's keys, from reports/classification.json."""
     block = report[report["headline_split"]]
     point = block["operating_points"].get(report.get("headline_operating_point", ""), {}).get("ci95", {})
+    calibration = block.get("calibration", {})
     return {"auroc": block["ci95"]["auroc"], "ap": block["ci95"]["average_precision"],
-            "sens": point.get("sensitivity"), "spec": point.get("specificity")}
+            "sens": point.get("sensitivity"), "spec": point.get("specificity"),
+            "brier": calibration.get("brier_ci95"), "ece": calibration.get("ece_15_bins_ci95")}
 
 
 def _detection_intervals(report: dict) -> dict[str, dict]:
-    """detection.json's image AUROC interval, from reports/detection.json (the gate's image score on test)."""
-    return {"auroc": report["test"]["image_auroc"][report["image_score"]["gate"]]["ci95"]}
+    """detection.json's intervals, from reports/detection.json: the image AUROC of the gate, the RSNA score."""
+    return {"auroc": report["test"]["image_auroc"][report["image_score"]["gate"]]["ci95"],
+            "rsna_score": report["test"]["detector"].get("rsna_score_ci95")}
 
 
 # headline file -> (its full report in reports/, the function reading the intervals of its keys from it)

@@ -6,7 +6,9 @@ the line's own comment), so the README cannot disagree with the one place defaul
 live. ``metrics`` is ``dvc metrics show --md`` of the committed headline metrics.
 ``bench`` is the performance table from ``benchmarks/results.json`` (``make bench``), and
 ``architectures`` its per-architecture training figures, ``rehearsal`` the full-size rehearsal's
-(``benchmarks/rehearsal.json``, ``make rehearsal``).
+(``benchmarks/rehearsal.json``, ``make rehearsal``). ``trust`` is the answer predict gives: the
+decision, its calibration and the out-of-distribution guard's figures (``reports/classification.json``,
+``reports/decision.json``).
 ``tests/test_readme.py`` fails when a block differs from what this module makes.
 """
 
@@ -148,6 +150,41 @@ def rehearsal_block(rehearsal_json: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _ci(block: dict | None) -> str:
+    return "–" if not block or block.get("low") is None else f"{block['low']:.3f}–{block['high']:.3f}"
+
+
+def trust_block(reports: Path) -> str:
+    """The answer predict gives, from the committed reports: which decision, its calibration, the OOD guard."""
+    classification = json.loads((reports / "classification.json").read_text())
+    decision = json.loads((reports / "decision.json").read_text())
+    split = classification["headline_split"]
+    block, chosen = classification[split], classification["decision"]
+    cal, ood, unlike = block["calibration"], block["out_of_distribution"], classification["unlike_set"]
+    lines = [
+        f"Chosen on val by out-of-fold log loss ({decision['folds']} folds; `reports/decision.json`): "
+        f"**{chosen['source']}** with **{chosen['calibration']}** calibration; label threshold "
+        f"{chosen['threshold']:.3f} (sensitivity ≥ {decision['target_sensitivity']} on val). "
+        f"On {split} ({block['n']} images, which chose nothing):", "",
+        "| | value | 95 % CI |", "|---|---|---|",
+        f"| ECE (15 bins), after calibration | {cal['ece_15_bins']:.3f} | {_ci(cal['ece_15_bins_ci95'])} |",
+        f"| ECE before (the raw score's sigmoid) | {cal['ece_15_bins_before_calibration']:.3f} | "
+        f"{_ci(cal['ece_15_bins_before_calibration_ci95'])} |",
+        f"| Brier, after calibration | {cal['brier']:.3f} | {_ci(cal['brier_ci95'])} |",
+    ]
+    lines += [f"| AUROC, {name.replace('_', ' ')} | {c['auroc']:.3f} | {_ci(c['ci95'])} |"
+              for name, c in block["candidates_auroc"].items()]
+    lines += [f"| refused as unlike the training images | {ood['flagged']} of {block['n']} "
+              f"({100 * ood['flagged_rate']:.1f} %) | |",
+              f"| the unlike set refused | {unlike['caught']} of {unlike['n']} ({100 * unlike['rate']:.1f} %) | |", "",
+              "| unlike images | refused |", "|---|---|"]
+    lines += [f"| {kind.replace('_', ' ')}: {m['what']} | {m['caught']} of {m['n']} |"
+              for kind, m in unlike["by_kind"].items()]
+    if classification.get("synthetic"):
+        lines += ["", f"All on the phantom: the models were {classification['note']}."]
+    return "\n".join(lines) + "\n"
+
+
 def blocks(root: Path) -> dict[str, str]:
     return {
         "params": params_block(root / "params.yaml"),
@@ -155,6 +192,7 @@ def blocks(root: Path) -> dict[str, str]:
         "bench": bench_block(root / "benchmarks" / "results.json"),
         "architectures": architectures_block(root / "benchmarks" / "results.json"),
         "rehearsal": rehearsal_block(root / "benchmarks" / "rehearsal.json"),
+        "trust": trust_block(root / "reports"),
     }
 
 
