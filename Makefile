@@ -1,22 +1,47 @@
-# Each target sets up .venv itself (pip; torch and torchvision pinned in pyproject.toml).
+# Each target sets up .venv itself, with pip, from requirements.lock: the exact versions and sha256
+# hashes of every package (torch and torchvision included). pyproject.toml keeps ranges for those who
+# install the package as a library; `make lock` turns them into the lock again.
 SHELL := /bin/bash
 .SHELLFLAGS := -o pipefail -ec
 VENV := .venv
 BIN := $(abspath $(VENV))/bin
 STAMP := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.bench-installed
+LOCK := requirements.lock
+BENCH_LOCK := requirements-bench.lock
+LOCK_TOOLS := .venv-lock
+# The machine's pip config warns once per package missing from a local index: keep the log readable.
+PIP_LOG := 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
 export DVC_NO_ANALYTICS := 1
 export PATH := $(BIN):$(PATH)
 
-.PHONY: repro test bench rehearsal setup readme plots-check
+.PHONY: repro test bench rehearsal setup lock readme plots-check
 
 setup: $(STAMP)
 
-# The machine's pip config warns once per package missing from a local index: keep the log readable.
-$(STAMP): pyproject.toml
+# The project itself goes in without dependencies (the lock has them all) and builds with the locked
+# setuptools (no build isolation: nothing is fetched unhashed).
+$(STAMP): $(LOCK) pyproject.toml
 	test -x $(BIN)/python || python3 -m venv $(VENV)
-	$(BIN)/python -m pip install -q -e '.[test]' 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
+	$(BIN)/python -m pip install -q --require-hashes -r $(LOCK) $(PIP_LOG)
+	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e . $(PIP_LOG)
 	touch $(STAMP)
+
+# The locks, made by pip-compile (pip-tools), which resolves with pip itself: it reads this machine's
+# pip config (the local copies of torch, torchvision and the nvidia-* wheels, the torch cap) and so
+# locks what `pip install` takes here, for Linux x86_64 and Python 3.11, as CI runs. uv ignores pip's
+# config and would fetch torch from PyPI. Each entry lists the sha256 of every file of its release:
+# PyPI's (all platforms) and those of the local copies, which pip-compile hashes itself (most of its
+# ~12 minutes a lock); the local copies are byte-identical to PyPI's, so either installs. Kept pins
+# move only when pyproject.toml needs it: `make lock LOCK_ARGS=--upgrade` moves all of them,
+# `LOCK_ARGS='--upgrade-package dvc'` one. The bench lock is the main lock plus the bench extra.
+PIP_COMPILE = CUSTOM_COMPILE_COMMAND="make lock" nice $(LOCK_TOOLS)/bin/pip-compile --quiet --generate-hashes \
+	--allow-unsafe --strip-extras --no-emit-index-url --no-emit-find-links $(LOCK_ARGS)
+lock:
+	test -x $(LOCK_TOOLS)/bin/python || python3 -m venv $(LOCK_TOOLS)
+	$(LOCK_TOOLS)/bin/python -m pip install -q pip-tools==7.6.2 $(PIP_LOG)
+	$(PIP_COMPILE) --extra test --output-file $(LOCK) pyproject.toml $(PIP_LOG)
+	$(PIP_COMPILE) --extra test --extra bench --constraint $(LOCK) --output-file $(BENCH_LOCK) pyproject.toml $(PIP_LOG)
 
 repro: $(STAMP)
 	dvc repro
@@ -25,8 +50,9 @@ repro: $(STAMP)
 test: $(STAMP)
 	python -m pytest -n auto --dist loadgroup
 
-$(BENCH_STAMP): $(STAMP)
-	python -m pip install -q -e '.[bench]' 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
+# The bench lock holds the main lock's versions plus the bench extra: nothing installed above moves.
+$(BENCH_STAMP): $(STAMP) $(BENCH_LOCK)
+	python -m pip install -q --require-hashes -r $(BENCH_LOCK) $(PIP_LOG)
 	touch $(BENCH_STAMP)
 
 # Benchmarks: throughput and memory beside their references; writes benchmarks/results.json.
