@@ -248,6 +248,17 @@ def test_mean_brightness_does_not_separate_the_classes():
     assert 0.3 < roc_auc_score(positive, brightness) < 0.7
 
 
+@pytest.mark.parametrize("n, size", [(16, 64), (16, 40), (16, 16)])
+def test_enlarge_interpolates_a_plane_exactly_and_clamps_the_edges(n, size):
+    """A linear ramp enlarged (a whole multiple, another ratio, none) is the ramp at each output centre, +-1."""
+    rows, columns = np.mgrid[0:n, 0:n]
+    levels = (300 * rows + 70 * columns).astype(np.int32)
+    enlarged = np.concatenate([values for _, values in phantom._enlarge(levels, size, band=8)])
+    centres = np.clip((np.arange(size) + 0.5) * n / size - 0.5, 0, n - 1)  # in source pixels, clamped
+    assert enlarged.shape == (size, size)
+    assert np.abs(enlarged - (300 * centres[:, None] + 70 * centres[None, :])).max() <= 1
+
+
 def test_render_is_deterministic():
     patient = phantom.draw_patients(3, seed=2)[2]
     first, second = phantom.render(patient, 96), phantom.render(patient, 96)

@@ -381,18 +381,21 @@ def _develop(levels: np.ndarray, size: int, film: np.ndarray, grain: np.ndarray,
         if devices is not None:
             band += devices[rows]
         band += grain[rows]
-        np.take(film, band, mode="clip", out=pixels[rows])
+        for top in range(0, len(band), 32):  # take copies its indices as int64: a few at a time, in cache
+            np.take(film, band[top : top + 32], mode="clip", out=pixels[rows][top : top + 32])
     return pixels
 
 
-def _enlarge(levels: np.ndarray, size: int, band: int = 32):
+def _enlarge(levels: np.ndarray, size: int, band: int = 128):
     """Yield (rows, values) of ``levels`` (int32, n x n) enlarged to ``size`` x ``size``, ``band`` rows at a time.
 
     Linear interpolation in integers: pixel centres aligned and edges clamped, as
     Pillow's BILINEAR enlarges; weights in 1/256ths, each pass rounded half up.
     When ``size`` is a multiple of n, the k = size / n output rows (columns) that
-    share their two source rows (columns) are computed together by broadcasting
-    rather than gathered one by one; the values are the same.
+    share their two source rows (columns) are computed together rather than
+    gathered one by one; the values are the same. Each band is enlarged across
+    from its own source rows, so no temporary is a megabyte (each would cost
+    hundreds of page faults, a third of this function's time).
     """
     n = levels.shape[0]
     twice = (2 * np.arange(size) + 1) * n - size  # each output centre in source pixels, times 2 * size
@@ -400,22 +403,35 @@ def _enlarge(levels: np.ndarray, size: int, band: int = 32):
     weight = (((twice - (left - 1) * 2 * size) * 256 + size) // (2 * size)).astype(np.int32)  # of the right one
     padded = np.pad(levels, 1, mode="edge")
     k, whole = size // n, size % n == 0
-    if whole:  # output j is number (j + start) of the runs of k laid end to end, from padded source 0
-        shared = int(np.argmax(left != left[0]))  # the first run's outputs inside the image
-        phases, start = weight[shared : shared + k, None], left[0] * k + k - shared
-        runs = (padded[:, 1:] - padded[:, :-1])[:, :, None] * phases[:, 0] + (padded[:, :-1, None] * 256 + 128)
-        across = (runs.reshape(n + 2, -1) >> 8)[:, start : start + size]
-    else:
-        across = (padded[:, left] * 256 + 128 + (padded[:, left + 1] - padded[:, left]) * weight) >> 8
-    rise, across = across[1:] - across[:-1], across * 256 + 128
+    # Output j is number j + start of the runs of k (one per source pair) laid end to end.
+    shared = int(np.argmax(left != left[0]))  # the first run's outputs inside the image
+    phases, start = weight[shared : shared + k], left[0] * k + k - shared
+
+    def across(source: np.ndarray) -> np.ndarray:
+        """Rows of ``padded`` enlarged across, times 256, plus 128 (the next pass's rounding)."""
+        if whole:
+            runs = np.empty((len(source), (n + 1) * k), np.int32)
+            for phase in range(k):  # a strided column at a time
+                runs[:, phase::k] = (source[:, 1:] - source[:, :-1]) * phases[phase] + (source[:, :-1] * 256 + 128)
+            runs = runs[:, start : start + size]
+        else:
+            runs = source[:, left] * 256 + 128 + (source[:, left + 1] - source[:, left]) * weight
+        runs >>= 8
+        runs *= 256
+        runs += 128
+        return runs
+
     for top in range(0, size, band):
         rows = slice(top, min(top + band, size))
         if whole:
-            first, last = (top + start) // k, (rows.stop - 1 + start) // k + 1
-            values = (rise[first:last, None] * phases + across[first:last, None]).reshape(-1, size)
+            first, last = (top + start) // k, (rows.stop - 1 + start) // k + 1  # source pairs (first, first + 1)...
+            lines = across(padded[first : last + 1])
+            values = (((lines[1:] - lines[:-1]) >> 8)[:, None] * phases[:, None] + lines[:-1, None]).reshape(-1, size)
             values = values[top + start - first * k :][: rows.stop - top]
         else:
-            values = rise[left[rows]] * weight[rows, None] + across[left[rows]]
+            lines = across(padded[left[rows][0] : left[rows][-1] + 2])
+            pairs = left[rows] - left[rows][0]
+            values = ((lines[pairs + 1] - lines[pairs]) >> 8) * weight[rows, None] + lines[pairs]
         values >>= 8
         yield rows, values
 
