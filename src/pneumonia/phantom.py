@@ -309,12 +309,12 @@ def render(patient: Patient, size: int, opacity_contrast: float = OPACITY_CONTRA
 
     # Vessel markings: fine texture, densest around the hila.
     markings = _smooth_noise(rng, n, 1.2 * n / 256)
-    d = body.d
-    att += lung * (0.015 * markings * (1 + 2 * _exp_neg(np.abs(d) / 0.12)))
+    att += lung * (0.015 * markings * (1 + 2 * _exp_neg(np.abs(body.d) / 0.12)))
     for s in (-1, 1):
-        hilum = body.window((s * 0.085 * body.width - 0.141, s * 0.085 * body.width + 0.141), (0.219, 0.701))
+        centre = s * 0.085 * body.width
+        hilum = body.window((centre - 0.141, centre + 0.141), (0.219, 0.701))
         part = body[hilum]
-        att[hilum] += 0.06 * lung[hilum] * _exp_neg(((part.d - s * 0.085 * body.width) / 0.035) ** 2 + ((part.b - 0.46) / 0.06) ** 2)
+        att[hilum] += 0.06 * lung[hilum] * _exp_neg(((part.d - centre) / 0.035) ** 2 + ((part.b - 0.46) / 0.06) ** 2)
     att += _bones(body, inside, rib_amp=rng.uniform(0.03, 0.055), ap=ap)
     if patient.sex == "F":  # breast shadows over the lung bases
         for s in (-1, 1):
