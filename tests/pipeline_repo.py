@@ -81,6 +81,38 @@ def make_repo(path: Path, params: dict | None = None) -> Path:
     return path
 
 
+BASELINE_LOG = "baseline-repro.log"  # in a baseline copy: what its `dvc repro` printed (stdout, then stderr)
+
+
+def session_folder(tmp_path_factory) -> Path:
+    """This test session's folder, shared by its pytest-xdist workers (each has a subfolder of it)."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+def baseline_repo(path: Path, cache_root: Path) -> Path:
+    """A copy, at ``path``, of the tiny pipeline after `dvc repro`, committed ("baseline run").
+
+    The pipeline runs once per test session: the first test to ask builds it under ``cache_root``
+    (shared by pytest-xdist's workers, guarded by a file lock) and every test gets its own copy.
+    """
+    from filelock import FileLock  # DVC's own dependency
+
+    template = cache_root / "baseline-repo"
+    with FileLock(str(cache_root / "baseline-repo.lock")):
+        if not (template / ".baseline-done").exists():
+            if template.exists():
+                shutil.rmtree(template)
+            make_repo(template)
+            result = run(["dvc", "repro"], template)
+            (template / BASELINE_LOG).write_text(result.stdout + result.stderr)
+            (template / ".git" / "info" / "exclude").write_text(f"{BASELINE_LOG}\n.baseline-done\n")
+            commit(template, "baseline run")
+            (template / ".baseline-done").touch()
+    shutil.copytree(template, path, symlinks=True)
+    return path
+
+
 def commit(path: Path, message: str) -> None:
     run(["git", "add", "-A"], path)
     run(["git", "commit", "-q", "-m", message], path)

@@ -1,11 +1,14 @@
 """Reading real pydicom-written DICOMs: JPEG Baseline (as RSNA) and uncompressed."""
 
 import io
+from pathlib import Path
 
 import numpy as np
 import pydicom
 import pytest
+from simd import baseline_environment, files_of, run_python
 
+from pneumonia import phantom
 from pneumonia.dicom import read_dicom
 from pneumonia.errors import DicomReadError
 from pneumonia.phantom import write_dicom
@@ -393,3 +396,28 @@ def test_several_sizes_from_one_read_are_each_sizes_own_image(tmp_path, jpeg):
     assert info.patient_id == "p7"
     for size, image in zip((64, 256, 512), images):
         assert np.array_equal(image, read_dicom(path, size)[0]), size
+
+
+CONVERT = """
+import sys
+from pathlib import Path
+sys.path.insert(0, sys.argv[3])
+from project_params import project_params
+from pneumonia import convert
+for image_size in (128, 300):  # from 512: the JPEG fast path (at most half the side), and the plain decode and resize
+    params = project_params({"dicom_to_npy": {"image_size": image_size, "workers": 1}})
+    convert.run(Path(sys.argv[1]), Path(sys.argv[2]) / str(image_size), params.dicom_to_npy, params.split)
+"""
+
+
+def test_conversion_is_bit_identical_whatever_the_simd_path(tmp_path):
+    """dicom_to_npy writes the same arrays and manifest under this CPU's best SIMD path and under the x86-64 baseline."""
+    limited = baseline_environment()
+    phantom.generate(tmp_path / "raw", patients=12, size=512, seed=6, workers=1)
+    tests = Path(__file__).parent
+    run_python(CONVERT, tmp_path / "raw", tmp_path / "default", tests)
+    run_python(CONVERT, tmp_path / "raw", tmp_path / "baseline", tests, env=limited)
+    default, baseline = files_of(tmp_path / "default"), files_of(tmp_path / "baseline")
+    assert sorted(default) == sorted(baseline)
+    assert {name.split("/")[1] for name in default} >= {"train.npy", "val.npy", "test.npy", "manifest.csv"}
+    assert [name for name in default if default[name] != baseline[name]] == []

@@ -11,6 +11,7 @@ import numpy as np
 import pydicom
 import pytest
 from pydicom.uid import ExplicitVRLittleEndian, JPEGBaseline8Bit
+from simd import baseline_environment, files_of, run_python
 from sklearn.metrics import roc_auc_score
 
 from pneumonia import phantom
@@ -43,10 +44,6 @@ def read_rows(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
-def files_of(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
 # --------------------------------------------------------------------------- dataset
 
 
@@ -59,6 +56,32 @@ def test_generate_is_deterministic_whatever_the_workers(raw_dir, tmp_path):
     other = files_of(tmp_path / "other_seed")
     assert other["stage_2_train_labels.csv"] != same["stage_2_train_labels.csv"]
     assert not set(other) & {name for name in same if name.endswith(".dcm")}
+
+
+GENERATE = """
+import sys
+from pathlib import Path
+from pneumonia import phantom
+for size in (512, 300):  # anatomy enlarged 2x (as at 1024: a whole multiple), and by 300/256
+    phantom.generate(Path(sys.argv[1]) / str(size), patients=12, size=size, seed=6, workers=1)
+"""
+
+
+def test_generate_is_bit_identical_whatever_the_simd_path(tmp_path):
+    """The same bytes under numpy's (and libjpeg-turbo's) best SIMD path on this CPU and under the x86-64 baseline.
+
+    12 patients include opacities, devices and the other findings: every code path of the image.
+    """
+    limited = baseline_environment()
+    run_python(GENERATE, tmp_path / "default")
+    run_python(GENERATE, tmp_path / "baseline", env=limited)
+    default, baseline = files_of(tmp_path / "default"), files_of(tmp_path / "baseline")
+    assert len(default) == 2 * (12 + 2)
+    differ = sorted(name for name in default if default[name] != baseline.get(name))
+    assert not differ, f"{len(differ)} of {len(default)} files depend on the SIMD path: {differ[:4]}"
+    findings = {f for p in phantom.draw_patients(12, seed=6) for f in p.findings}
+    assert findings == set(phantom.NOT_NORMAL_FINDINGS)
+    assert any(p.class_name == LUNG_OPACITY for p in phantom.draw_patients(12, seed=6))
 
 
 def test_layout_and_label_files(raw_dir):
@@ -223,6 +246,17 @@ def test_mean_brightness_does_not_separate_the_classes():
     brightness = [phantom.render(p, 128).pixels.mean() for p in patients]
     positive = [p.class_name == LUNG_OPACITY for p in patients]
     assert 0.3 < roc_auc_score(positive, brightness) < 0.7
+
+
+@pytest.mark.parametrize("n, size", [(16, 64), (16, 40), (16, 16)])
+def test_enlarge_interpolates_a_plane_exactly_and_clamps_the_edges(n, size):
+    """A linear ramp enlarged (a whole multiple, another ratio, none) is the ramp at each output centre, +-1."""
+    rows, columns = np.mgrid[0:n, 0:n]
+    levels = (300 * rows + 70 * columns).astype(np.int32)
+    enlarged = np.concatenate([values for _, values in phantom._enlarge(levels, size, band=8)])
+    centres = np.clip((np.arange(size) + 0.5) * n / size - 0.5, 0, n - 1)  # in source pixels, clamped
+    assert enlarged.shape == (size, size)
+    assert np.abs(enlarged - (300 * centres[:, None] + 70 * centres[None, :])).max() <= 1
 
 
 def test_render_is_deterministic():

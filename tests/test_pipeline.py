@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import yaml
 
-from pipeline_repo import ROOT, commit, make_repo, run
+from pipeline_repo import BASELINE_LOG, ROOT, baseline_repo, run, session_folder
 
 pytestmark = pytest.mark.slow
 
@@ -21,10 +21,15 @@ def declared_outs(repo):
                 yield next(iter(out)) if isinstance(out, dict) else out
 
 
-def test_repro_then_experiment(tmp_path):
-    repo = make_repo(tmp_path / "repo")
-    result = run(["dvc", "repro"], repo)
-    noise = [line for line in (result.stdout + result.stderr).splitlines() if "litlogger" in line or "deprecated" in line]
+@pytest.fixture
+def repo(tmp_path, tmp_path_factory):
+    """The tiny pipeline after its `dvc repro`, committed: run once per session, copied for each test."""
+    return baseline_repo(tmp_path / "repo", session_folder(tmp_path_factory))
+
+
+def test_repro_then_experiment(repo):
+    log = (repo / BASELINE_LOG).read_text()
+    noise = [line for line in log.splitlines() if "litlogger" in line or "deprecated" in line]
     assert not noise, noise
 
     for out in declared_outs(repo):
@@ -92,7 +97,6 @@ def test_repro_then_experiment(tmp_path):
             assert name in page, f"plot {name!r} missing from dvc plots show"
         # else: no data points on these tiny data (e.g. no true-positive box to draw sizes of): DVC leaves it out
 
-    commit(repo, "baseline run")
     bad_params_destroy_nothing(repo)
     # Another architecture through every stage after train (evaluate, the CAM baseline, the report).
     experiment = run(["dvc", "exp", "run", "-S", "train.lr=0.003", "-S", "train.arch=densenet121",
@@ -134,10 +138,7 @@ def bad_params_destroy_nothing(repo):
     assert "Data and pipelines are up to date" in run(["dvc", "status"], repo).stdout
 
 
-def test_shared_cache_push_pull_and_a_fresh_clone_reproduces_nothing(tmp_path):
-    repo = make_repo(tmp_path / "repo")
-    run(["dvc", "repro"], repo)
-    commit(repo, "run")
+def test_shared_cache_push_pull_and_a_fresh_clone_reproduces_nothing(repo, tmp_path):
     clone = tmp_path / "clone"
     # The README's recipe, line by line as written; only the folders are this test's, and the clone
     # uses this environment rather than building its own with `make setup`.

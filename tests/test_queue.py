@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from pipeline_repo import commit, make_repo, run
+from pipeline_repo import baseline_repo, run, session_folder
 
 pytestmark = pytest.mark.slow
 
@@ -26,10 +26,8 @@ def experiments_with_metrics(node, inside=False):
     return found
 
 
-def test_queued_sweep_runs_both_experiments(tmp_path):
-    repo = make_repo(tmp_path / "repo")
-    run(["dvc", "repro"], repo)
-    commit(repo, "baseline run")
+def test_queued_sweep_runs_both_experiments(tmp_path, tmp_path_factory):
+    repo = baseline_repo(tmp_path / "repo", session_folder(tmp_path_factory))
     run(["dvc", "exp", "run", "--queue", "-S", "train.lr=1e-4,3e-4"], repo)
     run(["dvc", "queue", "start"], repo)
     deadline = time.time() + 300

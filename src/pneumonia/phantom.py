@@ -10,6 +10,14 @@ Everything follows from ``seed``: patient i's attributes and image come from
 their own random stream, derived from ``(seed, i)``, so the files are
 byte-identical whatever the number of worker processes.
 
+Bit-stable across machines: every file (DICOMs and both CSVs) is byte-identical
+on any x86-64 CPU for the same seed, size and library versions (numpy, scipy,
+Pillow with its libjpeg-turbo, pydicom). The images use exactly rounded
+arithmetic only (+ - * / sqrt, integer work at full size), never numpy's or
+libm's exp, tanh, cos or pow, whose last bit depends on the CPU's SIMD path;
+tests/test_phantom.py compares the files written under numpy's best SIMD path
+and under its baseline.
+
 Coordinates: boxes are in pixels of the ``size`` x ``size`` image, origin at the
 top-left corner, x to the right (columns), y down (rows), like RSNA's. The
 anatomy is described in *body coordinates*: ``a`` across (0.5 = midline,
@@ -26,7 +34,7 @@ import math
 import multiprocessing
 import os
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from io import BytesIO
 from pathlib import Path
@@ -77,6 +85,12 @@ LUNG_DARKNESS = 0.38
 
 # Anatomy is synthesised at this resolution (pixels), then upscaled: speed.
 ANATOMY_SIZE = 256
+
+# The attenuation of the brightest device pixel (leads and tubes are drawn at 160-230 of 255).
+DEVICE_ATTENUATION = 0.35
+
+# The grain is a random byte (-128 to 127, uniform): this s.d., about 73.9 steps.
+GRAIN_SD = math.sqrt((256**2 - 1) / 12)
 
 CR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.1"
 
@@ -153,7 +167,8 @@ def _draw_patient(rng: np.random.Generator) -> Patient:
         findings=findings,
         view="PA" if rng.random() < PA_FRACTION else "AP",
         sex="M" if rng.random() < MALE_FRACTION else "F",
-        age=int(np.clip(round(rng.normal(48, 16)), 18, 90)),
+        # Twelve uniforms make a normal deviate (Irwin-Hall) from exactly rounded sums; numpy's normal calls libm's exp.
+        age=int(np.clip(round(48 + 16 * (math.fsum(rng.random(12)) - 6)), 18, 90)),
         pixel_spacing=round(float(rng.uniform(*PIXEL_SPACING_MM)), 3),
         image_seed=int(rng.integers(2**63)),
     )
@@ -162,9 +177,71 @@ def _draw_patient(rng: np.random.Generator) -> Patient:
 # --------------------------------------------------------------------------- images
 
 
+# Exactly rounded arithmetic only (+ - * / sqrt, comparisons, rounding): numpy's
+# exp, tanh, cos, pow and hypot loops, and libm's, may differ in the last bit from
+# one CPU's SIMD path to another's, and such a bit sometimes flips a grey level.
+# These stand-ins have the shapes of the functions they replace, not their digits.
+
+
 def _soft(x: np.ndarray, width: float) -> np.ndarray:
-    """A smooth step from 0 (x << 0) to 1 (x >> 0), ``width`` wide: soft-edged masks."""
-    return 0.5 * (1.0 + np.tanh(x / width))
+    """A smooth step from 0 (x <= -1.5 ``width``) to 1 (x >= 1.5 ``width``): soft-edged masks.
+
+    A cubic smoothstep, as steep at 0 as ``0.5 * (1 + tanh(x / width))``.
+    """
+    t = np.clip(x * (1 / (1.5 * width)), -1, 1)
+    step = t * t
+    step *= -0.25
+    step += 0.75
+    step *= t
+    step += 0.5
+    return step
+
+
+def _exp_neg(x):
+    """``(1 - x/16)**16``, zero beyond 16: close to exp(-x) for x >= 0 (0.36 at 1, 0.01 at 4). Arrays or floats."""
+    y = np.clip(1 - x * (1 / 16), 0, None)
+    for _ in range(4):
+        y *= y
+    return y
+
+
+def _cos_sin(angle: float) -> tuple[float, float]:
+    """cos and sin of ``angle`` (radians, |angle| <= 0.5) by their Taylor series, to double precision."""
+    x2 = angle * angle
+    cos, sin, term_c, term_s = 1.0, angle, 1.0, angle
+    for k in range(1, 10):
+        term_c = -term_c * x2 / ((2 * k - 1) * (2 * k))
+        term_s = -term_s * x2 / ((2 * k) * (2 * k + 1))
+        cos, sin = cos + term_c, sin + term_s
+    return cos, sin
+
+
+def _kernel(sigma: float) -> np.ndarray:
+    """A Gaussian-like 1-D kernel of ``sigma`` pixels, 4 sigma each side, summing to 1: :func:`_exp_neg` of x**2/2."""
+    radius = max(1, int(4 * sigma + 0.5))
+    x = np.arange(-radius, radius + 1) / sigma
+    weights = _exp_neg(0.5 * x * x)
+    return weights / math.fsum(weights)
+
+
+def _blur(image: np.ndarray, sigma: float) -> np.ndarray:
+    """Blur by :func:`_kernel` along both axes, edges reflected.
+
+    Not scipy's gaussian_filter, whose kernel comes from numpy's exp; ``correlate1d`` is plain C.
+    """
+    weights = _kernel(sigma)
+    image = ndimage.correlate1d(image, weights, axis=0, mode="reflect")
+    return ndimage.correlate1d(image, weights, axis=1, mode="reflect")
+
+
+def _smooth_noise(rng: np.random.Generator, n: int, sigma: float) -> np.ndarray:
+    """Smooth random texture on an ``n`` x ``n`` grid, mean 0, s.d. about 1: uniform noise blurred by ``sigma`` pixels.
+
+    Uniform draws, not Gaussian ones (numpy's normal sampler calls libm's exp): once
+    blurred they are as Gaussian. Scaled by the s.d. the blur leaves, sqrt(1/12) * sum(w**2).
+    """
+    kept = math.fsum(_kernel(sigma) ** 2) * math.sqrt(1 / 12)
+    return _blur(rng.random((n, n), dtype=np.float32) - 0.5, sigma) * (1 / kept)
 
 
 @dataclass(frozen=True)
@@ -179,13 +256,13 @@ class _Pose:
     def to_body(self, u: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Image fractions (u across, v down) -> body coordinates (a, b)."""
         x, y = (u - 0.5 - self.dx) / self.scale, (v - 0.5 - self.dy) / self.scale
-        c, s = math.cos(self.angle), math.sin(self.angle)
+        c, s = _cos_sin(self.angle)
         return 0.5 + c * x + s * y, 0.5 - s * x + c * y
 
     def to_image(self, a: float, b: float) -> tuple[float, float]:
         """Body coordinates (a, b) -> image fractions (u, v); the inverse of :meth:`to_body`."""
         x, y = a - 0.5, b - 0.5
-        c, s = math.cos(self.angle), math.sin(self.angle)
+        c, s = _cos_sin(self.angle)
         return 0.5 + self.dx + self.scale * (c * x - s * y), 0.5 + self.dy + self.scale * (s * x + c * y)
 
 
@@ -195,8 +272,11 @@ def render(
     """Draw ``patient``'s radiograph at ``size`` x ``size`` pixels, with its opacity boxes.
 
     Deterministic in ``patient.image_seed``; ``opacity_contrast`` changes only how
-    bright the opacities are (0 draws the same image without them), not where.
-    The image is built as an attenuation map (0 = air, about 1 = dense), then exposed.
+    bright the opacities are (0 draws the same image without them), not where;
+    ``lung_darkness`` 0 draws a chest without air in its lungs (an image unlike any
+    training image, for the out-of-distribution guard's unlike set).
+    The image is built as an attenuation map (0 = air, about 1 = dense) on the
+    anatomy grid, then enlarged, grained and exposed at full size in integers.
     """
     rng = np.random.default_rng(patient.image_seed)
     n = min(size, ANATOMY_SIZE)
@@ -215,6 +295,7 @@ def render(
         b=b,
         width=rng.uniform(0.9, 1.08),  # habitus
         inspiration=rng.uniform(-0.03, 0.03) + (0.025 if ap else 0.0),  # AP films: supine, shallower breath
+        pose=pose,
     )
     heart_scale = rng.uniform(0.92, 1.08) * (1.12 if ap else 1.0)  # AP magnifies the heart
     if "cardiomegaly" in patient.findings:
@@ -223,23 +304,31 @@ def render(
     inside, tissue = _soft_tissue(body)
     lungs = _lungs(body, effusion=int(rng.choice([-1, 1])) if "effusion" in patient.findings else 0, rng=rng)
     # Where the heart or aortic knob lies in front of the lung, the lung hardly shows.
-    see_through = 1 - 0.9 * np.maximum(_heart(body, heart_scale), _aortic_knob(body))
+    shadow = _heart(body, heart_scale)
+    knob = body.window((0.045 * body.width - 0.042, 0.045 * body.width + 0.042), (0.288, 0.372))
+    shadow[knob] = np.maximum(shadow[knob], _aortic_knob(body[knob]))
+    see_through = 1 - 0.9 * shadow
     lung = np.maximum(*lungs) * see_through
     att = 0.03 + tissue - lung_darkness * lung
 
     # Vessel markings: fine texture, densest around the hila.
-    markings = ndimage.gaussian_filter(rng.standard_normal((n, n)).astype(np.float32), 1.2 * n / 256)
-    markings /= markings.std() + 1e-6
-    d = body.d
-    hila = sum(np.exp(-(((d - s * 0.085 * body.width) / 0.035) ** 2) - ((b - 0.46) / 0.06) ** 2) for s in (-1, 1))
-    att += lung * (0.015 * markings * (1 + 2 * np.exp(-np.abs(d) / 0.12)) + 0.06 * hila)
+    markings = _smooth_noise(rng, n, 1.2 * n / 256)
+    att += lung * (0.015 * markings * (1 + 2 * _exp_neg(np.abs(body.d) / 0.12)))
+    for s in (-1, 1):
+        centre = s * 0.085 * body.width
+        hilum = body.window((centre - 0.141, centre + 0.141), (0.219, 0.701))
+        part = body[hilum]
+        att[hilum] += 0.06 * lung[hilum] * _exp_neg(((part.d - centre) / 0.035) ** 2 + ((part.b - 0.46) / 0.06) ** 2)
     att += _bones(body, inside, rib_amp=rng.uniform(0.03, 0.055), ap=ap)
     if patient.sex == "F":  # breast shadows over the lung bases
         for s in (-1, 1):
-            att += 0.05 * _soft(1 - np.hypot((d - s * 0.25 * body.width) / 0.17, (b - 0.72) / 0.11), 0.15) * inside
+            breast = body.window((s * 0.25 * body.width - 0.21, s * 0.25 * body.width + 0.21), (0.58, 0.86))
+            part = body[breast]
+            shape = np.sqrt(((part.d - s * 0.25 * body.width) / 0.17) ** 2 + ((part.b - 0.72) / 0.11) ** 2)
+            att[breast] += 0.05 * _soft(1 - shape, 0.15) * inside[breast]
     if "nodule" in patient.findings:
         cy, cx = _sample_pixel(rng, lung * (b > 0.25), n)
-        att += 0.5 * lung_darkness * _soft(rng.uniform(0.012, 0.025) - np.hypot(u - cx, v - cy), 0.003)
+        att += 0.5 * lung_darkness * _soft(rng.uniform(0.012, 0.025) - np.sqrt((u - cx) ** 2 + (v - cy) ** 2), 0.003)
 
     # Pneumonia: soft, cloudy opacities in the mid and lower zones, filling in the lung's darkness.
     boxes = []
@@ -252,22 +341,103 @@ def render(
         boxes.append(_bounding_box(cloud, size))
 
     # Film: AP portables are blurrier; exposure, contrast and noise vary per image.
-    att = ndimage.gaussian_filter(att, rng.uniform(0.9, 1.4) * (1.4 if ap else 1.0) * n / 256)
+    att = _blur(att, rng.uniform(0.9, 1.4) * (1.4 if ap else 1.0) * n / 256)
     gain = rng.uniform(1.15, 1.4)
     offset = rng.uniform(-0.08, 0.02)
-    gamma = rng.uniform(0.8, 1.2)
+    midtone = rng.uniform(0.435, 0.574)  # the grey that 0.5 becomes: a gamma of 0.8-1.2
     if "haze" in patient.findings:  # overexposed, hazy: brighter and flatter
         gain, offset = gain * 0.8, offset + 0.12
     noise = rng.uniform(0.006, 0.014)
-    image = att if n == size else np.asarray(Image.fromarray(att).resize((size, size), Image.Resampling.BICUBIC))
+    # At full size, integers: attenuation in steps of noise / GRAIN_SD, so the grain
+    # is added as drawn, and the film's response is a table of grey levels.
+    steps = GRAIN_SD / noise  # per attenuation unit
+    first, film = _film(gain, offset, midtone, steps)
+    levels = np.rint(att * steps).astype(np.int32) - first
+    devices = None
     if "devices" in patient.findings:
-        image = image + _devices(rng, pose, size)
-    # Grain: the difference of two uniforms (triangular, unit s.d. once scaled) is
-    # several times faster than Gaussian draws at full size, and looks the same.
-    grain = rng.random((size, size), dtype=np.float32) - rng.random((size, size), dtype=np.float32)
-    image = image + (noise * math.sqrt(6)) * grain
-    image = np.clip(gain * image + offset, 0, 1) ** gamma
-    return Rendering(pixels=np.round(255 * image).astype(np.uint8), boxes=tuple(boxes))
+        devices = np.rint(np.arange(256) * (DEVICE_ATTENUATION / 255 * steps)).astype(np.int32)[_devices(rng, pose, size)]
+    raw = rng.bit_generator.random_raw(-(-size * size // 8)).astype("<u8", copy=False)
+    grain = raw.view(np.int8)[: size * size].reshape(size, size)
+    return Rendering(pixels=_develop(levels, size, film, grain, devices), boxes=tuple(boxes))
+
+
+def _film(gain: float, offset: float, midtone: float, steps: float) -> tuple[int, np.ndarray]:
+    """The film's response: (first, table), table[i] the grey level (uint8) of attenuation (first + i) / steps.
+
+    ``gain * attenuation + offset``, clipped to [0, 1], then bent so that 0.5 becomes
+    ``midtone`` (Schlick's bias curve, a rational stand-in for a gamma); below the
+    table is black, above it white.
+    """
+    first = math.floor(-offset / gain * steps)
+    x = np.clip(gain * (np.arange(first, math.ceil((1 - offset) / gain * steps) + 1) / steps) + offset, 0, 1)
+    return first, np.rint(255 * (x / ((1 / midtone - 2) * (1 - x) + 1))).astype(np.uint8)
+
+
+def _develop(levels: np.ndarray, size: int, film: np.ndarray, grain: np.ndarray, devices: np.ndarray | None) -> np.ndarray:
+    """The exposed film, uint8 ``size`` x ``size``: ``film[enlarged levels + devices + grain]``.
+
+    ``levels`` (int32, n x n) is enlarged by :func:`_enlarge`; ``grain`` is int8,
+    ``devices`` int32 or None, both ``size`` x ``size``. A band of rows at a
+    time, so that the temporaries stay in the CPU's cache.
+    """
+    pixels = np.empty((size, size), np.uint8)
+    for rows, band in _enlarge(levels, size):
+        if devices is not None:
+            band += devices[rows]
+        band += grain[rows]
+        for top in range(0, len(band), 32):  # take copies its indices as int64: a few at a time, in cache
+            np.take(film, band[top : top + 32], mode="clip", out=pixels[rows][top : top + 32])
+    return pixels
+
+
+def _enlarge(levels: np.ndarray, size: int, band: int = 128):
+    """Yield (rows, values) of ``levels`` (int32, n x n) enlarged to ``size`` x ``size``, ``band`` rows at a time.
+
+    Linear interpolation in integers: pixel centres aligned and edges clamped, as
+    Pillow's BILINEAR enlarges; weights in 1/256ths, each pass rounded half up.
+    When ``size`` is a multiple of n, the k = size / n output rows (columns) that
+    share their two source rows (columns) are computed together rather than
+    gathered one by one; the values are the same. Each band is enlarged across
+    from its own source rows, so no temporary is a megabyte (each would cost
+    hundreds of page faults, a third of this function's time).
+    """
+    n = levels.shape[0]
+    twice = (2 * np.arange(size) + 1) * n - size  # each output centre in source pixels, times 2 * size
+    left = twice // (2 * size) + 1  # in the source padded by one pixel each side
+    weight = (((twice - (left - 1) * 2 * size) * 256 + size) // (2 * size)).astype(np.int32)  # of the right one
+    padded = np.pad(levels, 1, mode="edge")
+    k, whole = size // n, size % n == 0
+    # Output j is number j + start of the runs of k (one per source pair) laid end to end.
+    shared = int(np.argmax(left != left[0]))  # the first run's outputs inside the image
+    phases, start = weight[shared : shared + k], left[0] * k + k - shared
+
+    def across(source: np.ndarray) -> np.ndarray:
+        """Rows of ``padded`` enlarged across, times 256, plus 128 (the next pass's rounding)."""
+        if whole:
+            runs = np.empty((len(source), (n + 1) * k), np.int32)
+            for phase in range(k):  # a strided column at a time
+                runs[:, phase::k] = (source[:, 1:] - source[:, :-1]) * phases[phase] + (source[:, :-1] * 256 + 128)
+            runs = runs[:, start : start + size]
+        else:
+            runs = source[:, left] * 256 + 128 + (source[:, left + 1] - source[:, left]) * weight
+        runs >>= 8
+        runs *= 256
+        runs += 128
+        return runs
+
+    for top in range(0, size, band):
+        rows = slice(top, min(top + band, size))
+        if whole:
+            first, last = (top + start) // k, (rows.stop - 1 + start) // k + 1  # source pairs (first, first + 1)...
+            lines = across(padded[first : last + 1])
+            values = (((lines[1:] - lines[:-1]) >> 8)[:, None] * phases[:, None] + lines[:-1, None]).reshape(-1, size)
+            values = values[top + start - first * k :][: rows.stop - top]
+        else:
+            lines = across(padded[left[rows][0] : left[rows][-1] + 2])
+            pairs = left[rows] - left[rows][0]
+            values = ((lines[pairs + 1] - lines[pairs]) >> 8) * weight[rows, None] + lines[pairs]
+        values >>= 8
+        yield rows, values
 
 
 @dataclass(frozen=True)
@@ -278,6 +448,20 @@ class _Body:
     b: np.ndarray  # down from the top, fraction of the side
     width: float  # habitus: scales everything across
     inspiration: float  # shifts the diaphragm and ribs down (+) or up (-), fraction of the side
+    pose: _Pose  # where the grid's body coordinates come from
+
+    def window(self, d: tuple[float, float], b: tuple[float, float]) -> tuple[slice, slice]:
+        """The grid's rows and columns that hold every point with body coordinates in ``d`` x ``b``, 2 pixels spare.
+
+        A feature that is 0 outside such a box is drawn on this window alone: the same values, less work.
+        """
+        n = self.b.shape[0]
+        corners = [self.pose.to_image(0.5 + x, y) for x in d for y in b]
+        spans = [(min(c[i] for c in corners), max(c[i] for c in corners)) for i in (1, 0)]  # rows, columns
+        return tuple(slice(min(n, max(0, math.floor(lo * n) - 2)), min(n, max(0, math.ceil(hi * n) + 2))) for lo, hi in spans)
+
+    def __getitem__(self, window: tuple[slice, slice]) -> _Body:
+        return replace(self, d=self.d[window], b=self.b[window])
 
 
 def _soft_tissue(body: _Body) -> tuple[np.ndarray, np.ndarray]:
@@ -307,7 +491,8 @@ def _lungs(body: _Body, effusion: int, rng: np.random.Generator) -> list[np.ndar
         centre, cy, ry = side * 0.215 * body.width, 0.57, 0.41
         rx = 0.15 * body.width * (0.8 + 0.3 * np.clip((b - 0.16) / 0.6, 0, 1))
         across = (d - centre) / rx
-        shape = np.abs(across) ** 2.4 + np.abs((b - cy) / ry) ** 2.2
+        x, y = np.abs(across), np.abs((b - cy) / ry)
+        shape = x * x * np.sqrt(x) + y * y * np.sqrt(np.sqrt(y))  # |x| ** 2.5 + |y| ** 2.25
         dome_base = 0.78 + body.inspiration + (0.0 if side > 0 else -0.02)  # the right dome sits higher
         dome = dome_base - 0.075 * (1 - np.clip(across, -1, 1) ** 2)
         lung = _soft(1 - shape, 0.06) * _soft(dome - b, 0.006)
@@ -321,47 +506,75 @@ def _lungs(body: _Body, effusion: int, rng: np.random.Generator) -> list[np.ndar
 
 def _heart(body: _Body, scale: float) -> np.ndarray:
     """The heart as a soft mask: an ellipse sitting on the diaphragm, apex tilted to the patient's left."""
-    x, y = body.d - 0.04 * body.width, body.b - 0.68 - body.inspiration
-    tilt = math.radians(20)
-    ex = (x * math.cos(tilt) + y * math.sin(tilt)) / (0.16 * body.width * scale)
-    ey = (-x * math.sin(tilt) + y * math.cos(tilt)) / (0.13 * scale)
-    return _soft(1 - (ex**2 + ey**2), 0.12)
+    centre = (0.04 * body.width, 0.68 + body.inspiration)
+    reach = 1.1 * max(0.16 * body.width, 0.13) * scale  # the mask is 0 beyond 1.09 radii
+    window = body.window((centre[0] - reach, centre[0] + reach), (centre[1] - reach, centre[1] + reach))
+    part = body[window]
+    x, y = part.d - centre[0], part.b - centre[1]
+    cos, sin = _cos_sin(math.radians(20))
+    ex = (x * cos + y * sin) / (0.16 * body.width * scale)
+    ey = (-x * sin + y * cos) / (0.13 * scale)
+    heart = np.zeros_like(body.b)
+    heart[window] = _soft(1 - (ex**2 + ey**2), 0.12)
+    return heart
 
 
 def _aortic_knob(body: _Body) -> np.ndarray:
-    return _soft(0.032 - np.hypot(body.d - 0.045 * body.width, body.b - 0.33), 0.006)
+    """A disc 0.032 across, at (0.045 * width, 0.33); 0 beyond 0.041 of its centre."""
+    return _soft(0.032 - np.sqrt((body.d - 0.045 * body.width) ** 2 + (body.b - 0.33) ** 2), 0.006)
 
 
 def _bones(body: _Body, inside: np.ndarray, rib_amp: float, ap: bool) -> np.ndarray:
-    """Spine with vertebrae, ribs, clavicles (and scapulae on AP films); minus the tracheal air."""
-    d, b = body.d, body.b
-    lateral = np.abs(d) / body.width
-    vertebrae = 0.85 + 0.15 * _soft(np.cos(2 * np.pi * b / 0.052) + 0.6, 0.3)
-    att = 0.06 * _soft(0.035 * body.width - np.abs(d), 0.006) * vertebrae * _soft(b - 0.08, 0.02)
+    """Spine with vertebrae, ribs, clavicles (and scapulae on AP films); minus the tracheal air.
+
+    Each is drawn only on the window of the grid that holds it (all are 0 outside).
+    """
+    att = np.zeros_like(body.b)
+    w = body.width
+    spine = body.window((-0.035 * w - 0.01, 0.035 * w + 0.01), (0.04, 2.0))
+    d, b = body[spine].d, body[spine].b
+    period = b / 0.052
+    period -= np.round(period)  # -0.5 to 0.5 over each vertebra: 1 - 8 period**2 is a cosine's shape
+    vertebrae = 0.85 + 0.15 * _soft(1.6 - 8 * period**2, 0.3)
+    att[spine] += 0.06 * _soft(0.035 * w - np.abs(d), 0.006) * vertebrae * _soft(b - 0.08, 0.02)
     # Posterior ribs leave the spine level, then curve down laterally; ten, evenly spaced.
-    ribcage = _soft(lateral - 0.04, 0.01) * _soft(0.37 - lateral, 0.01) * inside
+    ribs = body.window((-0.39 * w, 0.39 * w), (body.inspiration + 0.05, body.inspiration + 0.92))
+    d, b = body[ribs].d, body[ribs].b
+    lateral = np.abs(d) / w
+    ribcage = _soft(lateral - 0.04, 0.01) * _soft(0.37 - lateral, 0.01) * inside[ribs]
     phase = (b - body.inspiration - 0.15 - 1.2 * np.clip(lateral - 0.05, 0, None) ** 2) / 0.056
     nearest = np.round(phase)
-    posterior = np.exp(-(((phase - nearest) * 0.056 / 0.011) ** 2)) * (nearest >= 0) * (nearest <= 9)
+    posterior = _exp_neg(((phase - nearest) * 0.056 / 0.011) ** 2) * (nearest >= 0) * (nearest <= 9)
     # Anterior ribs run from the side down towards the sternum; fainter (cartilage).
     phase = (b - body.inspiration - 0.2 - 0.5 * (0.37 - lateral)) / 0.075
     nearest = np.round(phase)
-    anterior = np.exp(-(((phase - nearest) * 0.075 / 0.013) ** 2)) * (nearest >= 0) * (nearest <= 5)
-    att += rib_amp * ribcage * (posterior + 0.35 * anterior * _soft(lateral - 0.12, 0.02))
+    anterior = _exp_neg(((phase - nearest) * 0.075 / 0.013) ** 2) * (nearest >= 0) * (nearest <= 5)
+    att[ribs] += rib_amp * ribcage * (posterior + 0.35 * anterior * _soft(lateral - 0.12, 0.02))
+    clavicles = body.window((-0.34 * w, 0.34 * w), (0.06, 0.25))
+    d, b = body[clavicles].d, body[clavicles].b
+    lateral = np.abs(d) / w
     clavicle = 0.19 - 0.22 * (lateral - 0.035) + 0.5 * (lateral - 0.035) * (lateral - 0.3)
     along_clavicle = _soft(lateral - 0.035, 0.005) * _soft(0.32 - lateral, 0.01)
-    att += 0.09 * np.exp(-(((b - clavicle) / 0.012) ** 2)) * along_clavicle
+    att[clavicles] += 0.09 * _exp_neg(((b - clavicle) / 0.012) ** 2) * along_clavicle
     if ap:  # on AP films the scapulae are not rotated out of the lung fields
-        att += 0.04 * _soft(0.06 - np.hypot(lateral - 0.36, (b - 0.32) / 2.5), 0.01) * inside
+        for s in (-1, 1):
+            scapula = body.window((s * 0.36 * w - 0.085, s * 0.36 * w + 0.085), (0.13, 0.51))
+            d, b = body[scapula].d, body[scapula].b
+            shape = np.sqrt((np.abs(d) / w - 0.36) ** 2 + ((b - 0.32) / 2.5) ** 2)
+            att[scapula] += 0.04 * _soft(0.06 - shape, 0.01) * inside[scapula]
     # The trachea: a dark air column down the midline to the carina.
-    att -= 0.06 * _soft(0.014 - np.abs(d), 0.004) * _soft(0.34 - b, 0.01) * inside
+    trachea = body.window((-0.021, 0.021), (-1.0, 0.356))
+    d, b = body[trachea].d, body[trachea].b
+    att[trachea] -= 0.06 * _soft(0.014 - np.abs(d), 0.004) * _soft(0.34 - b, 0.01) * inside[trachea]
     return att
 
 
 def _sample_pixel(rng: np.random.Generator, weights: np.ndarray, n: int) -> tuple[float, float]:
     """A pixel drawn with probability proportional to ``weights``; its centre as image fractions (v, u)."""
-    flat = weights.ravel().astype(np.float64)
-    row, col = divmod(int(rng.choice(flat.size, p=flat / flat.sum())), n)
+    # Weights in integers (2**-20 steps, none: uniform), so the cumulative sum is exact.
+    counts = np.rint(weights.ravel() * 2**20).astype(np.int64)
+    cumulative = np.cumsum(counts if counts.any() else np.ones_like(counts))
+    row, col = divmod(int(np.searchsorted(cumulative, rng.integers(cumulative[-1]), side="right")), n)
     return (row + 0.5) / n, (col + 0.5) / n
 
 
@@ -395,14 +608,13 @@ def _opacity(
     """
     k, m = band
     top, bottom = 0.3 + 0.45 * k / m, 0.3 + 0.45 * (k + 1) / m  # mid and lower zones, in body b
-    cy, cx = _sample_pixel(rng, lung * ((b > top) & (b < bottom)) + 1e-9, n)
+    cy, cx = _sample_pixel(rng, lung * ((b > top) & (b < bottom)), n)
     # Nominal extents (fractions of the side), chosen so that the boxes, clipped to the lung,
     # come out like RSNA's (mean 21 % x 33 % of the side); stacked opacities in one lung are shorter.
     half_w, half_h = rng.uniform(0.2, 0.38) / 2, rng.uniform(0.26, 0.56) / 2 / math.sqrt(m)
-    texture = ndimage.gaussian_filter(rng.standard_normal((n, n)).astype(np.float32), 0.025 * n)
-    texture /= texture.std() + 1e-6
+    texture = _smooth_noise(rng, n, 0.025 * n)
     r2 = ((u - cx) / half_w) ** 2 + ((v - cy) / half_h) ** 2
-    envelope = np.exp(-1.2 * r2**1.5)  # flat-topped, 0.3 at the nominal half-width
+    envelope = _exp_neg(1.2 * r2 * np.sqrt(r2))  # flat-topped, 0.3 at the nominal half-width
     return envelope * np.clip(0.65 + 0.45 * texture, 0, 1.2) * lung
 
 
@@ -416,7 +628,7 @@ def _bounding_box(cloud: np.ndarray, size: int) -> Box:
 
 
 def _devices(rng: np.random.Generator, pose: _Pose, size: int) -> np.ndarray:
-    """Tubes, lines and ECG leads: thin bright lines drawn at full resolution, as attenuation."""
+    """Tubes, lines and ECG leads: thin bright lines drawn at full resolution, uint8 (255: DEVICE_ATTENUATION)."""
     overlay = Image.new("L", (size, size))
     draw = ImageDraw.Draw(overlay)
     line = max(1, round(size * 0.004))
@@ -446,7 +658,7 @@ def _devices(rng: np.random.Generator, pose: _Pose, size: int) -> np.ndarray:
                 a, b = a + rng.uniform(-0.15, 0.15), b - rng.uniform(0.1, 0.3)
                 wire.append((a, b))
             draw.line(path(wire), fill=160, width=line, joint="curve")
-    return np.asarray(overlay, dtype=np.float32) * (0.35 / 255)
+    return np.asarray(overlay, dtype=np.uint8)
 
 
 # --------------------------------------------------------------------------- DICOM
