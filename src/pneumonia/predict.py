@@ -158,7 +158,7 @@ def caption_notes(prediction: FilePrediction, predictor: Predictor) -> list[str]
     """The overlay's lines under the probability: the label and its threshold, the boxes' meaning, the caveats."""
     answer = prediction.answer
     label = "pneumonia" if answer.positive else "no pneumonia"
-    notes = [f"label: {label} (p >= {predictor.decision.threshold:.2f} is pneumonia); "
+    notes = [f"label: {label} (p >= {predictor.decision.threshold:.3f} is pneumonia); "
              + (f"{len(answer.boxes)} box(es), scores at their corners" if answer.boxes else "no boxes")]
     if answer.unlike:
         notes.append(f"UNLIKE THE TRAINING IMAGES (distance {answer.distance:.1f} > {predictor.guard.threshold:.1f}): "
@@ -242,14 +242,15 @@ def write_submission(path: Path, predictions: Sequence[FilePrediction]) -> None:
 
 def format_table(predictions: Sequence[FilePrediction], threshold: float) -> str:
     """A plain-text table of the predictions, one line per file: what the CSV and the overlays say."""
-    header = ["file", "patientId", "probability", f"label (p>={threshold:.2f})", "boxes (x y w h)", "box scores",
+    header = ["file", "patientId", "probability", f"label (p>={threshold:.3f})", "boxes (x y w h)", "box scores",
               "area %", "OOD distance"]
     lines = []
     for prediction in predictions:
         f = _fields(prediction)
         if not prediction.scored:
-            lines.append([f["file"], f["patientId"], f"{prediction.status.replace('_', ' ')}: {prediction.reason}",
-                          "", "", "", "", ""])
+            # A not-chest or unlike reason names itself; an unreadable one (a missing path) may not.
+            why = f"unreadable: {prediction.reason}" if prediction.status == "unreadable" else prediction.reason
+            lines.append([f["file"], f["patientId"], why, "", "", "", "", ""])
         else:
             flag = " UNLIKE" if prediction.answer.unlike else ""
             lines.append([f["file"], f["patientId"], f["probability"], f["label"], f["boxes"], f["confidences"],

@@ -174,9 +174,14 @@ def trust_block(reports: Path) -> str:
     ]
     lines += [f"| AUROC, {name.replace('_', ' ')} | {c['auroc']:.3f} | {_ci(c['ci95'])} |"
               for name, c in block["candidates_auroc"].items()]
+    lines += ["", "Every candidate and map on val, out of fold (no image scored by a map fitted on it):", "",
+              "| candidate | calibration | log loss | ECE (15 bins) | AUROC |", "|---|---|---|---|---|"]
+    lines += [f"| {c['source']} | {c['method']} | {c['log_loss']:.3f} | {c['ece_15_bins']:.3f} | {c['auroc']:.3f} |"
+              for c in decision["compared_out_of_fold"]]
+    lines += ["", "| out-of-distribution guard | |", "|---|---|"]
     lines += [f"| refused as unlike the training images | {ood['flagged']} of {block['n']} "
-              f"({100 * ood['flagged_rate']:.1f} %) | |",
-              f"| the unlike set refused | {unlike['caught']} of {unlike['n']} ({100 * unlike['rate']:.1f} %) | |", "",
+              f"({100 * ood['flagged_rate']:.1f} %) |",
+              f"| the unlike set refused | {unlike['caught']} of {unlike['n']} ({100 * unlike['rate']:.1f} %) |", "",
               "| unlike images | refused |", "|---|---|"]
     lines += [f"| {kind.replace('_', ' ')}: {m['what']} | {m['caught']} of {m['n']} |"
               for kind, m in unlike["by_kind"].items()]

@@ -208,9 +208,15 @@ def draw_figures(plots_dir: Path, out_dir: Path, classification: dict) -> list[t
     fig, ax = _axes()
     filled = [b for b in reliability if b["count"]]
     ax.plot([0, 1], [0, 1], ls="--", c="grey", label="perfect calibration")
-    ax.plot([b["mean_predicted"] for b in filled], [b["observed_fraction"] for b in filled], marker="o",
-            label=f"{classification['decision']['calibration']} calibration")
+    xs, ys, counts = ([b[k] for b in filled] for k in ("mean_predicted", "observed_fraction", "count"))
+    ax.plot(xs, ys, c="tab:blue", alpha=0.4, lw=1)
+    # A bin of one or two images swings between 0 and 1: the marker's area and label say how many it holds.
+    ax.scatter(xs, ys, s=[15 + 300 * c / max(counts) for c in counts], c="tab:blue", alpha=0.8,
+               label=f"{classification['decision']['calibration']} calibration (area: images in the bin)")
+    for x, y, c in zip(xs, ys, counts):
+        ax.annotate(f"n={c}", (x, y), textcoords="offset points", xytext=(5, 4), fontsize=7)
     _finish(fig, ax, f"Reliability ({split})", "mean predicted probability", "observed fraction with pneumonia")
+    ax.legend(loc="upper left", fontsize=7)  # the lower right holds the bins near 0 and their labels
     figures.append(_save(fig, out_dir, "reliability.png", "Reliability diagram"))
 
     sub = block["subgroups"]
