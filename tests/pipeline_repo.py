@@ -20,7 +20,7 @@ TINY_PARAMS = {
     "download": {"phantom": {"patients": 48, "size": 256}},
     "split": {"train_size": 0.5, "test_size": 0.25, "stratify": True},
     "dicom_to_npy": {"image_size": 32, "workers": 2, "grid_images": 4},
-    "train": {"max_epochs": 1, "batch_size": 8, "grid_images": 4},
+    "train": {"max_epochs": 2, "batch_size": 8, "grid_images": 4},  # 2: test_interruptions kills the second
     "evaluate": {"batch_size": 16, "bootstrap_resamples": 200},
     "detect": {"image_size": 32, "max_epochs": 2, "batch_size": 8, "width": 16},
     "decide": {"folds": 2},

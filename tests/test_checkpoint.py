@@ -48,12 +48,12 @@ def model_file(path: Path, image_size: int = SIZE, header: dict | None = None, s
     return path
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # built once per worker, even when other files run between its tests
 def good(tmp_path_factory) -> Path:
     return model_file(tmp_path_factory.mktemp("good") / "classifier.safetensors")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # built once per worker, even when other files run between its tests
 def header(good) -> dict:
     """The good file's header, to be altered (each test takes a copy)."""
     return read_model(good, "classifier", RETRAIN)[0]
@@ -111,7 +111,7 @@ def test_file_mode_follows_the_umask(tmp_path):
     assert path.stat().st_mode & 0o777 == 0o644
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # built once per worker, even when other files run between its tests
 def dicom(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("dicom") / "chest.dcm"
     phantom.write_dicom(path, np.full((64, 64), 90, np.uint8), patient_id="p1", jpeg=False)

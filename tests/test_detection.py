@@ -196,7 +196,7 @@ def _rectangles(n: int, size: int, original: int, rng) -> tuple[np.ndarray, list
     return images, boxes
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # built once per worker, even when other files run between its tests
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("detect")
     processed = root / "processed"

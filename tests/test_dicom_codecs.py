@@ -216,8 +216,9 @@ def test_a_window_that_is_not_one_is_refused_with_the_way_out(tmp_path):
 # --------------------------------------------------------------------------- RSNA's files are unchanged
 
 # sha256 of the arrays below as read by the code before windowing and the decoder plugins
-# (commit b7d36db, Pillow the only JPEG decoder). Recompute: run that commit's read_dicom on phantom_files().
-BEFORE_PLUGINS_SHA256 = "2e9dc938612fd6648c571ddfb7d9fd723463365a1b3c7023ed4d7dd63aed23fe"
+# (commit b7d36db, Pillow the only JPEG decoder). Recompute: run that commit's read_dicom on phantom_files()
+# with the pylibjpeg modules hidden (sys.modules[name] = None); redone when the phantom's pixels changed.
+BEFORE_PLUGINS_SHA256 = "10af90104cf0ab0f1527264c44a443629da167c073a7244831193e7b854aa546"
 
 
 def phantom_files(folder):

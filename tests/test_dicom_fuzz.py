@@ -132,7 +132,7 @@ def _apply(data: bytes, edit: tuple) -> bytes:
     raise AssertionError(kind)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # built once per worker, even when other files run between its tests
 def seeds(tmp_path_factory):
     return _seeds(tmp_path_factory.mktemp("seeds"))
 

@@ -29,7 +29,7 @@ PARAMS = project_params(
 )
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # built once per worker, even when other files run between its tests
 def trained(tmp_path_factory):
     root = prepare(tmp_path_factory.mktemp("eval"), PARAMS, patients=48, size=128, seed=2)
     train.run(root / "processed", root / "dataset.json", PARAMS.train, seed=1,

@@ -122,7 +122,7 @@ TRAIN = project_params(
 OPACITY_CONTRAST = 1.0
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # built once per worker, even when other files run between its tests
 def localized(tmp_path_factory):
     """100 opacity and 100 Normal phantoms, processed (60 % train); a model trained on them; localize's outputs."""
     root = tmp_path_factory.mktemp("localize")

@@ -25,14 +25,14 @@ PATIENTS = 40
 UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # built once per worker, even when other files run between its tests
 def raw_dir(tmp_path_factory) -> Path:
     raw = tmp_path_factory.mktemp("phantom") / "raw"
     phantom.generate(raw, patients=PATIENTS, size=SIZE, seed=5, workers=2)
     return raw
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # built once per worker, even when other files run between its tests
 def positives() -> list[tuple[phantom.Patient, phantom.Rendering]]:
     """Rendered opacity patients, drawn from enough patients to have a few dozen."""
     patients = [p for p in phantom.draw_patients(160, seed=9) if p.class_name == LUNG_OPACITY]

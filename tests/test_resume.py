@@ -47,7 +47,7 @@ train.run(root / "processed", root / "dataset.json", params.train, seed=11,
 """
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # built once per worker, even when other files run between its tests
 def processed(tmp_path_factory):
     return prepare(tmp_path_factory.mktemp("data"), PARAMS, patients=30, size=128, seed=5)
 

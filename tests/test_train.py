@@ -23,7 +23,7 @@ PARAMS = project_params(
 )
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # built once per worker, even when other files run between its tests
 def processed(tmp_path_factory):
     return prepare(tmp_path_factory.mktemp("data"), PARAMS, patients=30, size=128, seed=5)
 
@@ -37,7 +37,7 @@ def train_once(root, name):
     return out, result
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # built once per worker, even when other files run between its tests
 def trained(processed):
     return train_once(processed, "a")
 
