@@ -17,9 +17,6 @@ from pneumonia.params import parse_params
 from project_params import merged, project_params
 from tiny_data import prepare
 
-# One pytest-xdist worker runs this file: its module fixtures are built once.
-pytestmark = pytest.mark.xdist_group("architectures")
-
 SIZE = 64  # every architecture's last feature map is then 2 x 2
 
 TRAIN = {"max_epochs": 1, "limit_train_batches": 2, "batch_size": 8, "grid_images": 2, "accelerator": "cpu",
@@ -33,7 +30,7 @@ PARAMS = project_params(
 )
 
 
-@pytest.fixture(scope="session")  # built once per worker, even when other files run between its tests
+@pytest.fixture(scope="module")
 def processed(tmp_path_factory):
     return prepare(tmp_path_factory.mktemp("data"), PARAMS, patients=24, size=128, seed=2)
 

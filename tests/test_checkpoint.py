@@ -28,9 +28,6 @@ from pneumonia.model import PneumoniaClassifier
 from pneumonia.model_file import FORMAT, read_model, save_model
 from tiny_predictor import write_predictor
 
-# One pytest-xdist worker runs this file: its module fixtures are built once.
-pytestmark = pytest.mark.xdist_group("checkpoint")
-
 SIZE = 32
 RETRAIN = "retrain it with `dvc repro train`"
 
@@ -48,12 +45,12 @@ def model_file(path: Path, image_size: int = SIZE, header: dict | None = None, s
     return path
 
 
-@pytest.fixture(scope="session")  # built once per worker, even when other files run between its tests
+@pytest.fixture(scope="module")
 def good(tmp_path_factory) -> Path:
     return model_file(tmp_path_factory.mktemp("good") / "classifier.safetensors")
 
 
-@pytest.fixture(scope="session")  # built once per worker, even when other files run between its tests
+@pytest.fixture(scope="module")
 def header(good) -> dict:
     """The good file's header, to be altered (each test takes a copy)."""
     return read_model(good, "classifier", RETRAIN)[0]
@@ -111,7 +108,7 @@ def test_file_mode_follows_the_umask(tmp_path):
     assert path.stat().st_mode & 0o777 == 0o644
 
 
-@pytest.fixture(scope="session")  # built once per worker, even when other files run between its tests
+@pytest.fixture(scope="module")
 def dicom(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("dicom") / "chest.dcm"
     phantom.write_dicom(path, np.full((64, 64), 90, np.uint8), patient_id="p1", jpeg=False)

@@ -24,9 +24,6 @@ from pneumonia.ood import OodGuard
 from pneumonia.predictor import Predictor
 from project_params import project_params
 
-# One pytest-xdist worker runs this file: its module fixtures are built once.
-pytestmark = pytest.mark.xdist_group("detection")
-
 # --------------------------------------------------------------------------- coordinates, targets, loss
 
 
@@ -196,7 +193,7 @@ def _rectangles(n: int, size: int, original: int, rng) -> tuple[np.ndarray, list
     return images, boxes
 
 
-@pytest.fixture(scope="session")  # built once per worker, even when other files run between its tests
+@pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("detect")
     processed = root / "processed"

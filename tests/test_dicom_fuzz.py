@@ -28,9 +28,6 @@ from pneumonia.dicom import DicomInfo, read_dicom
 from pneumonia.errors import DicomReadError
 from pneumonia.phantom import draw_patients, render, write_dicom
 
-# One pytest-xdist worker runs this file: its module fixtures are built once.
-pytestmark = pytest.mark.xdist_group("dicom_fuzz")
-
 TIME_LIMIT_S = 10
 
 
@@ -132,7 +129,7 @@ def _apply(data: bytes, edit: tuple) -> bytes:
     raise AssertionError(kind)
 
 
-@pytest.fixture(scope="session")  # built once per worker, even when other files run between its tests
+@pytest.fixture(scope="module")
 def seeds(tmp_path_factory):
     return _seeds(tmp_path_factory.mktemp("seeds"))
 

@@ -15,9 +15,6 @@ from pneumonia.manifest import read_manifest, write_manifest
 from project_params import project_params
 from tiny_data import prepare
 
-# One pytest-xdist worker runs this file: its module fixtures are built once.
-pytestmark = pytest.mark.xdist_group("evaluate")
-
 PARAMS = project_params(
     {
         "split": {"train_size": 0.5, "test_size": 0.25, "stratify": True},
@@ -29,7 +26,7 @@ PARAMS = project_params(
 )
 
 
-@pytest.fixture(scope="session")  # built once per worker, even when other files run between its tests
+@pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     root = prepare(tmp_path_factory.mktemp("eval"), PARAMS, patients=48, size=128, seed=2)
     train.run(root / "processed", root / "dataset.json", PARAMS.train, seed=1,

@@ -1,4 +1,4 @@
-"""The real `dvc repro`, run twice, killed with SIGKILL mid-stage, and run again: same bytes every time."""
+"""The real `dvc repro`, killed with SIGKILL mid-stage and run again: the same bytes as an uninterrupted run."""
 
 import os
 import signal
@@ -62,12 +62,11 @@ def repro_killed_in(repo, stage):
 
 def test_repro_is_byte_identical_and_survives_sigkill(tmp_path, tmp_path_factory):
     assert TINY_PARAMS["train"]["max_epochs"] == 2  # the kill comes in the second epoch
-    repo = baseline_repo(tmp_path / "repo", session_folder(tmp_path_factory))  # run once, in another folder
+    # The pipeline as run once in another folder; that a second full run gives the same bytes is
+    # test_clone.py's check (`dvc repro --force` in a clone leaves `git status` clean).
+    repo = baseline_repo(tmp_path / "repo", session_folder(tmp_path_factory))
     first = snapshot(repo)
     assert any(name.startswith("dvclive/plots") for name in first)
-
-    run(["dvc", "repro", "--force"], repo)
-    assert snapshot(repo) == first, "two runs of the same pipeline differ"
 
     # Conversion killed after a few files: nothing half-written is taken for a result.
     repro_killed_in(repo, "dicom_to_npy")

@@ -16,9 +16,6 @@ from pneumonia.manifest import ManifestRow, read_manifest, split_rows, write_man
 from pneumonia.architectures import build_network
 from project_params import project_params
 
-# One pytest-xdist worker runs this file: its module fixtures are built once.
-pytestmark = pytest.mark.xdist_group("localization")
-
 # --------------------------------------------------------------------------- maps and regions
 
 
@@ -122,7 +119,7 @@ TRAIN = project_params(
 OPACITY_CONTRAST = 1.0
 
 
-@pytest.fixture(scope="session")  # built once per worker, even when other files run between its tests
+@pytest.fixture(scope="module")
 def localized(tmp_path_factory):
     """100 opacity and 100 Normal phantoms, processed (60 % train); a model trained on them; localize's outputs."""
     root = tmp_path_factory.mktemp("localize")

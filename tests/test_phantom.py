@@ -17,22 +17,19 @@ from sklearn.metrics import roc_auc_score
 from pneumonia import phantom
 from pneumonia.phantom import LUNG_OPACITY, NORMAL, NOT_NORMAL
 
-# One pytest-xdist worker runs this file: its module fixtures are built once.
-pytestmark = pytest.mark.xdist_group("phantom")
-
 SIZE = 256  # pixels; small, for speed
 PATIENTS = 40
 UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
 
-@pytest.fixture(scope="session")  # built once per worker, even when other files run between its tests
+@pytest.fixture(scope="module")
 def raw_dir(tmp_path_factory) -> Path:
     raw = tmp_path_factory.mktemp("phantom") / "raw"
     phantom.generate(raw, patients=PATIENTS, size=SIZE, seed=5, workers=2)
     return raw
 
 
-@pytest.fixture(scope="session")  # built once per worker, even when other files run between its tests
+@pytest.fixture(scope="module")
 def positives() -> list[tuple[phantom.Patient, phantom.Rendering]]:
     """Rendered opacity patients, drawn from enough patients to have a few dozen."""
     patients = [p for p in phantom.draw_patients(160, seed=9) if p.class_name == LUNG_OPACITY]

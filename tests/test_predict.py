@@ -13,9 +13,6 @@ from project_params import project_params
 from tiny_data import prepare
 from tiny_predictor import write_predictor
 
-# One pytest-xdist worker runs this file: its module fixtures are built once.
-pytestmark = pytest.mark.xdist_group("predict")
-
 PARAMS = project_params(
     {
         "split": {"train_size": 0.6, "test_size": 0},
@@ -26,7 +23,7 @@ PARAMS = project_params(
 SIDE = 128  # pixels of the DICOMs predicted on
 
 
-@pytest.fixture(scope="session")  # built once per worker, even when other files run between its tests
+@pytest.fixture(scope="module")
 def classifier(tmp_path_factory):
     root = prepare(tmp_path_factory.mktemp("model"), PARAMS, patients=30, size=64, seed=5)
     train.run(
@@ -37,13 +34,13 @@ def classifier(tmp_path_factory):
     return root / "model.safetensors"
 
 
-@pytest.fixture(scope="session")  # built once per worker, even when other files run between its tests
+@pytest.fixture(scope="module")
 def checkpoint(classifier):
     """The predictor: predict's plumbing, not its accuracy, is tested here (an untrained detector, every box kept)."""
     return write_predictor(classifier.with_name("pneumonia.safetensors"), classifier)
 
 
-@pytest.fixture(scope="session")  # built once per worker, even when other files run between its tests
+@pytest.fixture(scope="module")
 def dicoms(tmp_path_factory):
     """Two JPEG and one uncompressed phantom DICOM (one in a subfolder), one broken .dcm and a stray text file."""
     folder = tmp_path_factory.mktemp("dicoms")

@@ -15,9 +15,6 @@ from project_params import project_params
 from tiny_data import prepare
 from pneumonia.model_file import read_model
 
-# One pytest-xdist worker runs this file: its module fixtures are built once.
-pytestmark = pytest.mark.xdist_group("resume")
-
 PARAMS = project_params(
     {
         "split": {"train_size": 0.6, "test_size": 0},
@@ -47,7 +44,7 @@ train.run(root / "processed", root / "dataset.json", params.train, seed=11,
 """
 
 
-@pytest.fixture(scope="session")  # built once per worker, even when other files run between its tests
+@pytest.fixture(scope="module")
 def processed(tmp_path_factory):
     return prepare(tmp_path_factory.mktemp("data"), PARAMS, patients=30, size=128, seed=5)
 

@@ -11,9 +11,6 @@ from pneumonia.errors import PneumoniaError
 from project_params import project_params
 from tiny_data import prepare
 
-# One pytest-xdist worker runs this file: its module fixtures are built once.
-pytestmark = pytest.mark.xdist_group("train")
-
 PARAMS = project_params(
     {
         "split": {"train_size": 0.6, "test_size": 0},
@@ -23,7 +20,7 @@ PARAMS = project_params(
 )
 
 
-@pytest.fixture(scope="session")  # built once per worker, even when other files run between its tests
+@pytest.fixture(scope="module")
 def processed(tmp_path_factory):
     return prepare(tmp_path_factory.mktemp("data"), PARAMS, patients=30, size=128, seed=5)
 
@@ -37,7 +34,7 @@ def train_once(root, name):
     return out, result
 
 
-@pytest.fixture(scope="session")  # built once per worker, even when other files run between its tests
+@pytest.fixture(scope="module")
 def trained(processed):
     return train_once(processed, "a")
 
