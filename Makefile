@@ -13,6 +13,10 @@ LOCK_TOOLS := .venv-lock
 # The machine's pip config warns once per package missing from a local index: keep the log readable.
 PIP_LOG := 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
 export DVC_NO_ANALYTICS := 1
+# setup installs without byte-compiling (below), so Python must be free to write each module's .pyc when
+# it first imports it: with PYTHONDONTWRITEBYTECODE set, every stage process (and DVC) would compile
+# torch from source again, which doubled the test suite's time.
+unexport PYTHONDONTWRITEBYTECODE
 export PATH := $(BIN):$(PATH)
 
 .PHONY: repro test bench rehearsal setup lock readme plots-check
@@ -48,9 +52,10 @@ repro: $(STAMP)
 	dvc repro
 
 # One pytest-xdist worker per core, each file on one worker (its module fixtures, some of which train a
-# model, are built once); the slow end-to-end files first (tests/conftest.py).
+# model, are built once); the slow end-to-end files first, in tests/conftest.py's order (xdist would
+# otherwise start the files with the most tests first and leave the minutes-long ones for last).
 test: $(STAMP)
-	python -m pytest -n auto --dist loadfile
+	python -m pytest -n auto --dist loadfile --no-loadscope-reorder
 
 # The bench lock holds the main lock's versions plus the bench extra: nothing installed above moves.
 $(BENCH_STAMP): $(STAMP) $(BENCH_LOCK)
