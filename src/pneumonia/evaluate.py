@@ -38,7 +38,9 @@ from pneumonia.metrics import pr_curve_points, ranking_metrics, roc_curve_points
 from pneumonia.ood import catch_rates, unlike_images
 from pneumonia.operating_points import choose_thresholds, operating_points, threshold_name
 from pneumonia.params import EvaluateParams
-from pneumonia.predictor import SYNTHETIC_NOTE, Predictor, RawOutputs, load_predictor, raw_outputs
+from pneumonia.predictor import (
+    SYNTHETIC_NOTE, Predictor, RawOutputs, classifier_probability, load_predictor, raw_outputs,
+)
 from pneumonia.subgroups import age_band_labels, false_positive_rates_by_detailed_class, subgroup_metrics
 
 SPLIT = "val"  # where everything is chosen
@@ -52,7 +54,7 @@ def sensitivity_key(params: EvaluateParams) -> str:
 
 def candidate_probabilities(predictor: Predictor, raw: RawOutputs) -> dict[str, np.ndarray]:
     """Each image score that was a candidate, as the probability it had before the decide stage, and the decision's."""
-    classifier = sigmoid(raw.classifier_logits / predictor.classifier.temperature)
+    classifier = classifier_probability(predictor.classifier, raw.classifier_logits)
     detector = sigmoid(raw.detector_logits)
     return {"classifier": classifier, "detector": detector, "mean_of_both": (classifier + detector) / 2,
             "decision": predictor.decision.probability(raw.classifier_logits, raw.detector_logits)}
@@ -132,7 +134,7 @@ def _unlike_set(predictor: Predictor, processed_dir: Path, params: EvaluateParam
     rates = catch_rates([kind for kind, _, _ in made], flagged)
     missed = [f"{kind}: {name}" for (kind, name, _), caught in zip(made, flagged) if not caught]
     return rates | {"missed": missed, "classifier_probability_if_scored_mean": float(
-        np.mean(sigmoid(logits / predictor.classifier.temperature)))}
+        np.mean(classifier_probability(predictor.classifier, logits)))}
 
 
 def _calibration(labels: np.ndarray, probs: np.ndarray, before: np.ndarray, params: EvaluateParams, seed: int) -> dict:

@@ -132,6 +132,14 @@ class RawOutputs:
         return np.array([d.image_logit for d in self.detections], np.float64)
 
 
+def classifier_probability(classifier: LoadedModel, logits: np.ndarray) -> np.ndarray:
+    """The classifier alone, as a candidate: sigmoid(logit / its temperature), on logits already computed.
+
+    The formula of :func:`pneumonia.inference.predict_probabilities`, which runs the network itself.
+    """
+    return sigmoid(np.asarray(logits, np.float64) / classifier.temperature)
+
+
 def raw_outputs(
     classifier: LoadedModel, detector: LoadedDetector, images: np.ndarray, sizes: Sequence[tuple[int, int]],
     batch_size: int,
@@ -160,12 +168,12 @@ def boxes_under(
 def answers(predictor: Predictor, raw: RawOutputs, allow_unlike: bool = False) -> list[ImageAnswer]:
     distances = predictor.guard.distance(raw.features)
     probabilities = predictor.decision.probability(raw.classifier_logits, raw.detector_logits)
-    temperature = predictor.classifier.temperature
+    candidate = classifier_probability(predictor.classifier, raw.classifier_logits)
     out = []
-    for distance, probability, logit, found in zip(distances, probabilities, raw.classifier_logits, raw.detections):
+    for distance, probability, classifier, found in zip(distances, probabilities, candidate, raw.detections):
         unlike = bool(distance > predictor.guard.threshold)
         common = {"distance": float(distance), "unlike": unlike,
-                  "classifier_probability": float(sigmoid(logit / temperature)),
+                  "classifier_probability": float(classifier),
                   "detector_probability": float(found.image_probability)}
         if unlike and not allow_unlike:
             out.append(ImageAnswer(probability=None, positive=None, boxes=(), confidences=(),

@@ -32,14 +32,13 @@ from pneumonia.atomic import atomic_dir, atomic_path, write_json
 from pneumonia.bootstrap import auroc, bootstrap_ci, percentile_interval, resample_indices
 from pneumonia.detection.detector import ImageDetections, area_fraction
 from pneumonia.errors import DatasetError
-from pneumonia.inference import sigmoid
 from pneumonia.localization.box_metrics import XYWH, iou_accuracy, rsna_image_score, rsna_score, size_agreement
 from pneumonia.localization.cam import localize_images
 from pneumonia.localization.cam_stage import localization_metrics
 from pneumonia.manifest import ManifestRow, read_manifest, split_rows
 from pneumonia.overlay import OVERLAY_ROLES, draw_overlay, overlay_file
 from pneumonia.params import EvaluateDetectionParams, LocalizeParams
-from pneumonia.predictor import SYNTHETIC_NOTE, Predictor, boxes_under, raw_outputs
+from pneumonia.predictor import SYNTHETIC_NOTE, Predictor, boxes_under, classifier_probability, raw_outputs
 
 SPLITS = ("val", "test")
 Kept = list[tuple[np.ndarray, np.ndarray]]  # per image: the boxes predict gives and their scores
@@ -177,7 +176,7 @@ def run(
         kept = boxes_under(raw.detections, positive, predictor.box_threshold)
         scores = {"decision": probability, "detector": np.array([d.image_probability for d in raw.detections]),
                   "max_box_score": np.array([d.max_box_score for d in raw.detections]),
-                  "classifier": sigmoid(raw.classifier_logits / classifier.temperature)}
+                  "classifier": classifier_probability(classifier, raw.classifier_logits)}
         cam_threshold = localize.threshold if localize.threshold is not None else classifier.threshold
         cams = localize_images(classifier, np.asarray(images), [(r.rows, r.columns, r.pixel_spacing_mm) for r in rows],
                                cam_threshold, localize.cam_threshold, localize.min_area, batch_size)
