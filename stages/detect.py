@@ -7,7 +7,7 @@ from pneumonia.stage import run_stage
 
 
 def main(params):
-    chosen = training.run(Path("data/processed"), Path("reports/dataset.json"), params.detect, params.base.seed)
+    chosen = training.run(Path("data/processed"), Path("reports/dataset.json"), params.detect, params.base.training_seed)
     print(f"detect: epoch {chosen['epoch']} kept: val RSNA score {chosen['val_rsna_score']:.3f} "
           f"(image >= {chosen['image_threshold']}, box >= {chosen['box_threshold']})")
 

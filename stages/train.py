@@ -11,7 +11,7 @@ def main(params):
         Path("data/processed"),
         Path("reports/dataset.json"),
         params.train,
-        seed=params.base.seed,
+        seed=params.base.training_seed,
         model_path=Path("models/classifier.safetensors"),
         live_dir=Path("dvclive"),
         grid_path=Path("plots/images/augmented.png"),

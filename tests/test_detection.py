@@ -163,6 +163,27 @@ def test_box_metrics_against_hand_computed_values():
     assert result["size_true_positives_mm2"]["mean_absolute_error_mm2"] == pytest.approx(200 * 0.25)
 
 
+def test_the_bootstrapped_ap50_is_torchmetrics_ap50_on_the_full_set():
+    rng = np.random.default_rng(0)
+    detections, truth = [], []
+    for _ in range(60):  # random truths and noisy guesses: hits, near misses, duplicates and ties
+        true = [tuple(rng.uniform(0, 60, 2)) + tuple(rng.uniform(10, 40, 2)) for _ in range(rng.integers(0, 3))]
+        guesses = [tuple(np.add(t, rng.normal(0, 4, 4))) for t in true if rng.random() < 0.8]
+        guesses += [tuple(rng.uniform(0, 60, 2)) + tuple(rng.uniform(10, 40, 2)) for _ in range(rng.integers(0, 3))]
+        scores = np.round(rng.uniform(0, 1, len(guesses)), 1)  # ties across images
+        detections.append(ImageDetections(np.array(guesses).reshape(-1, 4), scores, 0.5, 100, 100))
+        truth.append(true)
+    everything = np.arange(len(truth))
+    matched = [evaluation._coco_matches(d, t) for d, t in zip(detections, truth)]
+    expected = evaluation.average_precision(detections, truth)["ap50"]
+    assert evaluation._ap_at(matched, [len(t) for t in truth], everything) == pytest.approx(expected, abs=1e-6)  # torchmetrics returns float32
+    assert 0.1 < expected < 0.95  # neither trivial case
+    ci = evaluation.ap50_interval(detections, truth, resamples=200, seed=0)
+    assert ci["low"] < expected < ci["high"] and ci["resamples_used"] == 200
+    no_truth = [[] for _ in truth]
+    assert evaluation.ap50_interval(detections, no_truth, resamples=20, seed=0)["resamples_used"] == 0
+
+
 def test_area_fraction_counts_overlaps_once():
     assert area_fraction([(0, 0, 10, 10), (5, 0, 10, 10)], rows=100, columns=100) == pytest.approx(0.015)
 
@@ -273,6 +294,8 @@ def test_evaluation_writes_the_headline_report_plots_and_overlays(trained, tmp_p
     assert test["boxes_under_negative_labels"] == 0
     ci = test["detector"]["rsna_score_ci95"]
     assert ci["low"] <= test["detector"]["rsna_score"] <= ci["high"] and ci["resamples_used"] == 50
+    ci = test["detector"]["ap50_ci95"]
+    assert ci["low"] <= test["detector"]["ap50"] <= ci["high"] and ci["resamples_used"] == 50
     ci = test["image_auroc"]["classifier"]["ci95"]
     assert ci["low"] <= test["image_auroc"]["classifier"]["auroc"] <= ci["high"]
     assert test["cam_baseline"]["n"] == 30 and not test["model_selected_on_this_split"]

@@ -27,10 +27,17 @@ from pneumonia.errors import ParamsError
 
 @dataclass(frozen=True)
 class BaseParams:
-    seed: int  # seeds the phantom generator and training
+    seed: int  # seeds the phantom generator, the split's folds and the bootstrap draws
+    train_seed: Union[int, None]  # seeds training of both networks; null = seed
 
     def __post_init__(self):
         _check(self.seed >= 0, "base.seed", "must be >= 0")
+        _check(self.train_seed is None or self.train_seed >= 0, "base.train_seed", "must be >= 0 or null")
+
+    @property
+    def training_seed(self) -> int:
+        """The seed of the networks' initialisation, batch order and augmentation."""
+        return self.seed if self.train_seed is None else self.train_seed
 
 
 @dataclass(frozen=True)

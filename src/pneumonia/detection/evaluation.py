@@ -27,6 +27,7 @@ from typing import Sequence
 import numpy as np
 import torch
 from torchmetrics.detection import MeanAveragePrecision
+from torchvision.ops import box_convert, box_iou
 
 from pneumonia.atomic import atomic_dir, atomic_path, write_json
 from pneumonia.bootstrap import auroc, bootstrap_ci, percentile_interval, resample_indices
@@ -71,6 +72,56 @@ def rsna_interval(kept: Kept, truth: Sequence[Sequence[XYWH]], resamples: int, s
     means = np.where(counted.any(axis=1), np.nansum(per_image[index], axis=1) / np.maximum(counted.sum(axis=1), 1),
                      np.nan)
     return percentile_interval(means)._asdict()
+
+
+def _coco_matches(detections: ImageDetections, truth: Sequence[XYWH], max_detections: int = 100) -> tuple[np.ndarray, np.ndarray]:
+    """One image's boxes matched to its true boxes at IoU 0.5 as pycocotools matches them: boxes in score order
+    (the first ``max_detections``), each taking the unmatched true box it overlaps most (IoU >= 0.5; a tie goes
+    to the later true box). Returns (scores, true-positive flags)."""
+    order = np.argsort(-np.asarray(detections.scores, np.float64), kind="mergesort")[:max_detections]
+    scores = np.asarray(detections.scores, np.float64)[order]
+    hit = np.zeros(len(order), bool)
+    if len(order) and len(truth):
+        as_xyxy = lambda b: box_convert(torch.as_tensor(np.asarray(b, np.float64).reshape(-1, 4)), "xywh", "xyxy")  # noqa: E731
+        iou = box_iou(as_xyxy(detections.boxes)[order], as_xyxy(truth)).numpy()
+        taken = np.zeros(len(truth), bool)
+        for d in range(len(order)):
+            best, found = min(0.5, 1 - 1e-10), -1
+            for g in range(len(truth)):
+                if not taken[g] and iou[d, g] >= best:
+                    best, found = iou[d, g], g
+            if found >= 0:
+                taken[found], hit[d] = True, True
+    return scores, hit
+
+
+def ap50_interval(detections: Sequence[ImageDetections], truth: Sequence[Sequence[XYWH]], resamples: int, seed: int) -> dict:
+    """Bootstrap 95 % interval of AP@0.5, images resampled with replacement (the same draws as the RSNA score's).
+
+    Matching is per image, so it is done once (:func:`_coco_matches`) and each resample only re-ranks the
+    drawn images' boxes; the AP is COCO's 101-point interpolated precision, as torchmetrics' ``map_50`` computes it
+    (tests check the full set against :func:`average_precision`). By hand because re-running torchmetrics for each
+    of 1,000 resamples would cost minutes.
+    """
+    matched = [_coco_matches(d, t) for d, t in zip(detections, truth)]
+    values = np.array([_ap_at(matched, [len(t) for t in truth], drawn)
+                       for drawn in resample_indices(len(matched), resamples, seed)])
+    return percentile_interval(values)._asdict()
+
+
+def _ap_at(matched: Sequence[tuple[np.ndarray, np.ndarray]], true_counts: Sequence[int], drawn: np.ndarray) -> float:
+    """COCO's AP@0.5 of the images ``drawn`` (indices, repeats allowed); NaN when they hold no true box."""
+    positives = sum(true_counts[i] for i in drawn)
+    if positives == 0:
+        return float("nan")
+    scores = np.concatenate([matched[i][0] for i in drawn])
+    hits = np.concatenate([matched[i][1] for i in drawn])
+    order = np.argsort(-scores, kind="mergesort")
+    true_positives, false_positives = np.cumsum(hits[order]), np.cumsum(~hits[order])
+    recall = true_positives / positives
+    precision = np.maximum.accumulate((true_positives / np.maximum(true_positives + false_positives, 1))[::-1])[::-1]
+    at = np.searchsorted(recall, np.linspace(0, 1, 101), side="left")
+    return float(np.where(at < len(precision), precision[np.minimum(at, len(precision) - 1)], 0.0).mean())
 
 
 def box_metrics(detections: Sequence[ImageDetections], kept: Kept, rows: Sequence[ManifestRow]) -> dict:
@@ -182,8 +233,9 @@ def run(
                                cam_threshold, localize.cam_threshold, localize.min_area, batch_size)
         report[split] = {
             "model_selected_on_this_split": split == "val",
-            "detector": box_metrics(raw.detections, kept, rows) | {"rsna_score_ci95": rsna_interval(
-                kept, [r.boxes for r in rows], params.bootstrap_resamples, seed)},
+            "detector": box_metrics(raw.detections, kept, rows) | {
+                "rsna_score_ci95": rsna_interval(kept, [r.boxes for r in rows], params.bootstrap_resamples, seed),
+                "ap50_ci95": ap50_interval(raw.detections, [r.boxes for r in rows], params.bootstrap_resamples, seed)},
             "boxes_under_negative_labels": int(sum(len(b) for (b, _), p in zip(kept, positive) if not p)),
             "image_auroc": image_aurocs(labels, scores, params.bootstrap_resamples, seed),
             "cam_baseline": localization_metrics(cams, [r.boxes for r in rows], sizes),
@@ -291,9 +343,10 @@ def _write_markdown(path: Path, report: dict, plots_dir: Path) -> None:
         lines.append(f"| {name} | {_fmt(detector(val))} | {_fmt(detector(test))} | {_fmt(cam(val))} | {_fmt(cam(test))} |")
     mm2 = test["detector"]["size_true_positives_mm2"]
     lines.append(f"| area MAE, mm² (test, n={mm2['n']}) | | {_fmt(mm2['mean_absolute_error_mm2'], 0)} | | |")
-    ci = test["detector"]["rsna_score_ci95"]
+    ci, ap_ci = test["detector"]["rsna_score_ci95"], test["detector"]["ap50_ci95"]
     lines += ["", f"Test RSNA score {_fmt(test['detector']['rsna_score'])}, bootstrap 95 % CI "
-                  f"{_fmt(ci['low'])}–{_fmt(ci['high'])} (images resampled)."]
+                  f"{_fmt(ci['low'])}–{_fmt(ci['high'])}; AP@0.5 {_fmt(test['detector']['ap50'])}, "
+                  f"{_fmt(ap_ci['low'])}–{_fmt(ap_ci['high'])} (images resampled)."]
     lines += ["", "Image-level AUROC on test (bootstrap 95 % interval):", "", "| image score | AUROC | 95 % CI |",
               "|---|---|---|"]
     for name, value in test["image_auroc"].items():
