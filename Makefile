@@ -19,7 +19,7 @@ export DVC_NO_ANALYTICS := 1
 unexport PYTHONDONTWRITEBYTECODE
 export PATH := $(BIN):$(PATH)
 
-.PHONY: repro test bench rehearsal setup lock readme plots-check
+.PHONY: repro test bench rehearsal setup lock readme plots-check compare
 
 setup: $(STAMP)
 
@@ -50,6 +50,11 @@ lock:
 
 repro: $(STAMP)
 	dvc repro
+
+# Every headline metric of this workspace's run beside the committed one, judged against the wider of the
+# committed bootstrap interval and the training noise of benchmarks/seed_spread.json; exit 1 when outside.
+compare: $(STAMP)
+	python -m pneumonia.noise HEAD
 
 # One pytest-xdist worker per core, each file on one worker (its module fixtures, some of which train a
 # model, are built once); the slow end-to-end files first, in tests/conftest.py's order (xdist would
