@@ -338,8 +338,8 @@ def _reproduce(facts: dict) -> list[str]:
         f"sha256sum {facts['file']}",
         "```", "",
         f"The file this card describes: sha256 `{facts['sha256']}`, {facts['bytes']:,} bytes (DVC's md5 in "
-        f"`dvc.lock`: `{facts['md5']}`). On a CPU of the same instruction set with the locked libraries a rerun "
-        "gives the same bytes; on other hardware they may differ ([reproducibility](../docs/reproducibility.md)).",
+        f"`dvc.lock`: `{facts['md5']}`). On the same machine with the locked libraries a rerun gives the same "
+        "bytes; on another CPU or a GPU they may differ ([reproducibility](../docs/reproducibility.md)).",
         "",
         "## The model file's facts", "",
         "As `pneumonia.predictor.load_predictor` reads them (the tests read this block back):", "",
