@@ -76,7 +76,8 @@ bench: $(BENCH_STAMP)
 rehearsal: $(BENCH_STAMP)
 	python benchmarks/rehearsal.py
 
-# The README's generated blocks (settings table from params.yaml, `dvc metrics show --md`).
+# The generated blocks of README.md and docs/*.md (the headline, the settings table from params.yaml,
+# `dvc metrics show --md`, the bench tables, ...).
 readme: $(STAMP)
 	python -m pneumonia.readme
 

@@ -1,11 +1,16 @@
-"""Stage report: reports/report.md (and its figures) from the reports and plot data of the earlier stages."""
+"""Stage report: reports/report.md (and its figures) from the reports and plot data of the earlier stages, and
+reports/model_card.md from the model file predict loads and the reports."""
 
-from pneumonia import report
+from pathlib import Path
+
+from pneumonia import model_card, report
 from pneumonia.stage import run_stage
 
 
 def main(params):
-    print(f"wrote {report.run()}")
+    page = report.run(Path("reports"), Path("plots"))
+    card = model_card.run(Path("models/pneumonia.safetensors"), Path("reports"))
+    print(f"wrote {page} and {card}")
 
 
 if __name__ == "__main__":

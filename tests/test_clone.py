@@ -17,10 +17,10 @@ def repo(tmp_path, tmp_path_factory):
 
 def test_shared_cache_push_pull_and_a_fresh_clone_reproduces_nothing(repo, tmp_path):
     clone = tmp_path / "clone"
-    # The README's recipe, line by line as written; only the folders are this test's, and the clone
+    # docs/scaling.md's recipe, line by line as written; only the folders are this test's, and the clone
     # uses this environment rather than building its own with `make setup`.
-    readme = (ROOT / "README.md").read_text()
-    recipe = readme.split("To share data and models:\n\n```bash\n", 1)[1].split("```", 1)[0]
+    page = (ROOT / "docs" / "scaling.md").read_text()
+    recipe = page.split("To share data and models:\n\n```bash\n", 1)[1].split("```", 1)[0]
     lines = [line.split("  #")[0].strip() for line in recipe.strip().splitlines()]
     assert len(lines) == 4 and lines[0].startswith("dvc remote add -d shared /mnt/shared/dvc-cache"), lines
     for line in lines[:3]:

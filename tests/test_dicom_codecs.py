@@ -2,8 +2,8 @@
 
 Files come from tests/dicom_writer.py (made here with pydicom's encoders, Pillow
 and a small JPEG Lossless encoder) and from the test files bundled in pydicom's
-wheel (``pydicom.data.get_testdata_file``, never downloaded). Each README table
-row "Which DICOMs are read" names the test here that backs it.
+wheel (``pydicom.data.get_testdata_file``, never downloaded). Each row of the table in
+docs/dicom-support.md names the test here that backs it.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
-"""The README's generated blocks match their sources: params.yaml and the committed headline metrics."""
+"""The generated blocks of the README and the docs pages match their sources: params.yaml, the committed metrics and
+reports, the benchmark results."""
 
-import re
 from pathlib import Path
 
 import pytest
@@ -8,11 +8,26 @@ import pytest
 from pneumonia import readme
 from pipeline_repo import ROOT
 
+DOCUMENTS = readme.documents(ROOT)
 
-def test_every_generated_block_is_up_to_date():
-    text = (ROOT / "README.md").read_text()
-    assert sorted(re.findall(r"<!-- generated:(\w+) -->", text)) == ["architectures", "bench", "metrics", "params", "rehearsal", "trust"]
-    assert readme.render(text, readme.blocks(ROOT)) == text, "README.md is stale: run `make readme` and commit"
+
+@pytest.fixture(scope="module")
+def generated() -> dict[str, str]:
+    return readme.blocks(ROOT)
+
+
+@pytest.mark.parametrize("path", DOCUMENTS, ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_generated_block_is_up_to_date(path: Path, generated):
+    text = path.read_text()
+    assert readme.render(text, generated, path.name) == text, f"{path.relative_to(ROOT)} is stale: run `make readme` and commit"
+
+
+def test_every_block_is_shown_once_and_the_readme_shows_the_headline(generated):
+    shown = {path.relative_to(ROOT).as_posix(): readme.block_names(path.read_text()) for path in DOCUMENTS}
+    names = [name for names in shown.values() for name in names]
+    assert sorted(names) == sorted(generated), f"each generated block in exactly one file: {shown}"
+    assert shown["README.md"] == ["headline"]
+    assert shown["docs/settings.md"] == ["params"] and "trust" in shown["docs/predict.md"]
 
 
 def test_the_settings_table_lists_every_key_of_params_yaml_with_its_value():
@@ -22,25 +37,30 @@ def test_the_settings_table_lists_every_key_of_params_yaml_with_its_value():
     assert all(comment for _, _, comment in rows), [key for key, _, c in rows if not c]
 
 
-def test_a_changed_default_makes_the_readme_stale(tmp_path):
-    """The check can fail: a value changed in params.yaml is a README that no longer matches."""
+def test_a_changed_default_makes_the_settings_page_stale(tmp_path, generated):
+    """The check can fail: a value changed in params.yaml is a page that no longer matches."""
     params = (ROOT / "params.yaml").read_text()
     changed = tmp_path / "params.yaml"
     changed.write_text(params.replace("max_epochs: 8 ", "max_epochs: 9 ", 1))
-    text = (ROOT / "README.md").read_text()
-    generated = readme.blocks(ROOT) | {"params": readme.params_block(changed)}
-    assert readme.render(text, generated) != text
-    assert "| `train.max_epochs` | `9` |" in readme.render(text, generated)
+    text = (ROOT / "docs" / "settings.md").read_text()
+    with_change = generated | {"params": readme.params_block(changed)}
+    assert readme.render(text, with_change) != text
+    assert "| `train.max_epochs` | `9` |" in readme.render(text, with_change)
 
 
-def test_an_unknown_block_is_refused():
-    with pytest.raises(SystemExit, match="block 'nope' that nothing generates"):
-        readme.render("<!-- generated:nope -->\nx\n<!-- /generated:nope -->\n", {})
+def test_main_fills_the_blocks_of_every_file(tmp_path, generated, monkeypatch):
+    """`make readme` rewrites a stale block wherever it is, in the README or a docs page, and leaves the rest."""
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "README.md").write_text("intro\n<!-- generated:headline -->\nold\n<!-- /generated:headline -->\nend\n")
+    (tmp_path / "docs" / "a.md").write_text("# A\n<!-- generated:params -->\n<!-- /generated:params -->\n")
+    (tmp_path / "docs" / "b.md").write_text("# B, no block\n")
+    monkeypatch.setattr(readme, "blocks", lambda root: generated)
+    assert readme.main([str(tmp_path)]) == 0
+    assert (tmp_path / "README.md").read_text() == f"intro\n<!-- generated:headline -->\n{generated['headline']}<!-- /generated:headline -->\nend\n"
+    assert generated["params"] in (tmp_path / "docs" / "a.md").read_text()
+    assert (tmp_path / "docs" / "b.md").read_text() == "# B, no block\n"
 
 
-def test_every_image_the_readme_shows_is_committed():
-    text = (ROOT / "README.md").read_text()
-    images = re.findall(r"!\[[^]]*\]\(([^)]+)\)", text)
-    assert images, "the README shows at least the ROC figure"
-    for path in images:
-        assert (ROOT / path).is_file(), f"README shows {path}, which does not exist"
+def test_an_unknown_block_is_refused_naming_its_file():
+    with pytest.raises(SystemExit, match="docs/x.md has a block 'nope' that nothing generates"):
+        readme.render("<!-- generated:nope -->\nx\n<!-- /generated:nope -->\n", {}, "docs/x.md")

@@ -1,14 +1,15 @@
-"""The README's generated blocks: ``make readme`` (``python -m pneumonia.readme``) rewrites them.
+"""The generated blocks of the README and the docs pages: ``make readme`` (``python -m pneumonia.readme``) rewrites them.
 
-A block is the text between ``<!-- generated:NAME -->`` and ``<!-- /generated:NAME -->``.
-``params`` is the table of every setting, made from params.yaml itself (value and
-the line's own comment), so the README cannot disagree with the one place defaults
-live. ``metrics`` is ``dvc metrics show --md`` of the committed headline metrics.
-``bench`` is the performance table from ``benchmarks/results.json`` (``make bench``), and
-``architectures`` its per-architecture training figures, ``rehearsal`` the full-size rehearsal's
-(``benchmarks/rehearsal.json``, ``make rehearsal``). ``trust`` is the answer predict gives: the
-decision, its calibration and the out-of-distribution guard's figures (``reports/classification.json``,
-``reports/decision.json``).
+A block is the text between ``<!-- generated:NAME -->`` and ``<!-- /generated:NAME -->``, in README.md or any
+``docs/*.md`` (:func:`documents`); a block is filled the same way whichever file holds it, and each appears in
+one file only. ``headline`` is the default run's few headline numbers (``metrics/*.json``) for the README;
+``params`` the table of every setting, made from params.yaml itself (value and the line's own comment), so the
+docs cannot disagree with the one place defaults live. ``metrics`` is ``dvc metrics show --md`` of the committed
+headline metrics and the width of its plain table. ``bench`` is the performance table from
+``benchmarks/results.json`` (``make bench``), and ``architectures`` its per-architecture training figures,
+``rehearsal`` the full-size rehearsal's (``benchmarks/rehearsal.json``, ``make rehearsal``). ``trust`` is the
+answer predict gives: the decision, its calibration and the out-of-distribution guard's figures
+(``reports/classification.json``, ``reports/decision.json``).
 ``tests/test_readme.py`` fails when a block differs from what this module makes.
 """
 
@@ -21,6 +22,8 @@ import sys
 from pathlib import Path
 
 import yaml
+
+from pneumonia.report import interval
 
 ROOT = Path(__file__).resolve().parents[2]
 _BLOCK = re.compile(r"(<!-- generated:(\w+) -->\n)(.*?)(<!-- /generated:\2 -->)", re.S)
@@ -65,11 +68,40 @@ def params_block(params_yaml: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
-def metrics_block(root: Path) -> str:
-    result = subprocess.run([sys.executable, "-m", "dvc", "metrics", "show", "--md"], cwd=root, capture_output=True, text=True)
+def _dvc_metrics_show(root: Path, *args: str) -> str:
+    result = subprocess.run([sys.executable, "-m", "dvc", "metrics", "show", *args], cwd=root, capture_output=True,
+                            text=True)
     if result.returncode != 0:
-        raise SystemExit(f"readme: error: `dvc metrics show --md` failed: {result.stderr.strip()}")
-    return result.stdout.strip() + "\n"
+        raise SystemExit(f"readme: error: `dvc metrics show {' '.join(args)}` failed: {result.stderr.strip()}")
+    return result.stdout
+
+
+def metrics_block(root: Path) -> str:
+    width = max(len(line) for line in _dvc_metrics_show(root).splitlines())
+    return (_dvc_metrics_show(root, "--md").strip() + f"\n\nIn a terminal, `dvc metrics show` prints this as one table "
+            f"{width} characters wide; `dvc metrics show metrics/classifier.json` shows one file.\n")
+
+
+def headline_block(root: Path) -> str:
+    """The default run's few headline numbers (``metrics/*.json``), for the README's first screen."""
+    read = lambda name: json.loads((root / "metrics" / f"{name}.json").read_text())  # noqa: E731
+    patients, answer, boxes = read("dataset"), read("classifier"), read("detection")
+    classification = json.loads((root / "reports" / "classification.json").read_text())
+    lines = [f"Patients: {', '.join(f'{split} {n}' for split, n in patients.items())}. On "
+             f"**{answer['split']}**{', which chose nothing' if answer['split'] == 'test' else ' (it chose the model: optimistic)'}"
+             " (`metrics/*.json`):", "",
+             "| | |", "|---|---|",
+             f"| AUROC of the answer `predict` gives (95 % CI) | {answer['auroc']:.3f} "
+             f"({answer['auroc_low']:.3f}–{answer['auroc_high']:.3f}) |",
+             f"| sensitivity / specificity at the threshold chosen on val | {answer['sens']:.3f} / {answer['spec']:.3f} |",
+             f"| calibration: ECE / Brier | {answer['ece']:.3f} / {answer['brier']:.3f} |",
+             f"| refused as unlike the training images: of {answer['split']} / of an unlike set | "
+             f"{100 * answer['ood_flag']:.1f} % / {100 * answer['ood_catch']:.1f} % |",
+             f"| boxes on {boxes['split']}: RSNA challenge score / AP@0.5 | {boxes['rsna_score']:.3f} / "
+             f"{boxes['ap50']:.3f} |"]
+    if classification.get("synthetic"):
+        lines += ["", f"All on the phantom: the models were {classification['note']}."]
+    return "\n".join(lines) + "\n"
 
 
 # benchmarks/results.json -> the README's performance table: (keys shown together, unit, target, what it compares)
@@ -150,10 +182,6 @@ def rehearsal_block(rehearsal_json: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _ci(block: dict | None) -> str:
-    return "–" if not block or block.get("low") is None else f"{block['low']:.3f}–{block['high']:.3f}"
-
-
 def trust_block(reports: Path) -> str:
     """The answer predict gives, from the committed reports: which decision, its calibration, the OOD guard."""
     classification = json.loads((reports / "classification.json").read_text())
@@ -167,12 +195,12 @@ def trust_block(reports: Path) -> str:
         f"{chosen['threshold']:.3f} (sensitivity ≥ {decision['target_sensitivity']} on val). "
         f"On {split} ({block['n']} images, which chose nothing):", "",
         "| | value | 95 % CI |", "|---|---|---|",
-        f"| ECE (15 bins), after calibration | {cal['ece_15_bins']:.3f} | {_ci(cal['ece_15_bins_ci95'])} |",
+        f"| ECE (15 bins), after calibration | {cal['ece_15_bins']:.3f} | {interval(cal['ece_15_bins_ci95'])} |",
         f"| ECE before (the raw score's sigmoid) | {cal['ece_15_bins_before_calibration']:.3f} | "
-        f"{_ci(cal['ece_15_bins_before_calibration_ci95'])} |",
-        f"| Brier, after calibration | {cal['brier']:.3f} | {_ci(cal['brier_ci95'])} |",
+        f"{interval(cal['ece_15_bins_before_calibration_ci95'])} |",
+        f"| Brier, after calibration | {cal['brier']:.3f} | {interval(cal['brier_ci95'])} |",
     ]
-    lines += [f"| AUROC, {name.replace('_', ' ')} | {c['auroc']:.3f} | {_ci(c['ci95'])} |"
+    lines += [f"| AUROC, {name.replace('_', ' ')} | {c['auroc']:.3f} | {interval(c['ci95'])} |"
               for name, c in block["candidates_auroc"].items()]
     lines += ["", "Every candidate and map on val, out of fold (no image scored by a map fitted on it):", "",
               "| candidate | calibration | log loss | ECE (15 bins) | AUROC |", "|---|---|---|---|---|"]
@@ -192,6 +220,7 @@ def trust_block(reports: Path) -> str:
 
 def blocks(root: Path) -> dict[str, str]:
     return {
+        "headline": headline_block(root),
         "params": params_block(root / "params.yaml"),
         "metrics": metrics_block(root),
         "bench": bench_block(root / "benchmarks" / "results.json"),
@@ -201,25 +230,34 @@ def blocks(root: Path) -> dict[str, str]:
     }
 
 
-def render(readme: str, generated: dict[str, str]) -> str:
-    """``readme`` with each generated block replaced; an unknown block name is an error."""
-    def replace(match: re.Match) -> str:
-        name = match[2]
-        if name not in generated:
-            raise SystemExit(f"readme: error: README.md has a block {name!r} that nothing generates")
-        return match[1] + generated[name] + match[4]
+def documents(root: Path) -> list[Path]:
+    """The files that may hold generated blocks: the README and every docs page."""
+    return [root / "README.md", *sorted((root / "docs").glob("*.md"))]
 
-    return _BLOCK.sub(replace, readme)
+
+def render(text: str, generated: dict[str, str], name: str = "README.md") -> str:
+    """``text`` (of the file ``name``) with each generated block replaced; an unknown block name is an error."""
+    def replace(match: re.Match) -> str:
+        if match[2] not in generated:
+            raise SystemExit(f"readme: error: {name} has a block {match[2]!r} that nothing generates")
+        return match[1] + generated[match[2]] + match[4]
+
+    return _BLOCK.sub(replace, text)
+
+
+def block_names(text: str) -> list[str]:
+    return [match[2] for match in _BLOCK.finditer(text)]
 
 
 def main(argv: list[str] | None = None) -> int:
     root = Path(argv[0]) if argv else ROOT
-    path = root / "README.md"
-    text = path.read_text()
-    new = render(text, blocks(root))
-    if new != text:
-        path.write_text(new)
-        print(f"updated {path}")
+    generated = blocks(root)
+    for path in documents(root):
+        text = path.read_text()
+        new = render(text, generated, str(path.relative_to(root)))
+        if new != text:
+            path.write_text(new)
+            print(f"updated {path}")
     return 0
 
 

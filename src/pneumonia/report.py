@@ -27,13 +27,13 @@ FIGURES = "figures"
 POINT_LABELS = {"0p50": "0.50", "0p25": "0.25", "youden": "Youden (val)"}  # else sensitivity_0pXX
 
 
-def _read(path: Path) -> Any:
+def read_report(path: Path) -> Any:
     if not path.exists():
         raise DatasetError(f"{path}: not found; run the stage that writes it first (dvc repro)")
     return json.loads(path.read_text())
 
 
-def _fmt(value: Any, digits: int = 3) -> str:
+def fmt(value: Any, digits: int = 3) -> str:
     if value is None:
         return "–"
     if isinstance(value, str):
@@ -41,13 +41,13 @@ def _fmt(value: Any, digits: int = 3) -> str:
     return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
 
-def _interval(ci: dict | None) -> str:
+def interval(ci: dict | None) -> str:
     return "–" if not ci or ci.get("low") is None else f"{ci['low']:.3f}–{ci['high']:.3f}"
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
+def table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in rows]
+    lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in rows]
     return lines + [""]
 
 
@@ -76,11 +76,11 @@ def classification_section(report: dict) -> list[str]:
         f"chosen on val.{chosen}",
         "",
     ]
-    lines += _table(
+    lines += table(
         ["metric", "value", "95 % CI (bootstrap)"],
         [
-            ["AUROC", block["auroc"], _interval(block["ci95"]["auroc"])],
-            ["average precision", block["average_precision"], _interval(block["ci95"]["average_precision"])],
+            ["AUROC", block["auroc"], interval(block["ci95"]["auroc"])],
+            ["average precision", block["average_precision"], interval(block["ci95"]["average_precision"])],
         ],
     )
     lines += ["### Operating points", ""]
@@ -88,25 +88,25 @@ def classification_section(report: dict) -> list[str]:
     for name, p in block["operating_points"].items():
         ci = p.get("ci95", {})
         rows.append([
-            point_label(name), p["threshold"], p["sensitivity"], _interval(ci.get("sensitivity")),
-            p["specificity"], _interval(ci.get("specificity")), p["ppv"], p["npv"], p["f1"], p["accuracy"],
+            point_label(name), p["threshold"], p["sensitivity"], interval(ci.get("sensitivity")),
+            p["specificity"], interval(ci.get("specificity")), p["ppv"], p["npv"], p["f1"], p["accuracy"],
             f"{p['tp']} / {p['fp']} / {p['tn']} / {p['fn']}",
         ])
-    lines += _table(
+    lines += table(
         ["threshold", "value", "sensitivity", "95 % CI", "specificity", "95 % CI", "PPV", "NPV", "F1", "accuracy",
          "TP / FP / TN / FN"],
         rows,
     )
     cal = block["calibration"]
     lines += ["### Calibration", ""]
-    lines += _table(
+    lines += table(
         ["", "Brier", "95 % CI", "ECE (15 bins)", "95 % CI"],
         [
             [f"after the {decision['calibration']} map (what predict prints)", cal["brier"],
-             _interval(cal["brier_ci95"]), cal["ece_15_bins"], _interval(cal["ece_15_bins_ci95"])],
+             interval(cal["brier_ci95"]), cal["ece_15_bins"], interval(cal["ece_15_bins_ci95"])],
             ["before (the raw score's sigmoid)", cal["brier_before_calibration"],
-             _interval(cal["brier_before_calibration_ci95"]), cal["ece_15_bins_before_calibration"],
-             _interval(cal["ece_15_bins_before_calibration_ci95"])],
+             interval(cal["brier_before_calibration_ci95"]), cal["ece_15_bins_before_calibration"],
+             interval(cal["ece_15_bins_before_calibration_ci95"])],
         ],
     )
     val_prevalence = report["val"]["calibration"]["prevalence"]
@@ -115,8 +115,8 @@ def classification_section(report: dict) -> list[str]:
               f"{cal['mean_probability']:.2f}. Where pneumonia is rarer or commoner, the probability is off by the "
               "ratio of the odds (`pneumonia.decision.at_prevalence` corrects it).", ""]
     lines += ["### Candidates for the answer (AUROC, bootstrap 95 % CI)", ""]
-    lines += _table(["score", "AUROC", "95 % CI"],
-                    [[name.replace("_", " "), c["auroc"], _interval(c["ci95"])]
+    lines += table(["score", "AUROC", "95 % CI"],
+                    [[name.replace("_", " "), c["auroc"], interval(c["ci95"])]
                      for name, c in block["candidates_auroc"].items()])
     lines += ood_section(report, split)
     sub = block["subgroups"]
@@ -125,9 +125,9 @@ def classification_section(report: dict) -> list[str]:
     for kind in ("view", "sex", "age"):
         for group, m in sub[kind].items():
             rows.append([f"{kind} {group}", m["n"], m["positives"], m["auroc"], m["sensitivity"], m["specificity"]])
-    lines += _table(["group", "n", "positives", "AUROC", "sensitivity", "specificity"], rows)
+    lines += table(["group", "n", "positives", "AUROC", "sensitivity", "specificity"], rows)
     fpr = sub["false_positive_rate_by_class"]
-    lines += _table(
+    lines += table(
         ["negatives", "n", "false-positive rate"],
         [[name.replace("_", " "), m["n"], m["fpr"]] for name, m in fpr.items()],
     )
@@ -143,7 +143,7 @@ def ood_section(report: dict, split: str) -> list[str]:
              f"no probability and no boxes. On {split}, {flagged['flagged']} of {report[split]['n']} images "
              f"({100 * flagged['flagged_rate']:.1f} %) were refused; of the unlike set made offline, "
              f"{unlike['caught']} of {unlike['n']} ({100 * unlike['rate']:.1f} %) were.", ""]
-    lines += _table(["unlike images", "n", "refused", "rate"],
+    lines += table(["unlike images", "n", "refused", "rate"],
                     [[f"{kind.replace('_', ' ')}: {m['what']}", m["n"], m["caught"], m["rate"]]
                      for kind, m in unlike["by_kind"].items()])
     return lines
@@ -177,17 +177,17 @@ def localization_section(report: dict) -> list[str]:
         [f"size agreement on true positives (n = {size['n']}): Spearman", size["spearman"]],
         ["size agreement: mean absolute error of the area fraction", size["mean_absolute_error"]],
     ]
-    return lines + _table(["metric", "value"], rows)
+    return lines + table(["metric", "value"], rows)
 
 
 def draw_figures(plots_dir: Path, out_dir: Path, classification: dict) -> list[tuple[str, str]]:
     """ROC, precision-recall, reliability and confusion matrix PNGs; returns (caption, file name) pairs."""
     split = classification["headline_split"]
     block = classification[split]
-    roc = _read(plots_dir / "roc.json")["roc"]
-    pr = _read(plots_dir / "precision_recall.json")["precision_recall"]
-    points = _read(plots_dir / "operating_points.json")["operating_points"]
-    reliability = _read(plots_dir / "reliability.json")["reliability"]
+    roc = read_report(plots_dir / "roc.json")["roc"]
+    pr = read_report(plots_dir / "precision_recall.json")["precision_recall"]
+    points = read_report(plots_dir / "operating_points.json")["operating_points"]
+    reliability = read_report(plots_dir / "reliability.json")["reliability"]
     prevalence = block["positive"] / block["n"]
     figures = []
 
@@ -271,9 +271,9 @@ def _save(fig, out_dir: Path, name: str, caption: str) -> tuple[str, str]:
 
 def run(reports_dir: Path = Path("reports"), plots_dir: Path = Path("plots")) -> Path:
     """Write ``reports_dir/report.md`` and its figures from the reports and plot data; return its path."""
-    dataset = _read(reports_dir / "dataset.json")
-    classification = _read(reports_dir / "classification.json")
-    localization = _read(reports_dir / "localization.json")
+    dataset = read_report(reports_dir / "dataset.json")
+    classification = read_report(reports_dir / "classification.json")
+    localization = read_report(reports_dir / "localization.json")
     counts = dataset["counts"]
     lines = [
         "# Pneumonia detection: evaluation report",
@@ -285,7 +285,7 @@ def run(reports_dir: Path = Path("reports"), plots_dir: Path = Path("plots")) ->
         "## Data",
         "",
     ]
-    lines += _table(
+    lines += table(
         ["split", "patients", "pneumonia", "no pneumonia"],
         [[s, c["total"], c["positive"], c["negative"]] for s, c in counts.items() if c["total"]],
     )
