@@ -218,6 +218,31 @@ def trust_block(reports: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
+def seed_spread_block(spread_json: Path) -> str:
+    """The training noise ``make compare`` and the PR report judge with (benchmarks/seed_spread.json)."""
+    if not spread_json.exists():
+        return "Not measured yet: run `python benchmarks/seed_spread.py --seeds 1 2 3 4` on a reproduced default run.\n"
+    from pneumonia.noise import LABELS
+
+    r = json.loads(spread_json.read_text())
+    seeds = ", ".join("the committed run" if run["train_seed"] is None else str(run["train_seed"]) for run in r["runs"])
+    lines = [f"`{r['command']}` on {r['machine']} (commit {r['commit'][:7]}): {len(r['runs'])} runs of the default "
+             f"pipeline, same data, training seeds {seeds}.", "",
+             "| headline metric | mean | sd | min | max | 95 % band of a difference between two runs |",
+             "|---|---|---|---|---|---|"]
+    for path, keys in r["spread"].items():
+        for key, m in keys.items():
+            if m["sd"]:
+                band = "–" if m["band95"] is None else f"±{m['band95']:.3f}"
+                lines.append(f"| {LABELS.get(path, {}).get(key, f'{path}:{key}')} | {m['mean']:.3f} | {m['sd']:.3f} | "
+                             f"{m['min']:.3f} | {m['max']:.3f} | {band} |")
+    fixed = [f"{LABELS.get(path, {}).get(key, key)}" for path, keys in r["spread"].items()
+             for key, m in keys.items() if not m["sd"]]
+    if fixed:
+        lines += ["", "The same in every run (judged exact): " + "; ".join(fixed) + "."]
+    return "\n".join(lines) + "\n"
+
+
 def blocks(root: Path) -> dict[str, str]:
     return {
         "headline": headline_block(root),
@@ -227,6 +252,7 @@ def blocks(root: Path) -> dict[str, str]:
         "architectures": architectures_block(root / "benchmarks" / "results.json"),
         "rehearsal": rehearsal_block(root / "benchmarks" / "rehearsal.json"),
         "trust": trust_block(root / "reports"),
+        "seed_spread": seed_spread_block(root / "benchmarks" / "seed_spread.json"),
     }
 
 
