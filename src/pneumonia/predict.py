@@ -50,6 +50,7 @@ class FilePrediction:
     reason: str = ""
     area_fraction: float | None = None  # of the boxes' union; None without boxes
     area_mm2: float | None = None
+    info: DicomInfo | None = None  # the header facts, for a file the models ran on
 
     @property
     def scored(self) -> bool:
@@ -135,10 +136,15 @@ def _result(pending: FilePrediction, answer: ImageAnswer, info: DicomInfo) -> Fi
         return FilePrediction(pending.file, pending.patient_id, "unlike_training", answer,
                               f"{answer.refused} (--allow-out-of-distribution scores it anyway)")
     fraction = area_fraction(answer.boxes, info.rows, info.columns) if answer.boxes else None
-    spacing = info.pixel_spacing_mm
-    mm2 = None if fraction is None or spacing is None else fraction * info.rows * info.columns * spacing**2
+    mm2 = None if fraction is None else area_mm2(fraction, info)
     note = f"scored although {_unlike_line(answer)}" if answer.unlike else ""
-    return FilePrediction(pending.file, pending.patient_id, "scored", answer, note, fraction, mm2)
+    return FilePrediction(pending.file, pending.patient_id, "scored", answer, note, fraction, mm2, info)
+
+
+def area_mm2(fraction: float, info: DicomInfo) -> float | None:
+    """``fraction`` of the image in mm², with square pixels of the header's row spacing; None when it is unknown."""
+    spacing = info.pixel_spacing_mm
+    return None if spacing is None else fraction * info.rows * info.columns * spacing**2
 
 
 def _unlike_line(answer: ImageAnswer) -> str:
