@@ -202,7 +202,7 @@ def test_the_presentation_state_draws_the_csvs_boxes_and_caption_over_the_source
         assert box_of(points) == pytest.approx(box, abs=BOX_TOLERANCE)
     *scores, caption = [t.UnformattedTextValue for t in annotation.TextObjectSequence]
     assert scores == [f"{float(c):.2f}" for c in row["confidences"].split(";")]
-    assert caption.startswith(f"p(pneumonia) = {float(row['probability']):.3f}: pneumonia (threshold 0.000)")
+    assert caption.startswith(f"p(pneumonia) = {row['probability']}: pneumonia (threshold 0.000)")
     assert caption.endswith(NOT_CLINICAL) and "\n" not in caption
     assert NOT_CLINICAL in state.ContentDescription
 
@@ -261,7 +261,7 @@ def test_a_negative_image_has_its_probability_and_absent_but_no_region(scans, mo
     [annotation] = state.GraphicAnnotationSequence
     assert "GraphicObjectSequence" not in annotation
     [caption] = [t.UnformattedTextValue for t in annotation.TextObjectSequence]
-    assert caption.startswith("p(pneumonia) = 0.100: no pneumonia (threshold 0.000); no boxes")
+    assert caption.startswith("p(pneumonia) = 0.1000: no pneumonia (threshold 0.000); no boxes")
 
 
 def test_an_image_scored_although_unlike_says_so_and_a_real_data_model_does_not_say_phantom(scans, model, predictor,
@@ -272,7 +272,7 @@ def test_an_image_scored_although_unlike_says_so_and_a_real_data_model_does_not_
     assert "this image is unlike the training images (distance 9.5): do not trust this result" in parameters
     assert "trained on: local data (18 training images)" in parameters
     caption = state.GraphicAnnotationSequence[0].TextObjectSequence[-1].UnformattedTextValue
-    assert caption == ("p(pneumonia) = 0.800: pneumonia (threshold 0.000); 1 box(es); "
+    assert caption == ("p(pneumonia) = 0.8000: pneumonia (threshold 0.000); 1 box(es); "
                        "UNLIKE THE TRAINING IMAGES: do not trust this")
     for dataset in (report, state):
         assert "phantom" not in str(dataset) and "clinical" not in str(dataset)

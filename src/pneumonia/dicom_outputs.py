@@ -311,7 +311,8 @@ def caption(prediction: FilePrediction, model: ModelIdentity) -> str:
     """The presentation state's one line: the probability, the label and its threshold, the caveats."""
     answer = prediction.answer
     label = "pneumonia" if answer.positive else "no pneumonia"
-    parts = [f"p(pneumonia) = {answer.probability:.3f}: {label} (threshold {model.threshold:.3f})",
+    # The CSV's and the table's 4 decimals: at 3, a probability of 0.9998 would read 1.000.
+    parts = [f"p(pneumonia) = {answer.probability:.4f}: {label} (threshold {model.threshold:.3f})",
              f"{len(answer.boxes)} box(es)" if answer.boxes else "no boxes"]
     if answer.unlike:
         parts.append("UNLIKE THE TRAINING IMAGES: do not trust this")
