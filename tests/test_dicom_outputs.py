@@ -6,6 +6,7 @@ boxes) and an untrained detector whose boxes all pass: the plumbing after the ne
 """
 
 import contextlib
+import dataclasses
 import csv
 import hashlib
 import io
@@ -228,9 +229,9 @@ def test_a_dicom_out_that_cannot_be_written_is_one_line_before_any_work(model, s
     assert not csv_path.exists()
 
 
-def hand_set(scans, model, predictor, *, positive, unlike=False, synthetic=True):
+def hand_set(scans, model, predictor, *, positive, unlike=False, synthetic=True, spacing_note=""):
     """The SR and presentation state of a.dcm for a hand-set answer (no network run), as built."""
-    _, info = read_dicom(scans / "a.dcm", 32)
+    info = dataclasses.replace(read_dicom(scans / "a.dcm", 32)[1], pixel_spacing_note=spacing_note)
     boxes = ((30.0, 40.0, 20.0, 10.0),) if positive else ()
     answer = ImageAnswer(distance=9.5, unlike=unlike, probability=0.8 if positive else 0.1, positive=positive,
                          boxes=boxes, confidences=(0.7,) if positive else (), classifier_probability=0.8,
@@ -264,12 +265,15 @@ def test_a_negative_image_has_its_probability_and_absent_but_no_region(scans, mo
     assert caption.startswith("p(pneumonia) = 0.1000: no pneumonia (threshold 0.000); no boxes")
 
 
-def test_an_image_scored_although_unlike_says_so_and_a_real_data_model_does_not_say_phantom(scans, model, predictor,
-                                                                                            tmp_path):
-    report, state = read_back(tmp_path, *hand_set(scans, model, predictor, positive=True, unlike=True, synthetic=False))
+def test_an_unlike_image_and_a_magnified_spacing_are_stated_and_a_real_data_model_says_no_phantom(
+        scans, model, predictor, tmp_path):
+    note = "ImagerPixelSpacing used (at the detector plane, so areas include the X-ray magnification)"
+    report, state = read_back(tmp_path, *hand_set(scans, model, predictor, positive=True, unlike=True, synthetic=False,
+                                                  spacing_note=note))
     [image] = report.content.get_image_measurement_groups()
     parameters = [i.value for i in hd.sr.utils.find_content_items(image[0], name=codes.DCM.AlgorithmParameters)]
     assert "this image is unlike the training images (distance 9.5): do not trust this result" in parameters
+    assert f"pixel spacing: {note}" in parameters
     assert "trained on: local data (18 training images)" in parameters
     caption = state.GraphicAnnotationSequence[0].TextObjectSequence[-1].UnformattedTextValue
     assert caption == ("p(pneumonia) = 0.8000: pneumonia (threshold 0.000); 1 box(es); "

@@ -11,7 +11,8 @@ For each scored image, two files in DIR, named after the input file as the overl
   Areas are in mm² where the image's pixel spacing is known, else in % of the image: the
   numbers of the CSV. Every group names the algorithm (TID 4019: ``pneumonia`` and the
   package's version); the image-level group adds as its parameters the model file's name and
-  sha256, the operating point, the box threshold and what the model was trained on;
+  sha256, the operating point, the box threshold, what the model was trained on, and the
+  caveats of this image (unlike the training images, areas from ImagerPixelSpacing);
 * a Grayscale Softcopy Presentation State that draws the boxes (each with its score) and a
   one-line caption over the original image in any viewer, without a plugin.
 
@@ -244,6 +245,8 @@ def algorithm(model: ModelIdentity, prediction: FilePrediction) -> hd.sr.Algorit
     ]
     if model.synthetic:
         parameters.append(f"{NOT_CLINICAL}: a test of the software, not a diagnosis")
+    if prediction.info.pixel_spacing_note:  # ImagerPixelSpacing used (magnified areas), or why mm² are unknown
+        parameters.append(f"pixel spacing: {prediction.info.pixel_spacing_note}")
     if prediction.answer.unlike:
         parameters.append(f"this image is unlike the training images (distance {prediction.answer.distance:.1f}): "
                           "do not trust this result")
