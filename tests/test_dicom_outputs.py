@@ -134,6 +134,7 @@ def test_the_sr_references_the_source_and_carries_the_csvs_numbers(predicted, sc
             instance.ReferencedSOPClassUID) == (src.StudyInstanceUID, src.SeriesInstanceUID, src.SOPInstanceUID,
                                                 src.SOPClassUID)
     assert NOT_CLINICAL in raw.SeriesDescription
+    assert (src.PatientAge, raw.PatientAge) == ("50", "050Y")  # RSNA's bare years, made a valid AS
 
     [image] = sr.content.get_image_measurement_groups()
     assert image.finding_type == PNEUMONIA

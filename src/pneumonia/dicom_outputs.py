@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import tempfile
 import warnings
 from dataclasses import dataclass, field
@@ -200,6 +201,14 @@ def source_header(path: Path) -> pydicom.Dataset:
     for keyword in _TYPE2:
         if keyword not in header:
             setattr(header, keyword, "")
+    age = str(header.get("PatientAge", "") or "").strip()
+    if age and not re.fullmatch(r"\d{3}[DWMY]", age):
+        # RSNA's files give years as a bare number ("51"), as the reader reads them; copied as they are they would
+        # make the outputs invalid DICOM (AS is "051Y"). An age that is not even that is left out (Type 3).
+        if age.isdigit() and len(age) <= 3:
+            header.PatientAge = f"{int(age):03d}Y"
+        else:
+            del header.PatientAge
     if "SamplesPerPixel" not in header:
         header.SamplesPerPixel = 1  # the reader only scores single-sample (greyscale) images
     return header
