@@ -11,6 +11,7 @@ import csv
 import hashlib
 import io
 import shutil
+import sys
 
 import highdicom as hd
 import numpy as np
@@ -19,6 +20,7 @@ import pytest
 from pydicom.sr.codedict import codes
 from pydicom.uid import ComprehensiveSRStorage, GrayscaleSoftcopyPresentationStateStorage
 
+import pneumonia
 from pneumonia import __version__, dicom_outputs, phantom
 from pneumonia.__main__ import main
 from pneumonia.dicom import read_dicom
@@ -228,6 +230,16 @@ def test_a_dicom_out_that_cannot_be_written_is_one_line_before_any_work(model, s
     assert err.startswith(f"pneumonia predict: error: --dicom-out {blocker / 'dicom'}: cannot write there (")
     assert err.rstrip().endswith("give a folder you can write to") and len(err.strip().splitlines()) == 1
     assert not csv_path.exists()
+
+
+def test_without_highdicom_dicom_out_is_one_line_naming_it(scans, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "highdicom", None)  # what an install without highdicom gives on import
+    monkeypatch.delitem(sys.modules, "pneumonia.dicom_outputs")
+    monkeypatch.delattr(pneumonia, "dicom_outputs")
+    assert main(["predict", str(scans / "a.dcm"), "--model", str(tmp_path / "none.safetensors"),
+                 "--dicom-out", str(tmp_path / "dicom")]) == 1
+    assert capsys.readouterr().err == ("pneumonia predict: error: --dicom-out needs highdicom, which is not "
+                                       "installed; pip install highdicom\n")
 
 
 def hand_set(scans, model, predictor, *, positive, unlike=False, synthetic=True, spacing_note=""):
