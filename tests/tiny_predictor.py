@@ -1,4 +1,5 @@
-"""A predictor model file for the plumbing tests: a trained tiny classifier, an untrained detector, a hand-set decision.
+"""A predictor model file for the plumbing tests: a trained tiny classifier (or an untrained one, where only the
+plumbing after the networks is tested), an untrained detector, a hand-set decision.
 
 What the decide stage chooses is tested on its own (test_decision, test_ood, test_pipeline); here the
 numbers are set by hand so a test can say exactly what predict must do with them.
@@ -11,14 +12,25 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pneumonia.architectures import build_network
 from pneumonia.decision import Decision
 from pneumonia.detection.detector import LoadedDetector, save_detector
 from pneumonia.detection.network import build_detector
-from pneumonia.model_file import read_model
+from pneumonia.model_file import read_model, save_model
 from pneumonia.ood import OodGuard
 from pneumonia.predictor import save_predictor
 
 FEATURES = 512  # ResNet18's pooled feature vector
+
+
+def write_untrained_classifier(path: Path, image_size: int = 32) -> Path:
+    """A classifier model file with ResNet18's seeded initial weights: what comes after the networks (the
+    decision, the boxes, the outputs) is what a test of it checks, so no training is spent on it."""
+    torch.manual_seed(0)
+    header = {"arch": "resnet18", "image_size": image_size, "mean": 0.4, "std": 0.3, "threshold": 0.5,
+              "temperature": 1.0, "windowing": "auto"}
+    save_model(path, "classifier", build_network("resnet18").state_dict(), header)
+    return path
 
 
 def write_predictor(

@@ -25,7 +25,8 @@ def _parser() -> argparse.ArgumentParser:
             "Not scored, with the reason in their row: files that are not chest radiographs by their header "
             "(Modality not CR, DX or DR, or a BodyPartExamined that is not a chest; a missing tag is no reason) "
             "and images unlike the training images (the model file's out-of-distribution guard). Exit code 1 if "
-            "any path could not be read, else 3 if any file was not scored, else 0."
+            "any path could not be read or a scored file got no DICOM outputs asked for, else 3 if any file was "
+            "not scored, else 0."
         ),
     )
     predict.add_argument(
@@ -38,6 +39,11 @@ def _parser() -> argparse.ArgumentParser:
     predict.add_argument("--out", type=Path, default=Path("predictions.csv"), help="CSV written (default: %(default)s)")
     predict.add_argument("--overlays", type=Path, metavar="DIR", help="write an overlay PNG per image into DIR")
     predict.add_argument("--rsna-submission", type=Path, metavar="FILE", help="write Kaggle's RSNA submission CSV")
+    predict.add_argument(
+        "--dicom-out", type=Path, metavar="DIR",
+        help="write a DICOM Structured Report (<name>.sr.dcm) and a presentation state drawing the boxes "
+        "(<name>.pr.dcm) per scored image into DIR, referencing the original (see docs/dicom-outputs.md)",
+    )
     predict.add_argument(
         "--batch-size", type=_positive_int, default=32, help="images per forward pass (default: %(default)s)"
     )
@@ -62,20 +68,24 @@ def _positive_int(text: str) -> int:
 def _predict(args: argparse.Namespace) -> int:
     from pneumonia import predict  # torch and friends load only when there is work to do
 
-    predictor, predictions = predict.run(
+    done = predict.run(
         args.paths, args.model, out_csv=args.out, overlays_dir=args.overlays, submission=args.rsna_submission,
         batch_size=args.batch_size, allow_non_chest=args.allow_non_chest, allow_unlike=args.allow_out_of_distribution,
+        dicom_out=args.dicom_out,
     )
+    predictor, predictions = done.predictor, done.predictions
     print(predict.format_table(predictions, predictor.decision.threshold))
     for prediction in predictions:
         if not prediction.scored:
             print(f"pneumonia predict: {prediction.file}: {prediction.reason}", file=sys.stderr)
-    written = [str(p) for p in (args.out, args.rsna_submission, args.overlays) if p is not None]
+    for path, reason in done.dicom_skipped:
+        print(f"pneumonia predict: {path}: {reason}", file=sys.stderr)
+    written = [str(p) for p in (args.out, args.rsna_submission, args.overlays, args.dicom_out) if p is not None]
     lines = predict.summary(predictor, predictions)
     print(f"{lines[0]}; wrote {', '.join(written)}")
     for line in lines[1:]:
         print(line)
-    if any(p.status == "unreadable" for p in predictions):
+    if any(p.status == "unreadable" for p in predictions) or done.dicom_skipped:
         return 1
     return NOT_SCORED_EXIT if any(not p.scored for p in predictions) else 0
 

@@ -50,6 +50,7 @@ class FilePrediction:
     reason: str = ""
     area_fraction: float | None = None  # of the boxes' union; None without boxes
     area_mm2: float | None = None
+    info: DicomInfo | None = None  # the header facts, for a file the models ran on
 
     @property
     def scored(self) -> bool:
@@ -135,10 +136,15 @@ def _result(pending: FilePrediction, answer: ImageAnswer, info: DicomInfo) -> Fi
         return FilePrediction(pending.file, pending.patient_id, "unlike_training", answer,
                               f"{answer.refused} (--allow-out-of-distribution scores it anyway)")
     fraction = area_fraction(answer.boxes, info.rows, info.columns) if answer.boxes else None
-    spacing = info.pixel_spacing_mm
-    mm2 = None if fraction is None or spacing is None else fraction * info.rows * info.columns * spacing**2
+    mm2 = None if fraction is None else area_mm2(fraction, info)
     note = f"scored although {_unlike_line(answer)}" if answer.unlike else ""
-    return FilePrediction(pending.file, pending.patient_id, "scored", answer, note, fraction, mm2)
+    return FilePrediction(pending.file, pending.patient_id, "scored", answer, note, fraction, mm2, info)
+
+
+def area_mm2(fraction: float, info: DicomInfo) -> float | None:
+    """``fraction`` of the image in mm², with square pixels of the header's row spacing; None when it is unknown."""
+    spacing = info.pixel_spacing_mm
+    return None if spacing is None else fraction * info.rows * info.columns * spacing**2
 
 
 def _unlike_line(answer: ImageAnswer) -> str:
@@ -274,6 +280,13 @@ def summary(predictor: Predictor, predictions: Sequence[FilePrediction]) -> list
     return lines
 
 
+@dataclass(frozen=True)
+class PredictRun:
+    predictor: Predictor
+    predictions: list[FilePrediction]
+    dicom_skipped: list[tuple[Path, str]]  # scored files without DICOM outputs, and why
+
+
 def run(
     paths: Sequence[str | Path],
     model_path: Path = Path("models/pneumonia.safetensors"),
@@ -283,17 +296,38 @@ def run(
     batch_size: int = 32,
     allow_non_chest: bool = False,
     allow_unlike: bool = False,
-) -> tuple[Predictor, list[FilePrediction]]:
-    """Predict every DICOM in ``paths``; write the CSV, overlays and submission asked for.
+    dicom_out: Path | None = None,
+) -> PredictRun:
+    """Predict every DICOM in ``paths``; write the CSV, overlays, submission and DICOM outputs asked for.
 
-    Raises :class:`PneumoniaError` (missing or foreign model file, no DICOM found at all); a path
-    or file that cannot be read is returned as a row with its reason instead.
+    Raises :class:`PneumoniaError` (missing or foreign model file, no DICOM found at all, a ``dicom_out``
+    that cannot be written); a path or file that cannot be read is returned as a row with its reason instead.
     """
     files, missing = find_dicoms(paths)
+    dicom_outputs = None if dicom_out is None else _dicom_outputs()
+    if dicom_outputs is not None:
+        dicom_outputs.prepare_output_dir(dicom_out)  # before the models run: a bad folder fails at once
     predictor = load_predictor(model_path, default_device())
     predictions = missing + predict_files(files, predictor, batch_size, overlays_dir, allow_non_chest, allow_unlike)
     if out_csv is not None:
         write_predictions_csv(out_csv, predictions)
     if submission is not None:
         write_submission(submission, predictions)
-    return predictor, predictions
+    skipped = []
+    if dicom_outputs is not None:
+        taken: set[str] = set()  # the overlays' names: assigned to the scored files in the same order
+        named = [(_unique_name(p.file.stem, taken), p) for p in predictions if p.scored]
+        model = dicom_outputs.ModelIdentity.of(model_path, predictor)
+        skipped = dicom_outputs.write_dicom_outputs(dicom_out, named, model)
+    return PredictRun(predictor, predictions, skipped)
+
+
+def _dicom_outputs():
+    """The DICOM writer, imported only when asked for: the rest of predict runs without highdicom."""
+    try:
+        from pneumonia import dicom_outputs
+    except ImportError as exc:
+        if exc.name != "highdicom":
+            raise
+        raise PneumoniaError("--dicom-out needs highdicom, which is not installed; pip install highdicom") from None
+    return dicom_outputs
