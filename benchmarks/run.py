@@ -9,6 +9,7 @@ benchmarks/.cache (git-ignored).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
 import os
@@ -262,6 +263,80 @@ def save_checkpoint(path: Path, size: int) -> Path:
     return path
 
 
+# --- predict with each backend ----------------------------------------------------------------
+
+
+def save_predictor_file(folder: Path) -> Path:
+    """A predictor file of the default params' shapes (classifier and detector at their image sizes and
+    widths), random weights: the networks' cost does not depend on what they learned."""
+    from pneumonia.decision import Decision
+    from pneumonia.detection.detector import LoadedDetector, save_detector
+    from pneumonia.detection.network import build_detector
+    from pneumonia.model_file import read_model
+    from pneumonia.ood import OodGuard
+    from pneumonia.predictor import save_predictor
+
+    params = load_params(ROOT / "params.yaml")
+    classifier = save_checkpoint(folder / "classifier.safetensors", params.dicom_to_npy.image_size)
+    detect = params.detect
+    network = build_detector(detect.arch, detect.width)
+    save_detector(folder / "detector.safetensors", network, LoadedDetector(
+        network, detect.arch, detect.width, detect.image_size, mean=0.4, std=0.3, image_threshold=0.5,
+        box_threshold=0.5, nms_iou=detect.nms_iou, max_boxes=detect.max_boxes))
+    path = folder / "pneumonia.safetensors"
+    save_predictor(path, read_model(classifier, "classifier", ""), read_model(folder / "detector.safetensors",
+                   "detector", ""), Decision("stacked", "platt", (0.5, 0.5), 0.0, None, 0.5), 0.5,
+                   OodGuard(np.zeros(512), np.eye(512), 1e9, 0.99), {"source": "synthetic", "patients": {}})
+    return path
+
+
+def predict_backend_rates(files: list[str], batch: int, repeats: int) -> dict:
+    """`pneumonia predict` (predict.run: read, both networks, answers, CSV) on the same DICOMs with each backend,
+    images/s; the backends alternate which goes first, each repeat's ONNX Runtime / PyTorch ratio is paired,
+    and the medians are kept. The same for the networks alone (the backends' forward on the images read once)."""
+    from pneumonia import predict
+    from pneumonia.dicom import read_dicom_sizes
+    from pneumonia.onnx_export import export_onnx
+
+    with tempfile.TemporaryDirectory(dir=CACHE) as tmp:
+        model = save_predictor_file(Path(tmp))
+        export_onnx(model, Path(tmp) / "onnx")
+        where = {"torch": model, "onnxruntime": Path(tmp) / "onnx"}
+        forwards = {backend: predict.load_backend(path, backend) for backend, path in where.items()}
+        size = forwards["torch"][0].image_size
+        read = [read_dicom_sizes(path, (size,)) for path in files]
+        images, sizes = np.stack([r[0][0] for r in read]), [(r[1].rows, r[1].columns) for r in read]
+        rates: dict[str, dict[str, list[float]]] = {part: {b: [] for b in where} for part in ("predict", "forward")}
+        for repeat in range(repeats + 1):  # the first round warms both up and is not kept
+            for backend in (list(where) if repeat % 2 else list(where)[::-1]):
+                start = time.perf_counter()
+                with contextlib.redirect_stderr(io.StringIO()):  # its progress bar
+                    predict.run(files, where[backend], Path(tmp) / "p.csv", batch_size=batch, backend=backend)
+                predict_rate = len(files) / (time.perf_counter() - start)
+                start = time.perf_counter()
+                forwards[backend][1](images, sizes, batch)
+                if repeat:
+                    rates["predict"][backend].append(predict_rate)
+                    rates["forward"][backend].append(len(files) / (time.perf_counter() - start))
+    out = {}
+    for part, by_backend in rates.items():
+        torch_rates, onnx_rates = by_backend["torch"], by_backend["onnxruntime"]
+        ratio = statistics.median(o / t for o, t in zip(onnx_rates, torch_rates))
+        out |= {f"{part}_torch_images_per_s": round(statistics.median(torch_rates), 1),
+                f"{part}_onnxruntime_images_per_s": round(statistics.median(onnx_rates), 1),
+                f"{part}_onnxruntime_vs_torch": round(ratio, 2)}
+        print(f"{part:<8} torch {out[f'{part}_torch_images_per_s']:>7} images/s  onnxruntime "
+              f"{out[f'{part}_onnxruntime_images_per_s']:>7} images/s  ratio {out[f'{part}_onnxruntime_vs_torch']}",
+              flush=True)
+    return out
+
+
+def backend_figures(images: int, repeats: int, machine: str) -> dict:
+    batch = 32  # predict's default
+    return predict_backend_rates(dicom_paths(dataset(images)), batch, repeats) | {"predict_backend_settings": {
+        "images": images, "dicom_size": 1024, "batch_size": batch, "repeats": repeats, "machine": machine}}
+
+
 # --- dvc ----------------------------------------------------------------------------------------
 
 
@@ -293,11 +368,18 @@ def main() -> None:
     parser.add_argument("--arch-steps", type=int, default=3, help="timed batches per architecture and repeat")
     parser.add_argument("--only-architectures", action="store_true",
                         help="measure only the per-architecture figures, keep the rest of results.json")
+    parser.add_argument("--predict-images", type=int, default=64, help="phantom DICOMs (1024 px) predict reads")
+    parser.add_argument("--only-predict-backends", action="store_true",
+                        help="measure only predict with each backend, keep the rest of results.json")
     args = parser.parse_args()
     out = ROOT / "benchmarks" / "results.json"
     CACHE.mkdir(parents=True, exist_ok=True)
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU only"
     machine = f"{platform.machine()}, {os.cpu_count()} cores, {device}"
+    if args.only_predict_backends:
+        results = json.loads(out.read_text()) | backend_figures(args.predict_images, args.repeats, machine)
+        out.write_text(json.dumps(results, indent=2) + "\n")
+        return
     by_arch = {"train_by_architecture": architecture_rates(args.arch_size, args.arch_batch, args.arch_steps,
                                                            args.repeats),
                "architecture_settings": {"image_size": args.arch_size, "batch_size": args.arch_batch,
@@ -352,6 +434,7 @@ def main() -> None:
         "infer_images_per_s": round(statistics.median(stage_infer), 1),
         "infer_fraction_of_raw": round(statistics.median(s / b for s, b in zip(stage_infer, bare_infer)), 3),
         "repro_noop_s": round(repro_noop_seconds(), 2),
+        **backend_figures(args.predict_images, args.repeats, machine),
         "machine": machine,
         "settings": {"convert_images": args.small, "convert_images_large": args.large, "convert_size": args.size,
                      "train_size": args.train_size, "batch_size": batch, "repeats": args.repeats},
@@ -359,7 +442,7 @@ def main() -> None:
     out.write_text(json.dumps(results, indent=2) + "\n")
     width = max(map(len, results))
     for key, value in results.items():
-        if key not in ("settings", "architecture_settings", "train_by_architecture"):
+        if key not in ("settings", "architecture_settings", "train_by_architecture", "predict_backend_settings"):
             print(f"{key:<{width}}  {value}")
 
 

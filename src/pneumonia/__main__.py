@@ -1,4 +1,4 @@
-"""The command line: ``python -m pneumonia predict PATH...`` (or ``pneumonia predict``)."""
+"""The command line: ``python -m pneumonia predict PATH...`` and ``export --onnx DIR`` (or ``pneumonia ...``)."""
 
 from __future__ import annotations
 
@@ -55,6 +55,20 @@ def _parser() -> argparse.ArgumentParser:
         "--allow-out-of-distribution", action="store_true",
         help="score images unlike the training images anyway (the CSV keeps out_of_distribution = 1)",
     )
+    predict.add_argument(
+        "--backend", choices=("torch", "onnxruntime"), default="torch",
+        help="what runs the networks (default: %(default)s); onnxruntime: --model is the folder `pneumonia export "
+             "--onnx DIR` wrote, and every answer is computed as with torch but for the networks' forward",
+    )
+    export = commands.add_parser(
+        "export", help="the predictor's networks as ONNX models, for ONNX Runtime (see docs/onnx.md)",
+        description="Write DIR: classifier.onnx and detector.onnx (opset 18, dynamic batch) and predictor.json, "
+                    "every other number predict needs. `pneumonia predict --backend onnxruntime --model DIR` runs it.",
+    )
+    export.add_argument("--onnx", type=Path, required=True, metavar="DIR",
+                        help="the folder to write (replaced; refused if it holds files of its own)")
+    export.add_argument("--model", type=Path, default=Path("models/pneumonia.safetensors"),
+                        help="the predictor's model file, written by the decide stage (default: %(default)s)")
     return parser
 
 
@@ -71,7 +85,7 @@ def _predict(args: argparse.Namespace) -> int:
     done = predict.run(
         args.paths, args.model, out_csv=args.out, overlays_dir=args.overlays, submission=args.rsna_submission,
         batch_size=args.batch_size, allow_non_chest=args.allow_non_chest, allow_unlike=args.allow_out_of_distribution,
-        dicom_out=args.dicom_out,
+        dicom_out=args.dicom_out, backend=args.backend,
     )
     predictor, predictions = done.predictor, done.predictions
     print(predict.format_table(predictions, predictor.decision.threshold))
@@ -90,10 +104,20 @@ def _predict(args: argparse.Namespace) -> int:
     return NOT_SCORED_EXIT if any(not p.scored for p in predictions) else 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    from pneumonia.onnx_backend import FILES
+    from pneumonia.onnx_export import export_onnx
+
+    settings = export_onnx(args.model, args.onnx)
+    files = ", ".join(str(args.onnx / name) for name in FILES)
+    print(f"wrote {files} (ONNX opset {settings['opset']}) from {args.model} (sha256 {settings['source']['sha256']})")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return _predict(args)
+        return _export(args) if args.command == "export" else _predict(args)
     except PneumoniaError as exc:
         print(f"pneumonia {args.command}: error: {exc}", file=sys.stderr)
         return 1

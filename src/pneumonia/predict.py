@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import csv
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 from tqdm import tqdm
@@ -27,7 +28,9 @@ from pneumonia.dicom import DicomInfo, chest_problem, read_dicom_sizes
 from pneumonia.errors import DicomReadError, PneumoniaError
 from pneumonia.inference import default_device
 from pneumonia.overlay import draw_overlay
-from pneumonia.predictor import SYNTHETIC_NOTE, ImageAnswer, Predictor, answer_images, load_predictor
+from pneumonia.predictor import (
+    SYNTHETIC_NOTE, ImageAnswer, Predictor, RawOutputs, answers, load_predictor, raw_outputs,
+)
 
 PROGRESS_MIN_FILES = 8  # a progress bar only for more files than a handful
 OVERLAY_SIZE = 512  # pixels: overlays are drawn at this size from the same read as the model's input
@@ -36,6 +39,8 @@ CSV_COLUMNS = [
     "out_of_distribution", "ood_distance", "classifier_probability", "detector_probability", "reason",
 ]
 STATUSES = ("scored", "unreadable", "not_chest", "unlike_training")
+BACKENDS = ("torch", "onnxruntime")  # what runs the networks; everything else is the same code
+Forward = Callable[[np.ndarray, Sequence[tuple[int, int]], int], RawOutputs]  # (images, sizes, batch_size)
 
 
 @dataclass(frozen=True)
@@ -95,8 +100,13 @@ def predict_files(
     overlays_dir: Path | None = None,
     allow_non_chest: bool = False,
     allow_unlike: bool = False,
+    forward: Forward | None = None,
 ) -> list[FilePrediction]:
-    """Answer each file, ``batch_size`` at a time; a file not scored carries its status and reason."""
+    """Answer each file, ``batch_size`` at a time; a file not scored carries its status and reason.
+
+    ``forward`` runs the networks (:func:`load_backend`); by default the predictor's PyTorch modules.
+    """
+    forward = forward or torch_forward(predictor)
     results: list[FilePrediction] = []
     overlay_names: set[str] = set()
     sizes = (predictor.image_size, OVERLAY_SIZE) if overlays_dir is not None else (predictor.image_size,)
@@ -120,8 +130,8 @@ def predict_files(
                 readable.append(len(results))
                 results.append(FilePrediction(path, info.patient_id or path.stem, "scored"))
             if images:
-                found = answer_images(predictor, np.stack(images), [(i.rows, i.columns) for i in infos], batch_size,
-                                      allow_unlike)
+                raw = forward(np.stack(images), [(i.rows, i.columns) for i in infos], batch_size)
+                found = answers(predictor, raw, allow_unlike)
                 for index, answer, info, overlay in zip(readable, found, infos, overlays):
                     results[index] = _result(results[index], answer, info)
                     if overlays_dir is not None and results[index].scored:
@@ -287,6 +297,24 @@ class PredictRun:
     dicom_skipped: list[tuple[Path, str]]  # scored files without DICOM outputs, and why
 
 
+def load_backend(model_path: Path, backend: str = "torch") -> tuple[Predictor, Forward]:
+    """The predictor and what runs its networks: ``torch``, the model file's PyTorch modules (on the GPU when
+    there is one); ``onnxruntime``, ``model_path`` is the folder ``pneumonia export --onnx`` wrote (CPU)."""
+    if backend == "onnxruntime":
+        from pneumonia.onnx_backend import load_onnx_predictor
+
+        return load_onnx_predictor(model_path)
+    if backend != "torch":
+        raise PneumoniaError(f"backend {backend!r} is not one of {', '.join(BACKENDS)}")
+    predictor = load_predictor(model_path, default_device())
+    return predictor, torch_forward(predictor)
+
+
+def torch_forward(predictor: Predictor) -> Forward:
+    """The predictor's own PyTorch modules (:func:`pneumonia.predictor.raw_outputs`)."""
+    return partial(raw_outputs, predictor.classifier, predictor.detector)
+
+
 def run(
     paths: Sequence[str | Path],
     model_path: Path = Path("models/pneumonia.safetensors"),
@@ -297,8 +325,12 @@ def run(
     allow_non_chest: bool = False,
     allow_unlike: bool = False,
     dicom_out: Path | None = None,
+    backend: str = "torch",
 ) -> PredictRun:
     """Predict every DICOM in ``paths``; write the CSV, overlays, submission and DICOM outputs asked for.
+
+    ``backend``: what runs the networks (:func:`load_backend`); with ``onnxruntime``, ``model_path`` is an
+    export folder.
 
     Raises :class:`PneumoniaError` (missing or foreign model file, no DICOM found at all, a ``dicom_out``
     that cannot be written); a path or file that cannot be read is returned as a row with its reason instead.
@@ -307,8 +339,9 @@ def run(
     dicom_outputs = None if dicom_out is None else _dicom_outputs()
     if dicom_outputs is not None:
         dicom_outputs.prepare_output_dir(dicom_out)  # before the models run: a bad folder fails at once
-    predictor = load_predictor(model_path, default_device())
-    predictions = missing + predict_files(files, predictor, batch_size, overlays_dir, allow_non_chest, allow_unlike)
+    predictor, forward = load_backend(model_path, backend)
+    predictions = missing + predict_files(files, predictor, batch_size, overlays_dir, allow_non_chest, allow_unlike,
+                                          forward)
     if out_csv is not None:
         write_predictions_csv(out_csv, predictions)
     if submission is not None:
