@@ -250,7 +250,7 @@ def test_enlarge_interpolates_a_plane_exactly_and_clamps_the_edges(n, size):
     """A linear ramp enlarged (a whole multiple, another ratio, none) is the ramp at each output centre, +-1."""
     rows, columns = np.mgrid[0:n, 0:n]
     levels = (300 * rows + 70 * columns).astype(np.int32)
-    enlarged = np.concatenate([values for _, values in phantom._enlarge(levels, size, band=8)])
+    enlarged = np.concatenate([values.copy() for _, values in phantom._enlarge(levels, size, band=8)])
     centres = np.clip((np.arange(size) + 0.5) * n / size - 0.5, 0, n - 1)  # in source pixels, clamped
     assert enlarged.shape == (size, size)
     assert np.abs(enlarged - (300 * centres[:, None] + 70 * centres[None, :])).max() <= 1

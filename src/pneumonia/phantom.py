@@ -355,7 +355,7 @@ def render(
     levels = np.rint(att * steps).astype(np.int32) - first
     devices = None
     if "devices" in patient.findings:
-        devices = np.rint(np.arange(256) * (DEVICE_ATTENUATION / 255 * steps)).astype(np.int32)[_devices(rng, pose, size)]
+        devices = _devices(rng, pose, size), np.rint(np.arange(256) * (DEVICE_ATTENUATION / 255 * steps)).astype(np.int32)
     raw = rng.bit_generator.random_raw(-(-size * size // 8)).astype("<u8", copy=False)
     grain = raw.view(np.int8)[: size * size].reshape(size, size)
     return Rendering(pixels=_develop(levels, size, film, grain, devices), boxes=tuple(boxes))
@@ -373,71 +373,110 @@ def _film(gain: float, offset: float, midtone: float, steps: float) -> tuple[int
     return first, np.rint(255 * (x / ((1 / midtone - 2) * (1 - x) + 1))).astype(np.uint8)
 
 
-def _develop(levels: np.ndarray, size: int, film: np.ndarray, grain: np.ndarray, devices: np.ndarray | None) -> np.ndarray:
-    """The exposed film, uint8 ``size`` x ``size``: ``film[enlarged levels + devices + grain]``.
+def _develop(
+    levels: np.ndarray, size: int, film: np.ndarray, grain: np.ndarray, devices: tuple[np.ndarray, np.ndarray] | None
+) -> np.ndarray:
+    """The exposed film, uint8 ``size`` x ``size``: ``film[enlarged levels + devices + grain]``, clipped to the table.
 
     ``levels`` (int32, n x n) is enlarged by :func:`_enlarge`; ``grain`` is int8,
-    ``devices`` int32 or None, both ``size`` x ``size``. A band of rows at a
-    time, so that the temporaries stay in the CPU's cache.
+    ``size`` x ``size``; ``devices`` is None or (overlay, steps): the overlay
+    (uint8, ``size`` x ``size``) and the attenuation steps (int32) of each of its
+    256 values. A band of rows at a time, so that the temporaries stay in the
+    CPU's cache.
     """
+    # Rather than clip each index (a branch the grain makes unpredictable: a third of the time
+    # here), extend the table over every index the pixels can reach, black below and white above.
+    # Enlarging commutes with adding a whole number, so the levels are shifted to the table's start.
+    low = int(levels.min()) - 128
+    high = int(levels.max()) + 127 + (int(devices[1].max()) if devices is not None else 0)
+    below, above = max(0, -low), max(0, high + 1 - len(film))
+    table = np.concatenate([np.full(below, film[0]), film, np.full(above, film[-1])])
     pixels = np.empty((size, size), np.uint8)
-    for rows, band in _enlarge(levels, size):
+    for rows, band in _enlarge(levels + below, size):
         if devices is not None:
-            band += devices[rows]
+            overlay, steps = devices
+            band += steps.take(overlay[rows])
         band += grain[rows]
-        for top in range(0, len(band), 32):  # take copies its indices as int64: a few at a time, in cache
-            np.take(film, band[top : top + 32], mode="clip", out=pixels[rows][top : top + 32])
+        np.take(table, band, out=pixels[rows])
     return pixels
 
 
-def _enlarge(levels: np.ndarray, size: int, band: int = 128):
+def _enlarge(levels: np.ndarray, size: int, band: int = 64):
     """Yield (rows, values) of ``levels`` (int32, n x n) enlarged to ``size`` x ``size``, ``band`` rows at a time.
 
     Linear interpolation in integers: pixel centres aligned and edges clamped, as
-    Pillow's BILINEAR enlarges; weights in 1/256ths, each pass rounded half up.
-    When ``size`` is a multiple of n, the k = size / n output rows (columns) that
-    share their two source rows (columns) are computed together rather than
-    gathered one by one; the values are the same. Each band is enlarged across
-    from its own source rows, so no temporary is a megabyte (each would cost
-    hundreds of page faults, a third of this function's time).
+    Pillow's BILINEAR enlarges; weights in 1/256ths, across first, each pass
+    rounded half up. Each band is enlarged from its own source rows, so no
+    temporary is a megabyte (each would cost hundreds of page faults). ``values``
+    may be a buffer that the next band overwrites: use it before asking for the next.
     """
     n = levels.shape[0]
     twice = (2 * np.arange(size) + 1) * n - size  # each output centre in source pixels, times 2 * size
     left = twice // (2 * size) + 1  # in the source padded by one pixel each side
     weight = (((twice - (left - 1) * 2 * size) * 256 + size) // (2 * size)).astype(np.int32)  # of the right one
     padded = np.pad(levels, 1, mode="edge")
-    k, whole = size // n, size % n == 0
-    # Output j is number j + start of the runs of k (one per source pair) laid end to end.
-    shared = int(np.argmax(left != left[0]))  # the first run's outputs inside the image
-    phases, start = weight[shared : shared + k], left[0] * k + k - shared
-
-    def across(source: np.ndarray) -> np.ndarray:
-        """Rows of ``padded`` enlarged across, times 256, plus 128 (the next pass's rounding)."""
-        if whole:
-            runs = np.empty((len(source), (n + 1) * k), np.int32)
-            for phase in range(k):  # a strided column at a time
-                runs[:, phase::k] = (source[:, 1:] - source[:, :-1]) * phases[phase] + (source[:, :-1] * 256 + 128)
-            runs = runs[:, start : start + size]
-        else:
-            runs = source[:, left] * 256 + 128 + (source[:, left + 1] - source[:, left]) * weight
-        runs >>= 8
-        runs *= 256
-        runs += 128
-        return runs
-
+    if size % n == 0:
+        yield from _enlarge_whole(padded, size, left, weight, band)
+        return
     for top in range(0, size, band):
         rows = slice(top, min(top + band, size))
-        if whole:
-            first, last = (top + start) // k, (rows.stop - 1 + start) // k + 1  # source pairs (first, first + 1)...
-            lines = across(padded[first : last + 1])
-            values = (((lines[1:] - lines[:-1]) >> 8)[:, None] * phases[:, None] + lines[:-1, None]).reshape(-1, size)
-            values = values[top + start - first * k :][: rows.stop - top]
-        else:
-            lines = across(padded[left[rows][0] : left[rows][-1] + 2])
-            pairs = left[rows] - left[rows][0]
-            values = ((lines[pairs + 1] - lines[pairs]) >> 8) * weight[rows, None] + lines[pairs]
+        lines = padded[left[rows][0] : left[rows][-1] + 2]  # the band's source rows
+        lines = lines[:, left] * 256 + 128 + (lines[:, left + 1] - lines[:, left]) * weight
+        lines >>= 8
+        lines *= 256
+        lines += 128  # the next pass's rounding
+        pairs = left[rows] - left[rows][0]
+        values = ((lines[pairs + 1] - lines[pairs]) >> 8) * weight[rows, None] + lines[pairs]
         values >>= 8
         yield rows, values
+
+
+def _enlarge_whole(padded: np.ndarray, size: int, left: np.ndarray, weight: np.ndarray, band: int):
+    """:func:`_enlarge` when ``size`` is a whole multiple k of n, without gathers, into two buffers.
+
+    The outputs then fall in runs of k, one run per pair of neighbouring source
+    pixels, the p-th output of every run at the same weight (:func:`_runs`).
+    ``padded`` is the source with its edge pixels repeated; ``left`` and
+    ``weight`` are each output's left source pixel in ``padded`` and the weight
+    of the right one, in 1/256ths.
+    """
+    n = padded.shape[0] - 2
+    k = size // n
+    shared = int(np.argmax(left != left[0]))  # the first run's outputs inside the image
+    phases = weight[shared : shared + k]
+    start = left[0] * k + k - shared  # output j is number j + start of the runs laid end to end
+    most = band // k + 3  # source rows that a band needs, at most
+    across = np.empty((most, (n + 1) * k), np.int32)
+    down = np.empty(((most - 1) * k, size), np.int32)
+    for top in range(0, size, band):
+        rows = slice(top, min(top + band, size))
+        first = (top + start) // k  # the band's first source pair is (first, first + 1), in padded rows
+        m = (rows.stop - 1 + start) // k + 2 - first  # its source rows
+        source = padded[first : first + m]
+        _runs(source[:, :-1], source[:, 1:], phases, across[:m], axis=1)
+        lines = across[:m, start : start + size]  # the image's columns
+        lines >>= 8
+        _runs(lines[:-1], lines[1:], phases, down[: (m - 1) * k], axis=0)
+        values = down[top + start - first * k :][: rows.stop - top]
+        values >>= 8
+        yield rows, values
+
+
+def _runs(low: np.ndarray, high: np.ndarray, phases: np.ndarray, out: np.ndarray, axis: int) -> None:
+    """Interpolate k = len(phases) values between each pair of neighbours ``low``, ``high`` (int32), times 256.
+
+    Value p of pair i, at index i * k + p of ``out`` along ``axis`` (0 or 1), is
+    ``(high - low) * phases[p] + low * 256 + 128``: weights in 1/256ths, plus
+    half a step so that a shift right by 8 rounds half up.
+    """
+    step = high - low
+    base = low * 256
+    base += 128
+    k = len(phases)
+    for p, phase in enumerate(phases):
+        value = out[p::k] if axis == 0 else out[:, p::k]
+        np.multiply(step, phase, out=value)
+        value += base
 
 
 @dataclass(frozen=True)
