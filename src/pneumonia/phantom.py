@@ -42,9 +42,8 @@ from pathlib import Path
 import numpy as np
 import pydicom
 from PIL import Image, ImageDraw
-from pydicom.dataset import FileMetaDataset
 from pydicom.encaps import encapsulate
-from pydicom.uid import ExplicitVRLittleEndian, JPEGBaseline8Bit, generate_uid
+from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, JPEGBaseline8Bit, generate_uid
 from scipy import ndimage
 
 from pneumonia.atomic import atomic_dir, atomic_path
@@ -725,6 +724,10 @@ def write_dicom(
     plain number of years ("51"), not the standard "051Y". Every UID is derived
     from ``patient_id``, and the study date is RSNA's placeholder 19010101, so
     the same arguments always give the same bytes.
+
+    The elements are encoded here (:func:`_element`) rather than through a
+    pydicom Dataset, which took as long as the JPEG itself; the bytes are
+    pydicom's, file meta included (tests/test_phantom.py compares them).
     """
     pixels = np.asarray(pixels)
     if pixels.ndim != 2:
@@ -742,58 +745,94 @@ def write_dicom(
     def uid(kind: str) -> str:
         return generate_uid(entropy_srcs=[patient_id, kind])
 
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = CR_IMAGE_STORAGE
-    meta.MediaStorageSOPInstanceUID = uid("instance")
-    meta.TransferSyntaxUID = JPEGBaseline8Bit if jpeg else ExplicitVRLittleEndian
-
-    ds = pydicom.Dataset()
-    ds.file_meta = meta
-    ds.preamble = b"\0" * 128
-    ds.SpecificCharacterSet = "ISO_IR 100"
-    ds.SOPClassUID = CR_IMAGE_STORAGE
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.StudyDate = "19010101"
-    ds.StudyTime = "000000.00"
-    ds.AccessionNumber = ""
-    ds.Modality = "CR"
-    ds.ConversionType = "WSD"
-    ds.ReferringPhysicianName = ""
-    ds.SeriesDescription = f"view: {view}"
-    ds.PatientName = patient_id
-    ds.PatientID = patient_id
-    ds.PatientBirthDate = ""
-    ds.PatientSex = sex
-    with pydicom.config.disable_value_validation():  # "51" is RSNA's form, not a valid AS
-        ds.PatientAge = str(age)
-    ds.BodyPartExamined = "CHEST"
-    ds.ViewPosition = view
-    ds.StudyInstanceUID = uid("study")
-    ds.SeriesInstanceUID = uid("series")
-    ds.StudyID = ""
-    ds.SeriesNumber = 1
-    ds.InstanceNumber = 1
-    ds.PatientOrientation = ""
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = photometric
-    ds.Rows, ds.Columns = pixels.shape
-    ds.PixelSpacing = [f"{pixel_spacing:.6g}", f"{pixel_spacing:.6g}"]
-    ds.BitsAllocated = 8 if bits_stored <= 8 else 16
-    ds.BitsStored = bits_stored
-    ds.HighBit = bits_stored - 1
-    ds.PixelRepresentation = 0
+    instance = uid("instance")
     if jpeg:
         buffer = BytesIO()
         Image.fromarray(pixels).save(buffer, format="JPEG", quality=90)
-        ds.LossyImageCompression = "01"
-        ds.LossyImageCompressionMethod = "ISO_10918_1"
-        ds.PixelData = encapsulate([buffer.getvalue()])
-        ds["PixelData"].VR = "OB"
-        ds["PixelData"].is_undefined_length = True
+        syntax, pixel_data = JPEGBaseline8Bit, _element(0x7FE00010, "OB", encapsulate([buffer.getvalue()]), fragments=True)
     else:
-        ds.PixelData = np.ascontiguousarray(pixels, dtype="<u2" if bits_stored > 8 else np.uint8).tobytes()
-        ds["PixelData"].VR = "OW" if bits_stored > 8 else "OB"
-    ds.save_as(path, enforce_file_format=True)
+        native = np.ascontiguousarray(pixels, dtype="<u2" if bits_stored > 8 else np.uint8).tobytes()
+        syntax, pixel_data = ExplicitVRLittleEndian, _element(0x7FE00010, "OW" if bits_stored > 8 else "OB", native)
+    meta = b"".join(
+        _element(tag, vr, value)
+        for tag, vr, value in (
+            (0x00020001, "OB", b"\0\1"),  # FileMetaInformationVersion
+            (0x00020002, "UI", CR_IMAGE_STORAGE),  # MediaStorageSOPClassUID
+            (0x00020003, "UI", instance),  # MediaStorageSOPInstanceUID
+            (0x00020010, "UI", syntax),  # TransferSyntaxUID
+            (0x00020012, "UI", PYDICOM_IMPLEMENTATION_UID),  # ImplementationClassUID
+            (0x00020013, "SH", f"PYDICOM {'.'.join(pydicom.__version_info__)}"),  # ImplementationVersionName
+        )
+    )
+    spacing = f"{pixel_spacing:.6g}"
+    attributes = [
+        (0x00080005, "CS", "ISO_IR 100"),  # SpecificCharacterSet
+        (0x00080016, "UI", CR_IMAGE_STORAGE),  # SOPClassUID
+        (0x00080018, "UI", instance),  # SOPInstanceUID
+        (0x00080020, "DA", "19010101"),  # StudyDate
+        (0x00080030, "TM", "000000.00"),  # StudyTime
+        (0x00080050, "SH", ""),  # AccessionNumber
+        (0x00080060, "CS", "CR"),  # Modality
+        (0x00080064, "CS", "WSD"),  # ConversionType
+        (0x00080090, "PN", ""),  # ReferringPhysicianName
+        (0x0008103E, "LO", f"view: {view}"),  # SeriesDescription
+        (0x00100010, "PN", patient_id),  # PatientName
+        (0x00100020, "LO", patient_id),  # PatientID
+        (0x00100030, "DA", ""),  # PatientBirthDate
+        (0x00100040, "CS", sex),  # PatientSex
+        (0x00101010, "AS", str(age)),  # PatientAge, RSNA's "51" rather than the standard "051Y"
+        (0x00180015, "CS", "CHEST"),  # BodyPartExamined
+        (0x00185101, "CS", view),  # ViewPosition
+        (0x0020000D, "UI", uid("study")),  # StudyInstanceUID
+        (0x0020000E, "UI", uid("series")),  # SeriesInstanceUID
+        (0x00200010, "SH", ""),  # StudyID
+        (0x00200011, "IS", "1"),  # SeriesNumber
+        (0x00200013, "IS", "1"),  # InstanceNumber
+        (0x00200020, "CS", ""),  # PatientOrientation
+        (0x00280002, "US", 1),  # SamplesPerPixel
+        (0x00280004, "CS", photometric),  # PhotometricInterpretation
+        (0x00280010, "US", pixels.shape[0]),  # Rows
+        (0x00280011, "US", pixels.shape[1]),  # Columns
+        (0x00280030, "DS", f"{spacing}\\{spacing}"),  # PixelSpacing, row and column
+        (0x00280100, "US", 8 if bits_stored <= 8 else 16),  # BitsAllocated
+        (0x00280101, "US", bits_stored),  # BitsStored
+        (0x00280102, "US", bits_stored - 1),  # HighBit
+        (0x00280103, "US", 0),  # PixelRepresentation
+    ]
+    if jpeg:
+        attributes += [(0x00282110, "CS", "01"), (0x00282114, "CS", "ISO_10918_1")]  # LossyImageCompression, -Method
+    with open(path, "wb") as out:
+        out.write(b"\0" * 128 + b"DICM")  # preamble and prefix
+        out.write(_element(0x00020000, "UL", len(meta)) + meta)  # the file meta group, after its length
+        out.write(b"".join(_element(tag, vr, value) for tag, vr, value in attributes))
+        out.write(pixel_data)
+
+
+# Value representations whose length takes 4 bytes (after 2 reserved) in explicit VR little endian.
+_LONG_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "UC", "UN", "UR", "UT"})
+
+
+def _element(tag: int, vr: str, value: str | int | bytes, fragments: bool = False) -> bytes:
+    """One data element in explicit VR little endian, as pydicom writes it.
+
+    Text is encoded in ISO 8859-1 (the SpecificCharacterSet written) and padded
+    to an even length, UIDs with a NUL, other text with a space; US and UL
+    values are integers, OB and OW ones bytes (padded with a NUL). With
+    ``fragments``, ``value`` is encapsulated pixel data, written with an
+    undefined length and closed by a sequence delimiter.
+    """
+    if vr in ("US", "UL"):
+        value = value.to_bytes(2 if vr == "US" else 4, "little")
+    elif isinstance(value, str):
+        value = value.encode("latin-1")
+    if len(value) % 2:
+        value += b"\0" if vr in ("UI", "OB", "OW") else b" "
+    head = (tag >> 16).to_bytes(2, "little") + (tag & 0xFFFF).to_bytes(2, "little") + vr.encode()
+    if fragments:
+        return head + b"\0\0\xff\xff\xff\xff" + value + b"\xfe\xff\xdd\xe0\0\0\0\0"
+    if vr in _LONG_VRS:
+        return head + b"\0\0" + len(value).to_bytes(4, "little") + value
+    return head + len(value).to_bytes(2, "little") + value
 
 
 # --------------------------------------------------------------------------- dataset
