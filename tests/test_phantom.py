@@ -245,6 +245,21 @@ def test_mean_brightness_does_not_separate_the_classes():
     assert 0.3 < roc_auc_score(positive, brightness) < 0.7
 
 
+@pytest.mark.parametrize("sigma", [0.6, 1.2, 6.4])
+@pytest.mark.parametrize("rows, columns", [(slice(0, 64),) * 2, (slice(10, 30), slice(40, 64)), (slice(3, 5), slice(0, 1))])
+def test_blur_on_a_window_is_the_whole_blur_there_bit_for_bit(sigma, rows, columns):
+    image = np.random.default_rng(0).random((64, 64), dtype=np.float32)
+    part, whole = phantom._blur(image, sigma, (rows, columns)), phantom._blur(image, sigma)[rows, columns]
+    assert np.array_equal(part.view(np.uint32), whole.view(np.uint32))
+
+
+def test_support_holds_every_nonzero_pixel():
+    mask = np.zeros((8, 9))
+    assert phantom._support(mask) == (slice(0, 0), slice(0, 0))
+    mask[2, 7] = mask[5, 3] = 0.5
+    assert phantom._support(mask) == (slice(2, 6), slice(3, 8))
+
+
 @pytest.mark.parametrize("n, size", [(16, 64), (16, 40), (16, 16)])
 def test_enlarge_interpolates_a_plane_exactly_and_clamps_the_edges(n, size):
     """A linear ramp enlarged (a whole multiple, another ratio, none) is the ramp at each output centre, +-1."""
