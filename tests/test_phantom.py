@@ -260,9 +260,9 @@ def test_support_holds_every_nonzero_pixel():
     assert phantom._support(mask) == (slice(2, 6), slice(3, 8))
 
 
-@pytest.mark.parametrize("n, size", [(16, 64), (16, 40), (16, 16)])
+@pytest.mark.parametrize("n, size", [(16, 64), (16, 96), (16, 40), (16, 16)])
 def test_enlarge_interpolates_a_plane_exactly_and_clamps_the_edges(n, size):
-    """A linear ramp enlarged (a whole multiple, another ratio, none) is the ramp at each output centre, +-1."""
+    """A linear ramp enlarged (x4; x6, weights unevenly spaced; another ratio; none) is the ramp at each centre, +-1."""
     rows, columns = np.mgrid[0:n, 0:n]
     levels = (300 * rows + 70 * columns).astype(np.int32)
     enlarged = np.concatenate([values.copy() for _, values in phantom._enlarge(levels, size, band=8)])
