@@ -423,8 +423,8 @@ def _develop(
     256 values. A band of rows at a time, so that the temporaries stay in the
     CPU's cache.
     """
-    # Rather than clip each index (a branch the grain makes unpredictable: a third of the time
-    # here), extend the table over every index the pixels can reach, black below and white above.
+    # Rather than clip each index (a branch the grain makes unpredictable: the lookup took half as
+    # long again), extend the table over every index the pixels can reach, black below and white above.
     # Enlarging commutes with adding a whole number, so the levels are shifted to the table's start.
     low = int(levels.min()) - 128
     high = int(levels.max()) + 127 + (int(devices[1].max()) if devices is not None else 0)
