@@ -245,12 +245,27 @@ def test_mean_brightness_does_not_separate_the_classes():
     assert 0.3 < roc_auc_score(positive, brightness) < 0.7
 
 
-@pytest.mark.parametrize("n, size", [(16, 64), (16, 40), (16, 16)])
+@pytest.mark.parametrize("sigma", [0.6, 1.2, 6.4])
+@pytest.mark.parametrize("rows, columns", [(slice(0, 64),) * 2, (slice(10, 30), slice(40, 64)), (slice(3, 5), slice(0, 1))])
+def test_blur_on_a_window_is_the_whole_blur_there_bit_for_bit(sigma, rows, columns):
+    image = np.random.default_rng(0).random((64, 64), dtype=np.float32)
+    part, whole = phantom._blur(image, sigma, (rows, columns)), phantom._blur(image, sigma)[rows, columns]
+    assert np.array_equal(part.view(np.uint32), whole.view(np.uint32))
+
+
+def test_support_holds_every_nonzero_pixel():
+    mask = np.zeros((8, 9))
+    assert phantom._support(mask) == (slice(0, 0), slice(0, 0))
+    mask[2, 7] = mask[5, 3] = 0.5
+    assert phantom._support(mask) == (slice(2, 6), slice(3, 8))
+
+
+@pytest.mark.parametrize("n, size", [(16, 64), (16, 96), (16, 40), (16, 16)])
 def test_enlarge_interpolates_a_plane_exactly_and_clamps_the_edges(n, size):
-    """A linear ramp enlarged (a whole multiple, another ratio, none) is the ramp at each output centre, +-1."""
+    """A linear ramp enlarged (x4; x6, weights unevenly spaced; another ratio; none) is the ramp at each centre, +-1."""
     rows, columns = np.mgrid[0:n, 0:n]
     levels = (300 * rows + 70 * columns).astype(np.int32)
-    enlarged = np.concatenate([values for _, values in phantom._enlarge(levels, size, band=8)])
+    enlarged = np.concatenate([values.copy() for _, values in phantom._enlarge(levels, size, band=8)])
     centres = np.clip((np.arange(size) + 0.5) * n / size - 0.5, 0, n - 1)  # in source pixels, clamped
     assert enlarged.shape == (size, size)
     assert np.abs(enlarged - (300 * centres[:, None] + 70 * centres[None, :])).max() <= 1
@@ -311,6 +326,78 @@ def test_write_dicom_12_bit(tmp_path):
     assert (ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation) == (16, 12, 11, 0)
     assert ds.pixel_array.dtype == np.uint16
     assert np.array_equal(ds.pixel_array, pixels)
+
+
+def written_by_pydicom(path: Path, pixels: np.ndarray, *, patient_id: str, sex: str = "M", age: int = 50,
+                       view: str = "PA", pixel_spacing: float = 0.143, jpeg: bool = True,
+                       photometric: str = "MONOCHROME2", bits_stored: int = 8) -> None:
+    """What write_dicom wrote when it went through pydicom's Dataset: the reference for its bytes."""
+    from io import BytesIO
+
+    from PIL import Image
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import generate_uid
+
+    def uid(kind: str) -> str:
+        return generate_uid(entropy_srcs=[patient_id, kind])
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = phantom.CR_IMAGE_STORAGE
+    meta.MediaStorageSOPInstanceUID = uid("instance")
+    meta.TransferSyntaxUID = JPEGBaseline8Bit if jpeg else ExplicitVRLittleEndian
+    ds = pydicom.Dataset()
+    ds.file_meta = meta
+    ds.preamble = b"\0" * 128
+    ds.SpecificCharacterSet = "ISO_IR 100"
+    ds.SOPClassUID = phantom.CR_IMAGE_STORAGE
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.StudyDate, ds.StudyTime, ds.AccessionNumber = "19010101", "000000.00", ""
+    ds.Modality, ds.ConversionType, ds.ReferringPhysicianName = "CR", "WSD", ""
+    ds.SeriesDescription = f"view: {view}"
+    ds.PatientName = ds.PatientID = patient_id
+    ds.PatientBirthDate, ds.PatientSex = "", sex
+    with pydicom.config.disable_value_validation():
+        ds.PatientAge = str(age)
+    ds.BodyPartExamined, ds.ViewPosition = "CHEST", view
+    ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.StudyID = uid("study"), uid("series"), ""
+    ds.SeriesNumber = ds.InstanceNumber = 1
+    ds.PatientOrientation, ds.SamplesPerPixel, ds.PhotometricInterpretation = "", 1, photometric
+    ds.Rows, ds.Columns = pixels.shape
+    ds.PixelSpacing = [f"{pixel_spacing:.6g}", f"{pixel_spacing:.6g}"]
+    ds.BitsAllocated = 8 if bits_stored <= 8 else 16
+    ds.BitsStored, ds.HighBit, ds.PixelRepresentation = bits_stored, bits_stored - 1, 0
+    if jpeg:
+        buffer = BytesIO()
+        Image.fromarray(pixels).save(buffer, format="JPEG", quality=90)
+        ds.LossyImageCompression, ds.LossyImageCompressionMethod = "01", "ISO_10918_1"
+        ds.PixelData = encapsulate([buffer.getvalue()])
+        ds["PixelData"].VR = "OB"
+        ds["PixelData"].is_undefined_length = True
+    else:
+        ds.PixelData = np.ascontiguousarray(pixels, dtype="<u2" if bits_stored > 8 else np.uint8).tobytes()
+        ds["PixelData"].VR = "OW" if bits_stored > 8 else "OB"
+    ds.save_as(path, enforce_file_format=True)
+
+
+@pytest.mark.parametrize(
+    "shape, options",
+    [
+        ((64, 80), {"patient_id": "p1"}),
+        ((63, 81), {"patient_id": "odd", "sex": "F", "age": 7, "view": "AP", "pixel_spacing": 0.1, "jpeg": False}),
+        ((64, 80), {"patient_id": "m" * 41, "age": 100, "pixel_spacing": 0.19, "photometric": "MONOCHROME1"}),
+        ((64, 80), {"patient_id": "m1", "jpeg": False, "photometric": "MONOCHROME1"}),
+        ((33, 64), {"patient_id": "b12", "jpeg": False, "bits_stored": 12}),
+        ((33, 64), {"patient_id": "b16", "jpeg": False, "bits_stored": 16}),
+    ],
+)
+def test_write_dicom_writes_what_pydicom_writes(tmp_path, shape, options):
+    """write_dicom encodes its elements itself, for speed: byte for byte what pydicom's writer makes of them."""
+    bits = options.get("bits_stored", 8)
+    pixels = (np.arange(shape[0] * shape[1]) * 37 % 2**bits).reshape(shape).astype(np.uint8 if bits <= 8 else np.uint16)
+    phantom.write_dicom(tmp_path / "ours.dcm", pixels, **options)
+    written_by_pydicom(tmp_path / "pydicom.dcm", pixels, **options)
+    assert (tmp_path / "ours.dcm").read_bytes() == (tmp_path / "pydicom.dcm").read_bytes()
 
 
 @pytest.mark.parametrize(

@@ -30,21 +30,26 @@ Difficulty is one knob, :data:`OPACITY_CONTRAST`.
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import math
 import multiprocessing
 import os
 import uuid
-from dataclasses import dataclass, replace
-from functools import partial
+from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
 
 import numpy as np
 import pydicom
 from PIL import Image, ImageDraw
-from pydicom.dataset import FileMetaDataset
 from pydicom.encaps import encapsulate
-from pydicom.uid import ExplicitVRLittleEndian, JPEGBaseline8Bit, generate_uid
+from pydicom.uid import (
+    PYDICOM_IMPLEMENTATION_UID,
+    ExplicitVRLittleEndian,
+    JPEGBaseline8Bit,
+    generate_uid,
+)
 from scipy import ndimage
 
 from pneumonia.atomic import atomic_dir, atomic_path
@@ -199,12 +204,14 @@ def _soft(x: np.ndarray, width: float) -> np.ndarray:
 
 def _exp_neg(x):
     """``(1 - x/16)**16``, zero beyond 16: close to exp(-x) for x >= 0 (0.36 at 1, 0.01 at 4). Arrays or floats."""
-    y = np.clip(1 - x * (1 / 16), 0, None)
+    # Both bounds: with one, numpy clips by np.maximum, three times as slow against a number.
+    y = np.clip(1 - x * (1 / 16), 0, np.inf)
     for _ in range(4):
         y *= y
     return y
 
 
+@functools.lru_cache(maxsize=16)  # a pose's angle serves every window of its image
 def _cos_sin(angle: float) -> tuple[float, float]:
     """cos and sin of ``angle`` (radians, |angle| <= 0.5) by their Taylor series, to double precision."""
     x2 = angle * angle
@@ -216,32 +223,60 @@ def _cos_sin(angle: float) -> tuple[float, float]:
     return cos, sin
 
 
+@functools.lru_cache(maxsize=16)  # the textures' widths depend on the size alone
 def _kernel(sigma: float) -> np.ndarray:
-    """A Gaussian-like 1-D kernel of ``sigma`` pixels, 4 sigma each side, summing to 1: :func:`_exp_neg` of x**2/2."""
+    """A Gaussian-like 1-D kernel of ``sigma`` pixels, 4 sigma each side, summing to 1: :func:`_exp_neg` of x**2/2.
+
+    Read-only (it is shared).
+    """
     radius = max(1, int(4 * sigma + 0.5))
     x = np.arange(-radius, radius + 1) / sigma
     weights = _exp_neg(0.5 * x * x)
-    return weights / math.fsum(weights)
+    weights /= math.fsum(weights)
+    weights.flags.writeable = False
+    return weights
 
 
-def _blur(image: np.ndarray, sigma: float) -> np.ndarray:
-    """Blur by :func:`_kernel` along both axes, edges reflected.
+def _blur(image: np.ndarray, sigma: float, window: tuple[slice, slice] | None = None) -> np.ndarray:
+    """Blur by :func:`_kernel` along both axes, edges reflected; with ``window`` (rows, columns), there only.
 
+    A window's values are those of the whole image blurred, bit for bit: each output
+    sums the inputs within the kernel's radius, in the same order, so the window is
+    blurred with that margin around it (or the image's own edge) and then cut out.
     Not scipy's gaussian_filter, whose kernel comes from numpy's exp; ``correlate1d`` is plain C.
     """
     weights = _kernel(sigma)
+    if window is not None:
+        reach = len(weights) // 2
+        grown = tuple(slice(max(0, s.start - reach), min(n, s.stop + reach)) for s, n in zip(window, image.shape))
+        image = image[grown]
+        inner_rows, inner_columns = (slice(s.start - g.start, s.stop - g.start) for s, g in zip(window, grown))
+        image = ndimage.correlate1d(image, weights, axis=0, mode="reflect")[inner_rows]
+        return ndimage.correlate1d(image, weights, axis=1, mode="reflect")[:, inner_columns]
     image = ndimage.correlate1d(image, weights, axis=0, mode="reflect")
     return ndimage.correlate1d(image, weights, axis=1, mode="reflect")
 
 
-def _smooth_noise(rng: np.random.Generator, n: int, sigma: float) -> np.ndarray:
+def _smooth_noise(
+    rng: np.random.Generator, n: int, sigma: float, window: tuple[slice, slice] | None = None
+) -> np.ndarray:
     """Smooth random texture on an ``n`` x ``n`` grid, mean 0, s.d. about 1: uniform noise blurred by ``sigma`` pixels.
 
     Uniform draws, not Gaussian ones (numpy's normal sampler calls libm's exp): once
     blurred they are as Gaussian. Scaled by the s.d. the blur leaves, sqrt(1/12) * sum(w**2).
+    With ``window`` (rows, columns), the texture there only; the whole grid is drawn all the same.
     """
     kept = math.fsum(_kernel(sigma) ** 2) * math.sqrt(1 / 12)
-    return _blur(rng.random((n, n), dtype=np.float32) - 0.5, sigma) * (1 / kept)
+    return _blur(rng.random((n, n), dtype=np.float32) - 0.5, sigma, window) * (1 / kept)
+
+
+def _support(mask: np.ndarray) -> tuple[slice, slice]:
+    """The rows and columns that hold every nonzero pixel of ``mask`` (empty slices when it has none)."""
+    spans = []
+    for axis in (1, 0):
+        kept = np.flatnonzero(mask.any(axis=axis))
+        spans.append(slice(int(kept[0]), int(kept[-1]) + 1) if len(kept) else slice(0, 0))
+    return tuple(spans)
 
 
 @dataclass(frozen=True)
@@ -254,7 +289,7 @@ class _Pose:
     angle: float
 
     def to_body(self, u: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Image fractions (u across, v down) -> body coordinates (a, b)."""
+        """Image fractions (u across, v down: arrays that broadcast, a row and a column) -> body coordinates (a, b)."""
         x, y = (u - 0.5 - self.dx) / self.scale, (v - 0.5 - self.dy) / self.scale
         c, s = _cos_sin(self.angle)
         return 0.5 + c * x + s * y, 0.5 - s * x + c * y
@@ -288,7 +323,9 @@ def render(
         angle=math.radians(rng.uniform(-3, 3)),
     )
     centres = (np.arange(n, dtype=np.float32) + 0.5) / n
-    u, v = np.meshgrid(centres, centres)  # image fractions of each anatomy pixel
+    # Image fractions of each anatomy pixel: u across (a row), v down (a column). Arithmetic on
+    # them broadcasts to the grid, each pixel's value computed as from full arrays, at less cost.
+    u, v = centres[None, :], centres[:, None]
     a, b = pose.to_body(u, v)
     body = _Body(
         d=a - 0.5,
@@ -311,9 +348,10 @@ def render(
     lung = np.maximum(*lungs) * see_through
     att = 0.03 + tissue - lung_darkness * lung
 
-    # Vessel markings: fine texture, densest around the hila.
-    markings = _smooth_noise(rng, n, 1.2 * n / 256)
-    att += lung * (0.015 * markings * (1 + 2 * _exp_neg(np.abs(body.d) / 0.12)))
+    # Vessel markings: fine texture, densest around the hila; drawn where the lung is (0 elsewhere).
+    field = _support(lung)
+    markings = _smooth_noise(rng, n, 1.2 * n / 256, field)
+    att[field] += lung[field] * (0.015 * markings * (1 + 2 * _exp_neg(np.abs(body.d[field]) / 0.12)))
     for s in (-1, 1):
         centre = s * 0.085 * body.width
         hilum = body.window((centre - 0.141, centre + 0.141), (0.219, 0.701))
@@ -355,7 +393,8 @@ def render(
     levels = np.rint(att * steps).astype(np.int32) - first
     devices = None
     if "devices" in patient.findings:
-        devices = np.rint(np.arange(256) * (DEVICE_ATTENUATION / 255 * steps)).astype(np.int32)[_devices(rng, pose, size)]
+        device_steps = np.rint(np.arange(256) * (DEVICE_ATTENUATION / 255 * steps)).astype(np.int32)
+        devices = _devices(rng, pose, size), device_steps
     raw = rng.bit_generator.random_raw(-(-size * size // 8)).astype("<u8", copy=False)
     grain = raw.view(np.int8)[: size * size].reshape(size, size)
     return Rendering(pixels=_develop(levels, size, film, grain, devices), boxes=tuple(boxes))
@@ -373,20 +412,31 @@ def _film(gain: float, offset: float, midtone: float, steps: float) -> tuple[int
     return first, np.rint(255 * (x / ((1 / midtone - 2) * (1 - x) + 1))).astype(np.uint8)
 
 
-def _develop(levels: np.ndarray, size: int, film: np.ndarray, grain: np.ndarray, devices: np.ndarray | None) -> np.ndarray:
-    """The exposed film, uint8 ``size`` x ``size``: ``film[enlarged levels + devices + grain]``.
+def _develop(
+    levels: np.ndarray, size: int, film: np.ndarray, grain: np.ndarray, devices: tuple[np.ndarray, np.ndarray] | None
+) -> np.ndarray:
+    """The exposed film, uint8 ``size`` x ``size``: ``film[enlarged levels + devices + grain]``, clipped to the table.
 
     ``levels`` (int32, n x n) is enlarged by :func:`_enlarge`; ``grain`` is int8,
-    ``devices`` int32 or None, both ``size`` x ``size``. A band of rows at a
-    time, so that the temporaries stay in the CPU's cache.
+    ``size`` x ``size``; ``devices`` is None or (overlay, steps): the overlay
+    (uint8, ``size`` x ``size``) and the attenuation steps (int32) of each of its
+    256 values. A band of rows at a time, so that the temporaries stay in the
+    CPU's cache.
     """
+    # Rather than clip each index (a branch the grain makes unpredictable: the lookup took half as
+    # long again), extend the table over every index the pixels can reach, black below and white above.
+    # Enlarging commutes with adding a whole number, so the levels are shifted to the table's start.
+    low = int(levels.min()) - 128
+    high = int(levels.max()) + 127 + (int(devices[1].max()) if devices is not None else 0)
+    below, above = max(0, -low), max(0, high + 1 - len(film))
+    table = np.concatenate([np.full(below, film[0]), film, np.full(above, film[-1])])
     pixels = np.empty((size, size), np.uint8)
-    for rows, band in _enlarge(levels, size):
+    for rows, band in _enlarge(levels + below, size):
         if devices is not None:
-            band += devices[rows]
+            overlay, steps = devices
+            band += steps.take(overlay[rows])
         band += grain[rows]
-        for top in range(0, len(band), 32):  # take copies its indices as int64: a few at a time, in cache
-            np.take(film, band[top : top + 32], mode="clip", out=pixels[rows][top : top + 32])
+        np.take(table, band, out=pixels[rows])
     return pixels
 
 
@@ -394,50 +444,85 @@ def _enlarge(levels: np.ndarray, size: int, band: int = 128):
     """Yield (rows, values) of ``levels`` (int32, n x n) enlarged to ``size`` x ``size``, ``band`` rows at a time.
 
     Linear interpolation in integers: pixel centres aligned and edges clamped, as
-    Pillow's BILINEAR enlarges; weights in 1/256ths, each pass rounded half up.
-    When ``size`` is a multiple of n, the k = size / n output rows (columns) that
-    share their two source rows (columns) are computed together rather than
-    gathered one by one; the values are the same. Each band is enlarged across
-    from its own source rows, so no temporary is a megabyte (each would cost
-    hundreds of page faults, a third of this function's time).
+    Pillow's BILINEAR enlarges; weights in 1/256ths, across first, each pass
+    rounded half up. A band at a time, so that the caller's work on it stays in
+    the CPU's cache. ``values`` may be a buffer that the next band overwrites:
+    use it before asking for the next.
     """
     n = levels.shape[0]
     twice = (2 * np.arange(size) + 1) * n - size  # each output centre in source pixels, times 2 * size
     left = twice // (2 * size) + 1  # in the source padded by one pixel each side
     weight = (((twice - (left - 1) * 2 * size) * 256 + size) // (2 * size)).astype(np.int32)  # of the right one
     padded = np.pad(levels, 1, mode="edge")
-    k, whole = size // n, size % n == 0
-    # Output j is number j + start of the runs of k (one per source pair) laid end to end.
-    shared = int(np.argmax(left != left[0]))  # the first run's outputs inside the image
-    phases, start = weight[shared : shared + k], left[0] * k + k - shared
-
-    def across(source: np.ndarray) -> np.ndarray:
-        """Rows of ``padded`` enlarged across, times 256, plus 128 (the next pass's rounding)."""
-        if whole:
-            runs = np.empty((len(source), (n + 1) * k), np.int32)
-            for phase in range(k):  # a strided column at a time
-                runs[:, phase::k] = (source[:, 1:] - source[:, :-1]) * phases[phase] + (source[:, :-1] * 256 + 128)
-            runs = runs[:, start : start + size]
-        else:
-            runs = source[:, left] * 256 + 128 + (source[:, left + 1] - source[:, left]) * weight
-        runs >>= 8
-        runs *= 256
-        runs += 128
-        return runs
-
+    if size % n == 0:
+        yield from _enlarge_whole(padded, size, left, weight, band)
+        return
     for top in range(0, size, band):
         rows = slice(top, min(top + band, size))
-        if whole:
-            first, last = (top + start) // k, (rows.stop - 1 + start) // k + 1  # source pairs (first, first + 1)...
-            lines = across(padded[first : last + 1])
-            values = (((lines[1:] - lines[:-1]) >> 8)[:, None] * phases[:, None] + lines[:-1, None]).reshape(-1, size)
-            values = values[top + start - first * k :][: rows.stop - top]
-        else:
-            lines = across(padded[left[rows][0] : left[rows][-1] + 2])
-            pairs = left[rows] - left[rows][0]
-            values = ((lines[pairs + 1] - lines[pairs]) >> 8) * weight[rows, None] + lines[pairs]
+        lines = padded[left[rows][0] : left[rows][-1] + 2]  # the band's source rows
+        lines = lines[:, left] * 256 + 128 + (lines[:, left + 1] - lines[:, left]) * weight
+        lines >>= 8
+        lines *= 256
+        lines += 128  # the next pass's rounding
+        pairs = left[rows] - left[rows][0]
+        values = ((lines[pairs + 1] - lines[pairs]) >> 8) * weight[rows, None] + lines[pairs]
         values >>= 8
         yield rows, values
+
+
+def _enlarge_whole(padded: np.ndarray, size: int, left: np.ndarray, weight: np.ndarray, band: int):
+    """:func:`_enlarge` when ``size`` is a whole multiple k of n, without gathers.
+
+    The outputs then fall in runs of k, one run per pair of neighbouring source
+    pixels, the p-th output of every run at the same weight (:func:`_runs`).
+    ``padded`` is the source with its edge pixels repeated; ``left`` and
+    ``weight`` are each output's left source pixel in ``padded`` and the weight
+    of the right one, in 1/256ths. Every source row is enlarged across at once
+    (a quarter of the work at 1024 from 256), then down a band at a time.
+    """
+    n = padded.shape[0] - 2
+    k = size // n
+    shared = int(np.argmax(left != left[0]))  # the first run's outputs inside the image
+    phases = weight[shared : shared + k]
+    start = left[0] * k + k - shared  # output j is number j + start of the runs laid end to end
+    across = np.empty((n + 2, (n + 1) * k), np.int32)
+    _runs(padded[:, :-1], padded[:, 1:], phases, across, axis=1)
+    lines = across[:, start : start + size]  # the image's columns
+    lines >>= 8
+    down = np.empty(((band // k + 2) * k, size), np.int32)
+    for top in range(0, size, band):
+        rows = slice(top, min(top + band, size))
+        first = (top + start) // k  # the band's first source pair is (first, first + 1), in padded rows
+        pairs = (rows.stop - 1 + start) // k + 1 - first
+        _runs(lines[first : first + pairs], lines[first + 1 : first + pairs + 1], phases, down[: pairs * k], axis=0)
+        values = down[top + start - first * k :][: rows.stop - top]
+        values >>= 8
+        yield rows, values
+
+
+def _runs(low: np.ndarray, high: np.ndarray, phases: np.ndarray, out: np.ndarray, axis: int) -> None:
+    """Interpolate k = len(phases) values between each pair of neighbours ``low``, ``high`` (int32), times 256.
+
+    Value p of pair i, at index i * k + p of ``out`` along ``axis`` (0 or 1), is
+    ``(high - low) * phases[p] + low * 256 + 128``: weights in 1/256ths, plus
+    half a step so that a shift right by 8 rounds half up. Built up one value
+    from the last, adding (high - low) times the difference of their weights,
+    exact in integers: at 1024 from 256 the weights (32, 96, 160, 224) differ
+    by one step, so each value after the first costs one addition.
+    """
+    difference = high - low
+    k = len(phases)
+    value = out[0::k] if axis == 0 else out[:, 0::k]
+    np.multiply(difference, phases[0], out=value)
+    value += low * 256 + 128
+    increments = {}  # (high - low) times each difference of neighbouring weights
+    for p in range(1, k):
+        step = int(phases[p] - phases[p - 1])
+        if step not in increments:
+            increments[step] = difference * step
+        after = out[p::k] if axis == 0 else out[:, p::k]
+        np.add(value, increments[step], out=after)
+        value = after
 
 
 @dataclass(frozen=True)
@@ -461,7 +546,7 @@ class _Body:
         return tuple(slice(min(n, max(0, math.floor(lo * n) - 2)), min(n, max(0, math.ceil(hi * n) + 2))) for lo, hi in spans)
 
     def __getitem__(self, window: tuple[slice, slice]) -> _Body:
-        return replace(self, d=self.d[window], b=self.b[window])
+        return _Body(self.d[window], self.b[window], self.width, self.inspiration, self.pose)  # replace() is slower
 
 
 def _soft_tissue(body: _Body) -> tuple[np.ndarray, np.ndarray]:
@@ -471,9 +556,9 @@ def _soft_tissue(body: _Body) -> tuple[np.ndarray, np.ndarray]:
     """
     d, b = body.d, body.b
     half_width = (0.43 - 0.07 * ((b - 0.45) / 0.5) ** 2) * body.width
-    shoulder_top = 0.06 + 1.3 * np.clip(np.abs(d) - 0.08 * body.width, 0, None) ** 2
+    shoulder_top = 0.06 + 1.3 * np.clip(np.abs(d) - 0.08 * body.width, 0, np.inf) ** 2  # both bounds: see _exp_neg
     chest = np.minimum(half_width - np.abs(d), b - shoulder_top)
-    neck = np.minimum(0.085 * body.width - np.abs(d), 1.0)
+    neck = np.clip(0.085 * body.width - np.abs(d), -np.inf, 1.0)
     inside = _soft(np.maximum(chest, neck), 0.006)
     depth = np.sqrt(np.clip(1 - (d / half_width) ** 2, 0, 1))
     return inside, inside * (0.3 + 0.3 * depth)
@@ -485,10 +570,12 @@ def _lungs(body: _Body, effusion: int, rng: np.random.Generator) -> list[np.ndar
     Each is an egg-shaped super-ellipse, wider at the base, cut by its diaphragm
     dome. ``effusion`` (-1 or +1, 0 for none) fills that lung's base with fluid.
     """
-    d, b = body.d, body.b
     lungs = []
     for side in (-1, 1):  # -1: viewer's left, the patient's right
         centre, cy, ry = side * 0.215 * body.width, 0.57, 0.41
+        # 0 where |x| ** 2.5 or |y| ** 2.25 reaches 1.09: beyond 1.04 rx (at most 0.165 width) or 1.04 ry.
+        field = body.window((centre - 0.19 * body.width, centre + 0.19 * body.width), (0.12, 1.02))
+        d, b = body[field].d, body[field].b
         rx = 0.15 * body.width * (0.8 + 0.3 * np.clip((b - 0.16) / 0.6, 0, 1))
         across = (d - centre) / rx
         x, y = np.abs(across), np.abs((b - cy) / ry)
@@ -500,7 +587,8 @@ def _lungs(body: _Body, effusion: int, rng: np.random.Generator) -> list[np.ndar
             # A meniscus climbing laterally: the costophrenic angle is blunted.
             level = dome_base - rng.uniform(0.05, 0.15) - 0.06 * np.clip(side * across, -1, 1)
             lung = lung * (1 - 0.9 * _soft(b - level, 0.012))
-        lungs.append(lung)
+        lungs.append(np.zeros_like(body.b))
+        lungs[-1][field] = lung
     return lungs
 
 
@@ -542,7 +630,7 @@ def _bones(body: _Body, inside: np.ndarray, rib_amp: float, ap: bool) -> np.ndar
     d, b = body[ribs].d, body[ribs].b
     lateral = np.abs(d) / w
     ribcage = _soft(lateral - 0.04, 0.01) * _soft(0.37 - lateral, 0.01) * inside[ribs]
-    phase = (b - body.inspiration - 0.15 - 1.2 * np.clip(lateral - 0.05, 0, None) ** 2) / 0.056
+    phase = (b - body.inspiration - 0.15 - 1.2 * np.clip(lateral - 0.05, 0, np.inf) ** 2) / 0.056
     nearest = np.round(phase)
     posterior = _exp_neg(((phase - nearest) * 0.056 / 0.011) ** 2) * (nearest >= 0) * (nearest <= 9)
     # Anterior ribs run from the side down towards the sternum; fainter (cartilage).
@@ -601,7 +689,8 @@ def _opacity(
 ) -> np.ndarray:
     """One opacity's shape, peak about 1, on the ``n`` x ``n`` anatomy grid; confined to ``lung``.
 
-    ``b`` is the body coordinate down, ``u`` and ``v`` the image fractions of each grid pixel.
+    ``b`` is the body coordinate down, ``u`` and ``v`` the image fractions across and down
+    (a row and a column, or full grids).
 
     ``band`` = (k, m): the k-th of m opacities in the same lung takes the k-th of m
     horizontal bands of the lung, so they do not pile up.
@@ -612,10 +701,14 @@ def _opacity(
     # Nominal extents (fractions of the side), chosen so that the boxes, clipped to the lung,
     # come out like RSNA's (mean 21 % x 33 % of the side); stacked opacities in one lung are shorter.
     half_w, half_h = rng.uniform(0.2, 0.38) / 2, rng.uniform(0.26, 0.56) / 2 / math.sqrt(m)
-    texture = _smooth_noise(rng, n, 0.025 * n)
     r2 = ((u - cx) / half_w) ** 2 + ((v - cy) / half_h) ** 2
     envelope = _exp_neg(1.2 * r2 * np.sqrt(r2))  # flat-topped, 0.3 at the nominal half-width
-    return envelope * np.clip(0.65 + 0.45 * texture, 0, 1.2) * lung
+    # The texture matters only where the envelope and the lung are not 0: its wide blur is costly.
+    window = _support((envelope > 0) & (lung > 0))
+    texture = _smooth_noise(rng, n, 0.025 * n, window)
+    cloud = np.zeros_like(lung)
+    cloud[window] = envelope[window] * np.clip(0.65 + 0.45 * texture, 0, 1.2) * lung[window]
+    return cloud
 
 
 def _bounding_box(cloud: np.ndarray, size: int) -> Box:
@@ -686,6 +779,10 @@ def write_dicom(
     plain number of years ("51"), not the standard "051Y". Every UID is derived
     from ``patient_id``, and the study date is RSNA's placeholder 19010101, so
     the same arguments always give the same bytes.
+
+    The elements are encoded here (:func:`_element`) rather than through a
+    pydicom Dataset, which took as long as the JPEG itself; the bytes are
+    pydicom's, file meta included (tests/test_phantom.py compares them).
     """
     pixels = np.asarray(pixels)
     if pixels.ndim != 2:
@@ -693,7 +790,7 @@ def write_dicom(
     want = np.uint8 if bits_stored <= 8 else np.uint16
     if pixels.dtype != want:
         raise ValueError(f"{path}: bits_stored={bits_stored} needs {np.dtype(want).name} pixels, got {pixels.dtype}")
-    if int(pixels.max(initial=0)) >= 2**bits_stored:
+    if bits_stored < 8 * pixels.itemsize and int(pixels.max(initial=0)) >= 2**bits_stored:  # else it cannot
         raise ValueError(f"{path}: pixel values reach {pixels.max()}, beyond bits_stored={bits_stored}")
     if jpeg and bits_stored != 8:
         raise ValueError(f"{path}: JPEG Baseline holds 8-bit pixels only; pass jpeg=False for bits_stored={bits_stored}")
@@ -703,58 +800,95 @@ def write_dicom(
     def uid(kind: str) -> str:
         return generate_uid(entropy_srcs=[patient_id, kind])
 
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = CR_IMAGE_STORAGE
-    meta.MediaStorageSOPInstanceUID = uid("instance")
-    meta.TransferSyntaxUID = JPEGBaseline8Bit if jpeg else ExplicitVRLittleEndian
-
-    ds = pydicom.Dataset()
-    ds.file_meta = meta
-    ds.preamble = b"\0" * 128
-    ds.SpecificCharacterSet = "ISO_IR 100"
-    ds.SOPClassUID = CR_IMAGE_STORAGE
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.StudyDate = "19010101"
-    ds.StudyTime = "000000.00"
-    ds.AccessionNumber = ""
-    ds.Modality = "CR"
-    ds.ConversionType = "WSD"
-    ds.ReferringPhysicianName = ""
-    ds.SeriesDescription = f"view: {view}"
-    ds.PatientName = patient_id
-    ds.PatientID = patient_id
-    ds.PatientBirthDate = ""
-    ds.PatientSex = sex
-    with pydicom.config.disable_value_validation():  # "51" is RSNA's form, not a valid AS
-        ds.PatientAge = str(age)
-    ds.BodyPartExamined = "CHEST"
-    ds.ViewPosition = view
-    ds.StudyInstanceUID = uid("study")
-    ds.SeriesInstanceUID = uid("series")
-    ds.StudyID = ""
-    ds.SeriesNumber = 1
-    ds.InstanceNumber = 1
-    ds.PatientOrientation = ""
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = photometric
-    ds.Rows, ds.Columns = pixels.shape
-    ds.PixelSpacing = [f"{pixel_spacing:.6g}", f"{pixel_spacing:.6g}"]
-    ds.BitsAllocated = 8 if bits_stored <= 8 else 16
-    ds.BitsStored = bits_stored
-    ds.HighBit = bits_stored - 1
-    ds.PixelRepresentation = 0
+    instance = uid("instance")
     if jpeg:
         buffer = BytesIO()
         Image.fromarray(pixels).save(buffer, format="JPEG", quality=90)
-        ds.LossyImageCompression = "01"
-        ds.LossyImageCompressionMethod = "ISO_10918_1"
-        ds.PixelData = encapsulate([buffer.getvalue()])
-        ds["PixelData"].VR = "OB"
-        ds["PixelData"].is_undefined_length = True
+        syntax = JPEGBaseline8Bit
+        pixel_data = _element(0x7FE00010, "OB", encapsulate([buffer.getvalue()]), fragments=True)
     else:
-        ds.PixelData = np.ascontiguousarray(pixels, dtype="<u2" if bits_stored > 8 else np.uint8).tobytes()
-        ds["PixelData"].VR = "OW" if bits_stored > 8 else "OB"
-    ds.save_as(path, enforce_file_format=True)
+        native = np.ascontiguousarray(pixels, dtype="<u2" if bits_stored > 8 else np.uint8).tobytes()
+        syntax, pixel_data = ExplicitVRLittleEndian, _element(0x7FE00010, "OW" if bits_stored > 8 else "OB", native)
+    meta = b"".join(
+        _element(tag, vr, value)
+        for tag, vr, value in (
+            (0x00020001, "OB", b"\0\1"),  # FileMetaInformationVersion
+            (0x00020002, "UI", CR_IMAGE_STORAGE),  # MediaStorageSOPClassUID
+            (0x00020003, "UI", instance),  # MediaStorageSOPInstanceUID
+            (0x00020010, "UI", syntax),  # TransferSyntaxUID
+            (0x00020012, "UI", PYDICOM_IMPLEMENTATION_UID),  # ImplementationClassUID
+            (0x00020013, "SH", f"PYDICOM {'.'.join(pydicom.__version_info__)}"),  # ImplementationVersionName
+        )
+    )
+    spacing = f"{pixel_spacing:.6g}"
+    attributes = [
+        (0x00080005, "CS", "ISO_IR 100"),  # SpecificCharacterSet
+        (0x00080016, "UI", CR_IMAGE_STORAGE),  # SOPClassUID
+        (0x00080018, "UI", instance),  # SOPInstanceUID
+        (0x00080020, "DA", "19010101"),  # StudyDate
+        (0x00080030, "TM", "000000.00"),  # StudyTime
+        (0x00080050, "SH", ""),  # AccessionNumber
+        (0x00080060, "CS", "CR"),  # Modality
+        (0x00080064, "CS", "WSD"),  # ConversionType
+        (0x00080090, "PN", ""),  # ReferringPhysicianName
+        (0x0008103E, "LO", f"view: {view}"),  # SeriesDescription
+        (0x00100010, "PN", patient_id),  # PatientName
+        (0x00100020, "LO", patient_id),  # PatientID
+        (0x00100030, "DA", ""),  # PatientBirthDate
+        (0x00100040, "CS", sex),  # PatientSex
+        (0x00101010, "AS", str(age)),  # PatientAge, RSNA's "51" rather than the standard "051Y"
+        (0x00180015, "CS", "CHEST"),  # BodyPartExamined
+        (0x00185101, "CS", view),  # ViewPosition
+        (0x0020000D, "UI", uid("study")),  # StudyInstanceUID
+        (0x0020000E, "UI", uid("series")),  # SeriesInstanceUID
+        (0x00200010, "SH", ""),  # StudyID
+        (0x00200011, "IS", "1"),  # SeriesNumber
+        (0x00200013, "IS", "1"),  # InstanceNumber
+        (0x00200020, "CS", ""),  # PatientOrientation
+        (0x00280002, "US", 1),  # SamplesPerPixel
+        (0x00280004, "CS", photometric),  # PhotometricInterpretation
+        (0x00280010, "US", pixels.shape[0]),  # Rows
+        (0x00280011, "US", pixels.shape[1]),  # Columns
+        (0x00280030, "DS", f"{spacing}\\{spacing}"),  # PixelSpacing, row and column
+        (0x00280100, "US", 8 if bits_stored <= 8 else 16),  # BitsAllocated
+        (0x00280101, "US", bits_stored),  # BitsStored
+        (0x00280102, "US", bits_stored - 1),  # HighBit
+        (0x00280103, "US", 0),  # PixelRepresentation
+    ]
+    if jpeg:
+        attributes += [(0x00282110, "CS", "01"), (0x00282114, "CS", "ISO_10918_1")]  # LossyImageCompression(Method)
+    with open(path, "wb") as out:
+        out.write(b"\0" * 128 + b"DICM")  # preamble and prefix
+        out.write(_element(0x00020000, "UL", len(meta)) + meta)  # the file meta group, after its length
+        out.write(b"".join(_element(tag, vr, value) for tag, vr, value in attributes))
+        out.write(pixel_data)
+
+
+# Value representations whose length takes 4 bytes (after 2 reserved) in explicit VR little endian.
+_LONG_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "UC", "UN", "UR", "UT"})
+
+
+def _element(tag: int, vr: str, value: str | int | bytes, fragments: bool = False) -> bytes:
+    """One data element in explicit VR little endian, as pydicom writes it.
+
+    Text is encoded in ISO 8859-1 (the SpecificCharacterSet written) and padded
+    to an even length, UIDs with a NUL, other text with a space; US and UL
+    values are integers, OB and OW ones bytes (padded with a NUL). With
+    ``fragments``, ``value`` is encapsulated pixel data, written with an
+    undefined length and closed by a sequence delimiter.
+    """
+    if vr in ("US", "UL"):
+        value = value.to_bytes(2 if vr == "US" else 4, "little")
+    elif isinstance(value, str):
+        value = value.encode("latin-1")
+    if len(value) % 2:
+        value += b"\0" if vr in ("UI", "OB", "OW") else b" "
+    head = (tag >> 16).to_bytes(2, "little") + (tag & 0xFFFF).to_bytes(2, "little") + vr.encode()
+    if fragments:
+        return head + b"\0\0\xff\xff\xff\xff" + value + b"\xfe\xff\xdd\xe0\0\0\0\0"
+    if vr in _LONG_VRS:
+        return head + b"\0\0" + len(value).to_bytes(4, "little") + value
+    return head + len(value).to_bytes(2, "little") + value
 
 
 # --------------------------------------------------------------------------- dataset
@@ -772,11 +906,11 @@ def generate(raw_dir: Path, patients: int, size: int = 1024, seed: int = 42, wor
     with atomic_dir(raw_dir) as tmp:
         images = tmp / "stage_2_train_images"
         images.mkdir()
-        write_one = partial(_write_patient, size=size, images=images)
+        write_one = functools.partial(_write_patient, size=size, images=images)
         if workers == 1 or patients < 2:
             boxes = list(map(write_one, drawn))
         else:
-            with multiprocessing.Pool(workers) as pool:
+            with multiprocessing.Pool(workers, initializer=_keep_freed_memory) as pool:
                 boxes = pool.map(write_one, drawn, chunksize=max(1, patients // (workers * 8)))
         labels, classes = ["patientId,x,y,width,height,Target"], ["patientId,class"]
         for patient, patient_boxes in zip(drawn, boxes):
@@ -788,6 +922,28 @@ def generate(raw_dir: Path, patients: int, size: int = 1024, seed: int = 42, wor
                 classes.append(f"{patient.patient_id},{patient.class_name}")
         (tmp / "stage_2_train_labels.csv").write_text("\n".join(labels) + "\n", newline="\n")
         (tmp / "stage_2_detailed_class_info.csv").write_text("\n".join(classes) + "\n", newline="\n")
+
+
+def _keep_freed_memory() -> None:
+    """Have glibc's malloc keep the memory this process frees, rather than give it back to the kernel at once.
+
+    Each image allocates and frees arrays of hundreds of kilobytes. Left to itself,
+    glibc hands much of that memory back and faults it in again, page by page, at
+    the next allocation: a thousand or more page faults per 1024-pixel image, a
+    tenth of its time. Fixed thresholds keep arrays under 16 MiB on the heap and
+    up to 64 MiB of it free. Called in the worker processes only, which exit when
+    done; nothing where the C library has no mallopt.
+    """
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (AttributeError, OSError, TypeError):  # not glibc
+        return
+    mallopt(_M_MMAP_THRESHOLD, 16 << 20)  # both set: setting one alone makes things worse (no adaptive thresholds)
+    mallopt(_M_TRIM_THRESHOLD, 64 << 20)
+
+
+# mallopt's parameters, from glibc's malloc.h.
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 
 
 def _write_patient(patient: Patient, size: int, images: Path) -> tuple[Box, ...]:
