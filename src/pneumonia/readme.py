@@ -121,6 +121,8 @@ BENCH_ROWS = [
      "the train stage's Lightning loop (memory-mapped data, augmentation) against a bare loop over tensors in memory"),
     (("infer_images_per_s", "infer_fraction_of_raw"), "", "fraction ≥ 0.9", "evaluate's inference against a bare inference loop"),
     (("repro_noop_s",), " s", "< 3 s", "`dvc repro` on an up-to-date workspace"),
+    (("predict_torch_images_per_s", "predict_onnxruntime_images_per_s", "predict_onnxruntime_vs_torch"), "", "",
+     "`pneumonia predict` on 64 phantom DICOMs: PyTorch / ONNX Runtime images/s, and their ratio"),
 ]
 
 
