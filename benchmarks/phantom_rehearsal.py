@@ -55,7 +55,7 @@ def main() -> int:
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"download at {args.patients:,} patients: {download['seconds']} s wall, {download['cpu_seconds']} CPU-s "
           f"(load {download['load_1min_before']}); rehearsal.json: {before['cpu_seconds']} CPU-s; "
-          f"{result['cpu_seconds_ratio']}x fewer CPU seconds (None: not the same size)")
+          (f"{result['cpu_seconds_ratio']}x fewer CPU seconds" if result["cpu_seconds_ratio"] else "not the same size"))
     return 0
 
 

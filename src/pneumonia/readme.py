@@ -181,6 +181,13 @@ def rehearsal_block(rehearsal_json: Path) -> str:
               f"({train['bare_loop_images_per_s']:g} images/s) measured right after; a full epoch of this split "
               f"({train['full_epoch_batches']} batches, then validation on {train['val_images']:,} images): about "
               f"{train['full_epoch_stage_estimate_s'] / 60:.0f} min on this machine."]
+    phantom_json = rehearsal_json.with_name("phantom_rehearsal.json")
+    if phantom_json.exists():  # the phantom stage measured again alone, after its generator changed
+        p = json.loads(phantom_json.read_text())
+        d = p["download"]
+        lines.append(f"- Phantom generation measured again alone (`{p['command']}`, commit {p['code']['commit'][:7]}, "
+                     f"load {d['load_1min_before']:g}): {d['seconds']:g} s, {d['cpu_seconds']:g} CPU seconds for "
+                     f"{p['patients']:,} patients, {p['cpu_seconds_ratio']:g}× fewer CPU seconds than the row above.")
     return "\n".join(lines) + "\n"
 
 
