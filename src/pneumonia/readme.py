@@ -248,7 +248,8 @@ def seed_spread_block(spread_json: Path) -> str:
     fixed = [f"{LABELS.get(path, {}).get(key, key)}" for path, keys in r["spread"].items()
              for key, m in keys.items() if not m["sd"]]
     if fixed:
-        lines += ["", "The same in every run (judged exact): " + "; ".join(fixed) + "."]
+        lines += ["", "The same in every run (no training band: judged by the bootstrap interval where the report has "
+                  "one, else exactly): " + "; ".join(fixed) + "."]
     return "\n".join(lines) + "\n"
 
 
