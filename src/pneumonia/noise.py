@@ -28,6 +28,8 @@ from typing import Any, Callable
 import numpy as np
 from scipy import stats
 
+from pneumonia.report import fmt, interval
+
 # The headline files, in the order a reader meets them (the data, the answer predict prints, the
 # detector's boxes, the CAM baseline), each key with the label a reviewer reads.
 LABELS: dict[str, dict[str, str]] = {
@@ -182,12 +184,6 @@ def judge(diff: dict, bootstrap: dict, spread: dict) -> list[Row]:
     return rows
 
 
-def _fmt(value: float | None) -> str:
-    if value is None:
-        return "–"
-    return str(value) if isinstance(value, int) else f"{value:.3f}"
-
-
 def markdown(rows: list[Row], new_name: str) -> list[str]:
     """A table grouped by model; a group's name heads its first row."""
     lines = [f"| model | headline metric | base | {new_name} | change | verdict (base's 95 % noise interval) |",
@@ -197,12 +193,12 @@ def markdown(rows: list[Row], new_name: str) -> list[str]:
         change = "" if row.base is None or row.new is None else (
             f"{row.new - row.base:+d}" if isinstance(row.new - row.base, int) else f"{row.new - row.base:+.3f}")
         if row.verdict in ("within noise", "outside"):
-            verdict = f"{'**outside**' if row.outside else 'within noise'} ({_fmt(row.low)}–{_fmt(row.high)})"
+            verdict = f"{'**outside**' if row.outside else 'within noise'} ({interval({'low': row.low, 'high': row.high})})"
         else:
             verdict = {"same": "same (exact)", "changed": "**changed** (must be exact)"}.get(row.verdict, row.verdict)
         group = row.group if row.group != shown else ""
         shown = row.group
-        lines.append(f"| {group} | {row.label} | {_fmt(row.base)} | {_fmt(row.new)} | {change} | {verdict} |")
+        lines.append(f"| {group} | {row.label} | {fmt(row.base)} | {fmt(row.new)} | {change} | {verdict} |")
     return lines
 
 
