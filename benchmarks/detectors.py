@@ -60,7 +60,7 @@ def fcos_slim(image_size: int) -> FCOS:
 def train_and_score(kind: str, train_set, val_set, val_rows, epochs: int, lr: float, batch: int, seed: int) -> dict:
     torch.manual_seed(seed)
     size = train_set.image_size
-    model = build_detector("centernet_resnet18", 64) if kind == "centernet" else fcos_slim(size)
+    model = build_detector("resnet18", 64) if kind == "centernet" else fcos_slim(size)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     sampler = BalancedEpochSampler([r.label for r in train_set.rows], 1.0, seed)
     cpu, steps = 0.0, 0
@@ -106,7 +106,7 @@ def train_and_score(kind: str, train_set, val_set, val_rows, epochs: int, lr: fl
 def step_seconds(kind: str, train_set, batch: int, steps: int) -> float:
     """Median process CPU seconds of one training step (forward, loss, backward, AdamW) on the same batch."""
     torch.manual_seed(0)
-    model = {"classifier": lambda: build_network("resnet18"), "centernet": lambda: build_detector("centernet_resnet18", 64),
+    model = {"classifier": lambda: build_network("resnet18"), "centernet": lambda: build_detector("resnet18", 64),
              "fcos_slim": lambda: fcos_slim(train_set.image_size)}[kind]()
     model.train()
     optimizer = torch.optim.AdamW(model.parameters())

@@ -192,7 +192,7 @@ def test_area_fraction_counts_overlaps_once():
 
 
 DETECT = {
-    "arch": "centernet_resnet18", "width": 16, "image_size": 64, "max_epochs": 8, "lr": 0.003,
+    "arch": "resnet18", "width": 16, "image_size": 64, "max_epochs": 8, "lr": 0.003,
     "weight_decay": 0.0, "batch_size": 16, "negative_ratio": 0.25, "num_workers": 0, "accelerator": "cpu", "precision": "32-true",
     "augment": False, "score_thresholds": [0.1, 0.3, 0.5], "nms_iou": 0.3, "max_boxes": 2,
 }

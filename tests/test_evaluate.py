@@ -32,9 +32,9 @@ def trained(tmp_path_factory):
     train.run(root / "processed", root / "dataset.json", PARAMS.train, seed=1,
               model_path=root / "model.safetensors", live_dir=root / "dvclive")
     torch.manual_seed(0)
-    network = build_detector("centernet_resnet18", 16)
+    network = build_detector("resnet18", 16)
     save_detector(root / "detector.safetensors", network, LoadedDetector(
-        network, "centernet_resnet18", 16, image_size=32, mean=0.4, std=0.3, image_threshold=0.5,
+        network, "resnet18", 16, image_size=32, mean=0.4, std=0.3, image_threshold=0.5,
         box_threshold=0.3, nms_iou=0.5, max_boxes=3,
     ))
     decide.run(root / "processed", root / "model.safetensors", root / "detector.safetensors", PARAMS.decide,

@@ -75,7 +75,7 @@ def _fabricated(tmp_path: Path, headline: str = "test") -> tuple[dict, Path]:
         "file": MODEL, "bytes": 1234567, "sha256": "ab" * 32, "md5": "cd" * 16,
         "classifier": {"arch": "resnet34", "image_size": 96, "mean": 0.4321, "std": 0.2345, "temperature": 1.5,
                        "threshold": 0.5, "windowing": "auto"},
-        "detector": {"arch": "centernet_resnet18", "width": 32, "image_size": 96, "mean": 0.4321, "std": 0.2345,
+        "detector": {"arch": "resnet18", "width": 32, "image_size": 96, "mean": 0.4321, "std": 0.2345,
                      "image_threshold": 0.4, "box_threshold": 0.3, "nms_iou": 0.45, "max_boxes": 3},
         "decision": {"source": "stacked", "method": "isotonic", "threshold": 0.4375},
         "box_threshold": 0.35, "ood": {"threshold": 12.5, "quantile": 0.97},
@@ -214,7 +214,7 @@ def test_the_facts_are_read_from_the_predictor_file(tmp_path):
     data = path.read_bytes()
     assert facts["sha256"] == hashlib.sha256(data).hexdigest() and facts["md5"] == hashlib.md5(data).hexdigest()
     assert facts["bytes"] == len(data) and facts["file"] == path.as_posix()
-    assert facts["classifier"]["arch"] == "resnet18" and facts["detector"]["arch"] == "centernet_resnet18"
+    assert facts["classifier"]["arch"] == "resnet18" and facts["detector"]["arch"] == "resnet18"
     assert facts["decision"] == {"source": "classifier", "method": "temperature", "threshold": 0.625}
     assert facts["trained_on"] == {"source": "kaggle", "patients": {"train": 30, "val": 12, "test": 0}}
     assert json.loads(json.dumps(facts)) == facts, "the facts travel as JSON on the card"

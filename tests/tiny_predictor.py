@@ -41,10 +41,10 @@ def write_predictor(
     detector whose boxes all pass ``box_threshold``, and a guard that refuses an image farther than
     ``ood_threshold`` from the origin of feature space (0: every image; 1e9: none)."""
     torch.manual_seed(0)
-    network = build_detector("centernet_resnet18", 16)
+    network = build_detector("resnet18", 16)
     detector_path = path.with_name(path.stem + "-detector.safetensors")
     save_detector(detector_path, network, LoadedDetector(
-        network, "centernet_resnet18", 16, image_size=detector_size, mean=0.4, std=0.3, image_threshold=0.0,
+        network, "resnet18", 16, image_size=detector_size, mean=0.4, std=0.3, image_threshold=0.0,
         box_threshold=box_threshold, nms_iou=0.5, max_boxes=3,
     ))
     classifier_file = read_model(classifier_path, "classifier", "retrain")

@@ -156,18 +156,9 @@ class TrainParams:
         )
         _check(self.early_stopping_patience >= 0, "train.early_stopping_patience", "must be >= 0 (0 = off)")
         _check(self.batch_size >= 1, "train.batch_size", "must be >= 1")
-        _check(
-            self.num_workers == "auto" or (isinstance(self.num_workers, int) and self.num_workers >= 0),
-            "train.num_workers", "must be 'auto' or an integer >= 0",
-        )
         _check(self.pos_weight > 0, "train.pos_weight", "must be > 0")
         _check(self.grid_images >= 1, "train.grid_images", "must be >= 1")
-        _check(self.num_nodes >= 1, "train.num_nodes", "must be >= 1")
-        _check(
-            self.devices == "auto" or (isinstance(self.devices, int) and self.devices >= 1),
-            "train.devices",
-            "must be 'auto' or an integer >= 1",
-        )
+        _check_scaling("train", self.num_workers, self.devices, self.num_nodes)
 
 
 @dataclass(frozen=True)
@@ -206,7 +197,9 @@ class LocalizeParams:
 
 @dataclass(frozen=True)
 class DetectParams:
-    arch: str  # a name of pneumonia.detection.network.DETECTOR_ARCHITECTURES
+    arch: str  # the backbone: a name of pneumonia.architectures.ARCHITECTURES (train.arch's registry)
+    init: str  # as train.init: scratch, imagenet (torchvision's weights, RGB stem summed) or a state dict's path
+    neck: Literal["topdown", "fpn"]  # merge of the stride 8/16/32 features: the small top-down merge or torchvision's FPN
     width: int  # channels of the merged stride-8 features and of the heads
     image_size: int  # model input, pixels (the arrays are resized when they differ); a multiple of 32
     max_epochs: int
@@ -214,16 +207,26 @@ class DetectParams:
     weight_decay: float
     batch_size: int
     negative_ratio: float  # images without boxes drawn per image with boxes, each epoch
-    num_workers: int
-    accelerator: str  # passed to the Lightning Trainer (one device)
+    num_workers: Union[int, str]  # or auto, as train.num_workers
+    augment_on: Literal["auto", "loader", "device"]  # as train.augment_on; the boxes move with the images
+    accelerator: str
+    devices: Union[int, str]  # per node; DDP runs one process per device
+    num_nodes: int
+    strategy: str  # passed to the Lightning Trainer
     precision: Literal["32-true", "bf16-mixed", "16-mixed"]
     augment: bool  # box-aware affine + crop on train
     score_thresholds: tuple[float, ...]  # candidates for the image gate and the box threshold, chosen on val
+    # the prevalence of pneumonia the gate and box thresholds are tuned for (val's images reweighted to it):
+    # null = the train split's; "val" = val's own, unweighted
+    threshold_prevalence: Union[float, str, None]
     nms_iou: float
     max_boxes: int  # per image, after NMS
+    tta: Literal["none", "hflip"]  # test-time augmentation: hflip adds the mirrored image's boxes
+    tta_merge_ious: tuple[float, ...]  # IoU candidates for merging the two sets (NMS and WBF), chosen on val
 
     def __post_init__(self):
-        # arch is checked against the registry when the detector is built (importing torch here would slow every stage)
+        _check(self.arch in ARCHITECTURES, "detect.arch", f"is {self.arch!r}; choose one of {', '.join(ARCHITECTURES)}")
+        _check(bool(self.init), "detect.init", "must be scratch, imagenet or a path to a state dict")
         _check(8 <= self.width <= 512, "detect.width", "must be between 8 and 512")
         _check(self.image_size >= 32 and self.image_size % 32 == 0, "detect.image_size", "must be a multiple of 32")
         _check(self.max_epochs >= 1, "detect.max_epochs", "must be >= 1")
@@ -231,12 +234,20 @@ class DetectParams:
         _check(0 <= self.weight_decay < 1, "detect.weight_decay", "must be in [0, 1)")
         _check(self.batch_size >= 1, "detect.batch_size", "must be >= 1")
         _check(self.negative_ratio >= 0, "detect.negative_ratio", "must be >= 0")
-        _check(self.num_workers >= 0, "detect.num_workers", "must be >= 0")
+        _check_scaling("detect", self.num_workers, self.devices, self.num_nodes)
         _check(len(self.score_thresholds) >= 1, "detect.score_thresholds", "must list at least one threshold")
         for t in self.score_thresholds:
             _check(0 < t < 1, "detect.score_thresholds", f"{t} is not in (0, 1)")
+        _check(
+            self.threshold_prevalence in (None, "val")
+            or (isinstance(self.threshold_prevalence, float) and 0 < self.threshold_prevalence < 1),
+            "detect.threshold_prevalence", "must be null (the train split's), val, or a fraction in (0, 1)",
+        )
         _check(0 < self.nms_iou <= 1, "detect.nms_iou", "must be in (0, 1]")
         _check(1 <= self.max_boxes <= 100, "detect.max_boxes", "must be between 1 and 100")
+        _check(len(self.tta_merge_ious) >= 1, "detect.tta_merge_ious", "must list at least one IoU")
+        for t in self.tta_merge_ious:
+            _check(0 < t < 1, "detect.tta_merge_ious", f"{t} is not in (0, 1)")
 
 
 @dataclass(frozen=True)
@@ -278,6 +289,15 @@ class Params:
 def _check(ok: bool, key: str, problem: str) -> None:
     if not ok:
         raise ParamsError(f"params.yaml: {key} {problem}")
+
+
+def _check_scaling(section: str, num_workers: int | str, devices: int | str, num_nodes: int) -> None:
+    """The loader and Trainer settings train and detect share."""
+    _check(num_workers == "auto" or (isinstance(num_workers, int) and num_workers >= 0),
+           f"{section}.num_workers", "must be 'auto' or an integer >= 0")
+    _check(devices == "auto" or (isinstance(devices, int) and devices >= 1),
+           f"{section}.devices", "must be 'auto' or an integer >= 1")
+    _check(num_nodes >= 1, f"{section}.num_nodes", "must be >= 1")
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:

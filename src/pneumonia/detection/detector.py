@@ -42,10 +42,11 @@ class LoadedDetector:
     box_threshold: float
     nms_iou: float
     max_boxes: int
+    neck: str = "topdown"
 
     def header(self, **extra: Any) -> dict[str, Any]:
         return {
-            "arch": self.arch, "width": self.width, "image_size": self.image_size, "mean": self.mean, "std": self.std,
+            "arch": self.arch, "neck": self.neck, "width": self.width, "image_size": self.image_size, "mean": self.mean, "std": self.std,
             "stride": STRIDE, "image_threshold": self.image_threshold, "box_threshold": self.box_threshold,
             "nms_iou": self.nms_iou, "max_boxes": self.max_boxes, **extra,
         }
@@ -111,13 +112,14 @@ def build_detector_from(
     if values["image_size"] % 32 or values["std"] <= 0 or header.get("stride") != STRIDE:
         raise PneumoniaError(f"{path}: header image_size/std/stride {values['image_size']}/{values['std']}/"
                              f"{header.get('stride')} do not fit this detector; {_RETRAIN}")
-    network = build_detector(arch, values["width"])
+    neck = header.get("neck", "topdown")
+    network = build_detector(arch, values["width"], neck)
     try:
         network.load_state_dict(tensors)
     except RuntimeError as exc:
         raise PneumoniaError(f"{path}: its weights do not fit a {arch} detector ({str(exc).splitlines()[0]}); "
                              f"{_RETRAIN}") from None
-    return LoadedDetector(network=network.to(device).eval(), arch=arch, **values)
+    return LoadedDetector(network=network.to(device).eval(), arch=arch, neck=neck, **values)
 
 
 @torch.inference_mode()

@@ -26,7 +26,7 @@ from pneumonia.architectures import build_network
 
 STRIDE = 8  # input pixels per cell of the output grid
 HEATMAP_PRIOR = 0.01  # initial centre probability everywhere (RetinaNet's prior): stable early focal loss
-DETECTOR_ARCHITECTURES = ("centernet_resnet18",)
+DETECTOR_ARCHITECTURES = ("resnet18",)
 
 
 class RawDetections(NamedTuple):
@@ -70,10 +70,11 @@ class CenterNetResNet18(nn.Module):
         return RawDetections(self.heatmap(features), distances, image_logit)
 
 
-def build_detector(arch: str, width: int) -> nn.Module:
-    """A randomly initialised detector by name (see :data:`DETECTOR_ARCHITECTURES`)."""
-    if arch not in DETECTOR_ARCHITECTURES:
-        raise ValueError(f"unknown detector architecture {arch!r}; known: {', '.join(DETECTOR_ARCHITECTURES)}")
+def build_detector(arch: str, width: int, neck: str = "topdown", init: str = "scratch") -> nn.Module:
+    """A detector on backbone ``arch`` (see :data:`DETECTOR_ARCHITECTURES`), its trunk initialised by ``init``."""
+    if arch not in DETECTOR_ARCHITECTURES or neck != "topdown" or init != "scratch":
+        raise ValueError(f"unknown detector {arch!r} with neck {neck!r} and init {init!r}; "
+                         f"known: {', '.join(DETECTOR_ARCHITECTURES)}, topdown, scratch")
     return CenterNetResNet18(width)
 
 

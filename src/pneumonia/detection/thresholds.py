@@ -32,8 +32,18 @@ class ThresholdChoice:
     grid: list[dict]  # every candidate pair: {"image_threshold", "box_threshold", "rsna_score"}
 
 
+def target_prevalence(setting: float | str | None, train_rows: Sequence) -> float | None:
+    """``detect.threshold_prevalence`` as a number: null = the train split's prevalence, "val" = None (val's own)."""
+    if setting == "val":
+        return None
+    if setting is None:
+        return sum(r.label for r in train_rows) / len(train_rows)
+    return float(setting)
+
+
 def choose_thresholds(
-    detections: Sequence[ImageDetections], truth: Sequence[Sequence[XYWH]], candidates: Sequence[float]
+    detections: Sequence[ImageDetections], truth: Sequence[Sequence[XYWH]], candidates: Sequence[float],
+    prevalence: float | None = None,
 ) -> ThresholdChoice:
     """The (image, box) threshold pair with the best RSNA score; ties go to the higher thresholds (fewer boxes)."""
     grid = []

@@ -21,10 +21,10 @@ from pneumonia.atomic import write_json
 from pneumonia.detection.data import BalancedEpochSampler, DetectionDataset
 from pneumonia.detection.decode import ImageBoxes, decode
 from pneumonia.detection.detector import LoadedDetector, save_detector, to_original
-from pneumonia.detection.network import DETECTOR_ARCHITECTURES, build_detector
+from pneumonia.detection.network import build_detector
 from pneumonia.detection.targets import detection_loss
-from pneumonia.detection.thresholds import choose_thresholds
-from pneumonia.errors import DatasetError, ParamsError
+from pneumonia.detection.thresholds import choose_thresholds, target_prevalence
+from pneumonia.errors import DatasetError
 from pneumonia.manifest import ManifestRow, read_manifest, split_rows
 from pneumonia.params import DetectParams
 
@@ -34,10 +34,12 @@ MONITOR = "val/rsna_score"
 class DetectorModule(pl.LightningModule):
     """The network, its loss, and per-epoch threshold choice on val (``history``: one dict per epoch)."""
 
-    def __init__(self, params: DetectParams, val_rows: list[ManifestRow]):
+    def __init__(self, params: DetectParams, val_rows: list[ManifestRow], train_rows: list[ManifestRow]):
         super().__init__()
         self.params, self.val_rows = params, val_rows
-        self.network = build_detector(params.arch, params.width)
+        self.network = build_detector(params.arch, params.width, params.neck, params.init)
+        # the prevalence the thresholds are tuned for (val reweighted to it; None: val's own)
+        self.prevalence = target_prevalence(params.threshold_prevalence, train_rows)
         self.history: list[dict] = []
         self._found: list[ImageBoxes] = []
         self._train_loss: list[float] = []
@@ -58,7 +60,8 @@ class DetectorModule(pl.LightningModule):
         rows = self.val_rows
         detections = to_original(self._found, [(r.rows, r.columns) for r in rows], self.params.image_size)
         self._found = []
-        choice = choose_thresholds(detections, [r.boxes for r in rows], self.params.score_thresholds)
+        choice = choose_thresholds(detections, [r.boxes for r in rows], self.params.score_thresholds,
+                                   prevalence=self.prevalence)
         self.log(MONITOR, choice.rsna_score)
         self.history.append({
             "epoch": self.current_epoch,
@@ -86,9 +89,6 @@ def run(
     history_json: Path | None = Path("plots/detection/epochs.json"),
 ) -> dict:
     """Train, keep the epoch of best val RSNA score, write the model file; return that epoch's history entry."""
-    if params.arch not in DETECTOR_ARCHITECTURES:
-        raise ParamsError(f"params.yaml: detect.arch {params.arch!r} is unknown; choose one of "
-                          f"{', '.join(DETECTOR_ARCHITECTURES)}")
     pl.seed_everything(seed, workers=True)
     processed_dir = Path(processed_dir)
     stats = json.loads(Path(stats_json).read_text())
@@ -103,7 +103,7 @@ def run(
                                augment=params.augment and name == "train")
         for name, rows in (("train", train_rows), ("val", val_rows))
     }
-    module = DetectorModule(params, val_rows)
+    module = DetectorModule(params, val_rows, train_rows)
     model_path = Path(model_path)
     model_path.parent.mkdir(parents=True, exist_ok=True)
     ckpt_dir = model_path.parent / f".{model_path.stem}-checkpoints"
@@ -133,11 +133,11 @@ def run(
     sampler = BalancedEpochSampler([r.label for r in train_rows], params.negative_ratio, seed)
     trainer.fit(module, loader(sets["train"], sampler), loader(sets["val"], None))
     state = torch.load(best.best_model_path, map_location="cpu", weights_only=True)["state_dict"]
-    network = build_detector(params.arch, params.width)
+    network = build_detector(params.arch, params.width, params.neck)
     network.load_state_dict({k.removeprefix("network."): v for k, v in state.items()})
     chosen = max(module.history, key=lambda h: (h["val_rsna_score"], -h["epoch"]))
     detector = LoadedDetector(
-        network=network, arch=params.arch, width=params.width, image_size=params.image_size,
+        network=network, arch=params.arch, neck=params.neck, width=params.width, image_size=params.image_size,
         mean=stats["mean"], std=stats["std"], image_threshold=chosen["image_threshold"],
         box_threshold=chosen["box_threshold"], nms_iou=params.nms_iou, max_boxes=params.max_boxes,
     )
