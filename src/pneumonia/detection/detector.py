@@ -97,7 +97,8 @@ def build_detector_from(
     path: str | Path, header: dict[str, Any], tensors: dict[str, torch.Tensor], device: str | torch.device = "cpu"
 ) -> LoadedDetector:
     """The detector of a model file's header and tensors (``path`` names the file in errors)."""
-    arch = header.get("arch")
+    # model files written before detect.arch named a registry backbone called this one centernet_resnet18
+    arch = {"centernet_resnet18": "resnet18"}.get(header.get("arch"), header.get("arch"))
     if arch not in DETECTOR_ARCHITECTURES:
         raise PneumoniaError(f"{path}: detector architecture {arch!r} is not one this project builds; {_RETRAIN}")
     values = {}
