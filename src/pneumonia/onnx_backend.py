@@ -21,9 +21,10 @@ whose three files come from different model files is refused, as the predictor's
 paired with the wrong partner.
 
 Only the networks' forward runs in ONNX Runtime: the preprocessing (:func:`pneumonia.data.standardize`,
-:func:`pneumonia.detection.data.resize_images`), the box decoding (:func:`pneumonia.detection.decode.decode`),
-the calibration, the guard and the gating (:func:`pneumonia.predictor.answers`) are the same code as with
-PyTorch, so the two backends' answers differ only by the networks' float rounding (see docs/onnx.md).
+:func:`pneumonia.detection.data.resize_images`), the box decoding (:func:`pneumonia.detection.detector.detector_boxes`,
+with the flip test-time augmentation's mirror and merge when the detector has one), the calibration, the
+guard and the gating (:func:`pneumonia.predictor.answers`) are the same code as with PyTorch, so the two
+backends' answers differ only by the networks' float rounding (see docs/onnx.md).
 """
 
 from __future__ import annotations
@@ -41,9 +42,9 @@ from pneumonia.checkpoint import HEADER_KEYS, LoadedModel
 from pneumonia.data import as_batch, standardize
 from pneumonia.decision import Decision
 from pneumonia.detection.data import resize_images
-from pneumonia.detection.decode import decode
-from pneumonia.detection.detector import LoadedDetector, to_original
+from pneumonia.detection.detector import LoadedDetector, detector_boxes, to_original
 from pneumonia.detection.network import RawDetections
+from pneumonia.detection.tta import FlipMerge
 from pneumonia.errors import PneumoniaError
 from pneumonia.inference import check_image_size
 from pneumonia.ood import DISTANCE_UNITS, OodGuard
@@ -154,6 +155,8 @@ def _predictor(path: Path, settings: dict[str, Any], classifier: nn.Module, dete
         if guard.mean.ndim != 1 or guard.precision.shape != (len(guard.mean),) * 2:
             raise ValueError(f"ood mean {guard.mean.shape} and precision {guard.precision.shape} do not fit")
         detector_settings = {k: v for k, v in settings["detector"].items() if k != "stride"}  # a constant of the code
+        detector_settings["tta"] = FlipMerge.from_header(path, detector_settings.get("tta"),
+                                                         f"export it again: {_EXPORT}")
         return Predictor(
             classifier=LoadedModel(network=classifier.eval(), **{k: settings["classifier"][k] for k in HEADER_KEYS}),
             detector=LoadedDetector(network=detector.eval(), **detector_settings),
@@ -183,8 +186,7 @@ def raw_outputs(
         logit, pooled = classifier.network(standardize(batch, classifier.mean, classifier.std))
         logits.append(logit.double().numpy())
         features.append(pooled.double().numpy())
-        raw = RawDetections(*detector.network(
-            standardize(resize_images(batch, detector.image_size), detector.mean, detector.std)))
-        found = decode(raw, detector.image_size, detector.max_boxes, detector.nms_iou)
+        found = detector_boxes(detector, standardize(resize_images(batch, detector.image_size), detector.mean,
+                                                     detector.std))
         detections.extend(to_original(found, sizes[start : start + batch_size], detector.image_size))
     return RawOutputs(np.concatenate(logits), np.concatenate(features), detections)

@@ -5,6 +5,7 @@
 - :mod:`.decode`: raw outputs -> scored boxes (peaks, top-k, NMS);
 - :mod:`.data`: the dataset with box-aware augmentation (torchvision v2, ``tv_tensors.BoundingBoxes``);
 - :mod:`.thresholds`: gating by image score and box score, chosen together on val;
+- :mod:`.tta`: the flip test-time augmentation (the mirror's boxes merged by NMS or WBF, chosen on val);
 - :mod:`.detector`: the model file (``models/detector.safetensors``) and detection on uint8 images;
 - :mod:`.training`: the detect stage (Lightning);
 - :mod:`.evaluation`: the evaluate_detection stage (scores, comparison, reports, plots, overlays).

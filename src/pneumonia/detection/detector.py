@@ -3,7 +3,8 @@
 The header (:func:`pneumonia.model_file.save_model`, kind ``detector``) holds everything
 prediction needs: ``arch``, ``width``, ``image_size`` (model input, pixels), ``mean``/``std`` (of
 value/255 on the train split), ``stride``, the ``image_threshold`` and ``box_threshold`` chosen on
-val, ``nms_iou``, ``max_boxes`` and the ``epoch`` chosen on val.
+val, ``nms_iou``, ``max_boxes`` and the ``epoch`` chosen on val; ``tta``, when the flip test-time
+augmentation won on val, its merge (:mod:`.tta`; absent: none).
 """
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ from torch import nn
 from pneumonia.data import as_batch, standardize
 from pneumonia.detection.data import resize_images
 from pneumonia.detection.decode import ImageBoxes, decode
-from pneumonia.detection.network import DETECTOR_ARCHITECTURES, STRIDE, build_detector
+from pneumonia.detection.network import DETECTOR_ARCHITECTURES, STRIDE, RawDetections, build_detector
 from pneumonia.detection.targets import boxes_to_original
+from pneumonia.detection.tta import FlipMerge, merged_boxes, mirror_images
 from pneumonia.errors import PneumoniaError
 from pneumonia.localization.box_metrics import union_area
 from pneumonia.model_file import read_model, save_model
@@ -43,12 +45,15 @@ class LoadedDetector:
     nms_iou: float
     max_boxes: int
     neck: str = "topdown"
+    tta: FlipMerge | None = None  # the flip test-time augmentation's merge; None: the image alone
 
     def header(self, **extra: Any) -> dict[str, Any]:
         return {
             "arch": self.arch, "neck": self.neck, "width": self.width, "image_size": self.image_size, "mean": self.mean, "std": self.std,
             "stride": STRIDE, "image_threshold": self.image_threshold, "box_threshold": self.box_threshold,
-            "nms_iou": self.nms_iou, "max_boxes": self.max_boxes, **extra,
+            "nms_iou": self.nms_iou, "max_boxes": self.max_boxes,
+            **({} if self.tta is None else {"tta": self.tta.to_json()}),  # no key without it: headers as before
+            **extra,
         }
 
 
@@ -114,13 +119,14 @@ def build_detector_from(
         raise PneumoniaError(f"{path}: header image_size/std/stride {values['image_size']}/{values['std']}/"
                              f"{header.get('stride')} do not fit this detector; {_RETRAIN}")
     neck = header.get("neck", "topdown")
+    tta = FlipMerge.from_header(path, header.get("tta"), _RETRAIN)
     network = build_detector(arch, values["width"], neck)
     try:
         network.load_state_dict(tensors)
     except RuntimeError as exc:
         raise PneumoniaError(f"{path}: its weights do not fit a {arch} detector ({str(exc).splitlines()[0]}); "
                              f"{_RETRAIN}") from None
-    return LoadedDetector(network=network.to(device).eval(), arch=arch, neck=neck, **values)
+    return LoadedDetector(network=network.to(device).eval(), arch=arch, neck=neck, tta=tta, **values)
 
 
 @torch.inference_mode()
@@ -133,9 +139,21 @@ def detect_images(
     for start in range(0, len(images), batch_size):
         batch = as_batch(images[start : start + batch_size], device)
         batch = standardize(resize_images(batch, detector.image_size), detector.mean, detector.std)
-        found = decode(detector.network(batch), detector.image_size, detector.max_boxes, detector.nms_iou)
-        results.extend(to_original(found, sizes[start : start + batch_size], detector.image_size))
+        results.extend(to_original(detector_boxes(detector, batch), sizes[start : start + batch_size],
+                                   detector.image_size))
     return results
+
+
+def detector_boxes(detector: LoadedDetector, images: torch.Tensor) -> list[ImageBoxes]:
+    """The decoded boxes of a batch of standardized model-input images, merged with their mirrors' when the
+    detector has the flip TTA; ``detector.network`` may be any module returning the three heads in order
+    (the ONNX backend's too)."""
+    forward = lambda batch: RawDetections(*detector.network(batch))  # noqa: E731
+    raw = forward(images)
+    if detector.tta is None:
+        return decode(raw, detector.image_size, detector.max_boxes, detector.nms_iou)
+    return merged_boxes(raw, forward(mirror_images(images)), detector.tta, detector.image_size, detector.max_boxes,
+                        detector.nms_iou)
 
 
 def to_original(found: Sequence[ImageBoxes], sizes: Sequence[tuple[int, int]], image_size: int) -> list[ImageDetections]:
