@@ -18,6 +18,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from pneumonia.atomic import write_json
+from pneumonia.detection import tta
 from pneumonia.detection.data import BalancedEpochSampler, DetectionDataset
 from pneumonia.detection.decode import ImageBoxes, decode
 from pneumonia.detection.detector import LoadedDetector, save_detector, to_original
@@ -141,6 +142,10 @@ def run(
         mean=stats["mean"], std=stats["std"], image_threshold=chosen["image_threshold"],
         box_threshold=chosen["box_threshold"], nms_iou=params.nms_iou, max_boxes=params.max_boxes,
     )
+    if params.tta == "hflip":  # the kept epoch's val boxes with and without the mirror's: the merge chosen on val
+        detector, chosen = tta.choose_on_val(detector, loader(sets["val"], None), val_rows, params.score_thresholds,
+                                             params.tta_merge_ious, module.prevalence, chosen,
+                                             trainer.strategy.root_device)
     save_detector(model_path, network, detector, epoch=chosen["epoch"], val_rsna_score=chosen["val_rsna_score"])
     shutil.rmtree(ckpt_dir, ignore_errors=True)
     if history_json is not None:
