@@ -7,6 +7,7 @@ own values, so both labels, boxes and a refused image all occur.
 """
 
 import csv
+import dataclasses
 import hashlib
 import json
 import shutil
@@ -21,10 +22,12 @@ from pneumonia.__main__ import main
 from pneumonia.architectures import build_network
 from pneumonia.data import as_batch, standardize
 from pneumonia.detection.data import resize_images
+from pneumonia.detection.detector import detect_images
+from pneumonia.detection.tta import FlipMerge
 from pneumonia.dicom import read_dicom_sizes
 from pneumonia.inference import classifier_outputs
 from pneumonia.model_file import read_model, save_model
-from pneumonia.onnx_backend import load_onnx_predictor
+from pneumonia.onnx_backend import load_onnx_predictor, predictor_settings
 from pneumonia.onnx_export import OPSET
 from pneumonia.predictor import answers, load_predictor, raw_outputs
 from tiny_predictor import write_predictor
@@ -138,6 +141,28 @@ def test_onnx_runtime_matches_pytorch_on_real_dicoms(model, export, dicoms):
     onnx_heads = onnx_predictor.detector.network(inputs)
     for name, ours, theirs in zip(heads._fields, onnx_heads, heads):
         assert ours.shape == theirs.shape and (ours - theirs).abs().max() <= TOLERANCE, name
+
+
+def test_onnx_runtime_applies_the_detectors_flip_as_pytorch_does(model, export, dicoms, tmp_path):
+    merge = FlipMerge("wbf", 0.5)
+    torch_predictor = load_predictor(model)
+    flipped = dataclasses.replace(torch_predictor.detector, tta=merge)
+    settings = predictor_settings(dataclasses.replace(torch_predictor, detector=flipped))
+    assert settings["detector"]["tta"] == {"method": "wbf", "iou": 0.5}  # what export writes for such a detector
+    folder = tmp_path / "onnx"
+    shutil.copytree(export, folder)
+    written = json.loads((folder / "predictor.json").read_text())
+    (folder / "predictor.json").write_text(json.dumps(written | {"detector": settings["detector"]}))
+    onnx_predictor, forward = load_onnx_predictor(folder)
+    assert onnx_predictor.detector.tta == merge
+    images, sizes = read_images(dicoms, torch_predictor.windowing)
+    ours, theirs = forward(images, sizes, 8).detections, detect_images(flipped, images, sizes, 8)
+    alone = detect_images(torch_predictor.detector, images, sizes, 8)
+    assert sum(len(a.boxes) for a in ours) >= len(ours)  # boxes to compare
+    for a, b, c in zip(ours, theirs, alone, strict=True):
+        assert a.boxes.shape == b.boxes.shape and np.abs(a.boxes - b.boxes).max(initial=0) <= 0.1
+        assert np.abs(a.scores - b.scores).max(initial=0) <= TOLERANCE
+        assert abs(a.image_logit - b.image_logit) <= TOLERANCE and a.image_logit != c.image_logit
 
 
 def read_csv(path):
