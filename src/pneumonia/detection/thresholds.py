@@ -12,16 +12,21 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from pneumonia.detection.detector import ImageDetections
-from pneumonia.localization.box_metrics import XYWH, rsna_score
+from pneumonia.localization.box_metrics import XYWH, prevalence_weights, rsna_score, target_prevalence
+
+__all__ = ["ThresholdChoice", "choose_thresholds", "rsna_at", "target_prevalence"]
 
 
 def rsna_at(
     detections: Sequence[ImageDetections], truth: Sequence[Sequence[XYWH]], image_threshold: float,
-    box_threshold: float,
+    box_threshold: float, weights: Sequence[float] | None = None,
 ) -> float | None:
-    """The RSNA score with the boxes kept at (image_threshold, box_threshold); boxes and truth in original pixels."""
+    """The RSNA score with the boxes kept at (image_threshold, box_threshold); boxes and truth in original pixels.
+
+    ``weights``: per image, as :func:`~pneumonia.localization.box_metrics.rsna_score` takes them.
+    """
     chosen = [d.kept(image_threshold, box_threshold) for d in detections]
-    return rsna_score([b for b, _ in chosen], [s for _, s in chosen], truth)
+    return rsna_score([b for b, _ in chosen], [s for _, s in chosen], truth, weights)
 
 
 @dataclass(frozen=True)
@@ -32,24 +37,19 @@ class ThresholdChoice:
     grid: list[dict]  # every candidate pair: {"image_threshold", "box_threshold", "rsna_score"}
 
 
-def target_prevalence(setting: float | str | None, train_rows: Sequence) -> float | None:
-    """``detect.threshold_prevalence`` as a number: null = the train split's prevalence, "val" = None (val's own)."""
-    if setting == "val":
-        return None
-    if setting is None:
-        return sum(r.label for r in train_rows) / len(train_rows)
-    return float(setting)
-
-
 def choose_thresholds(
     detections: Sequence[ImageDetections], truth: Sequence[Sequence[XYWH]], candidates: Sequence[float],
     prevalence: float | None = None,
 ) -> ThresholdChoice:
-    """The (image, box) threshold pair with the best RSNA score; ties go to the higher thresholds (fewer boxes)."""
+    """The (image, box) threshold pair with the best RSNA score; ties go to the higher thresholds (fewer boxes).
+
+    ``prevalence``: the score is val's reweighted to it (:func:`prevalence_weights`); None = val's own.
+    """
+    weights = prevalence_weights(truth, prevalence)
     grid = []
     for image_threshold in sorted({0.0, *candidates}):
         for box_threshold in sorted(candidates):
-            score = rsna_at(detections, truth, image_threshold, box_threshold)
+            score = rsna_at(detections, truth, image_threshold, box_threshold, weights)
             grid.append({"image_threshold": image_threshold, "box_threshold": box_threshold,
                          "rsna_score": 0.0 if score is None else score})
     best = max(grid, key=lambda g: (g["rsna_score"], g["image_threshold"], g["box_threshold"]))
