@@ -20,7 +20,8 @@ Strategies (all chosen on val only, except the oracle):
                (what ``decide`` does with its calibrated decision)
   minimax      the pair whose worst regret on val, reweighted to each prevalence of 0.05 ... 0.50, is least
 
-Per-image scores are computed once per (image, box threshold) and combined as :func:`rsna_score` does;
+Per-image scores are computed once per (image, box threshold) and combined by :func:`mean_image_score`, as
+:func:`rsna_score` combines them;
 the default case checks the result against :func:`pneumonia.detection.thresholds.choose_thresholds`.
 """
 
@@ -40,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from pneumonia.detection.detector import detect_images, load_detector  # noqa: E402
 from pneumonia.detection.thresholds import choose_thresholds  # noqa: E402
-from pneumonia.localization.box_metrics import prevalence_weights, rsna_image_score  # noqa: E402
+from pneumonia.localization.box_metrics import mean_image_score, prevalence_weights, rsna_image_score  # noqa: E402,E501
 from pneumonia.manifest import read_manifest, split_rows  # noqa: E402
 from pneumonia.operating_points import threshold_for_sensitivity  # noqa: E402
 
@@ -51,27 +52,21 @@ DONE_WHEN = 0.05  # the issue's: test score within 0.05 of the best achievable
 
 
 class ScoreTable:
-    """Per image: the RSNA image score at each box threshold, and with no box (NaN = the image is not counted)."""
+    """Per image: the RSNA image score at each box threshold, and with no box (None = the image is not counted)."""
 
     def __init__(self, detections, truth, boxes: list[float]):
         self.boxes = boxes
         self.positive = np.array([len(t) > 0 for t in truth])
         self.probability = np.array([d.image_probability for d in detections])
-        self.with_boxes = np.array([[_score(*d.kept(0.0, b), t) for d, t in zip(detections, truth)] for b in boxes])
-        self.without = np.where(self.positive, 0.0, np.nan)
+        self.with_boxes = [[rsna_image_score(*d.kept(0.0, b), t) for d, t in zip(detections, truth)] for b in boxes]
+        self.without = [0.0 if p else None for p in self.positive]
 
     def score(self, index: np.ndarray, gate: float, box: float, weights: np.ndarray | None) -> float:
         """The (weighted) RSNA score of the images ``index`` at (gate, box), as rsna_score computes it; 0 if none count."""
-        per_image = np.where(self.probability[index] >= gate, self.with_boxes[self.boxes.index(box)][index],
-                             self.without[index])
-        w = np.ones(len(index)) if weights is None else np.asarray(weights)
-        counted = ~np.isnan(per_image)
-        return float(np.sum(per_image[counted] * w[counted]) / np.sum(w[counted])) if counted.any() else 0.0
-
-
-def _score(boxes, scores, truth) -> float:
-    s = rsna_image_score(boxes, scores, truth)
-    return np.nan if s is None else s
+        with_boxes = self.with_boxes[self.boxes.index(box)]
+        per_image = [with_boxes[i] if self.probability[i] >= gate else self.without[i] for i in index]
+        score = mean_image_score(per_image, weights)
+        return 0.0 if score is None else score
 
 
 def pairs(candidates: list[float]) -> list[tuple[float, float]]:

@@ -171,6 +171,11 @@ def rsna_score(
         rsna_image_score(p, c, g)
         for p, c, g in zip(predicted_per_image, confidences_per_image, gt_boxes_per_image, strict=True)
     ]
+    return mean_image_score(scores, weights)
+
+
+def mean_image_score(scores: Sequence[float | None], weights: Sequence[float] | None = None) -> float | None:
+    """The mean of per-image scores over those not None (left out), weighted by ``weights`` when given."""
     if weights is None:
         kept = [s for s in scores if s is not None]
         return float(np.mean(kept)) if kept else None
