@@ -18,7 +18,8 @@ def main(params):
     best = min(report["compared_out_of_fold"], key=lambda c: c["log_loss"])
     print(f"decide: {chosen['source']} with {chosen['method']} calibration (val out-of-fold log loss "
           f"{best['log_loss']:.3f}, ECE {best['ece_15_bins']:.3f}), label threshold {chosen['threshold']:.3f}, "
-          f"box threshold {report['box_threshold']} (for prevalence {report['box_threshold_prevalence']['value']:.3f}), "
+          f"box threshold {report['box_threshold']} "
+          f"(for prevalence {report['box_threshold_prevalence']['value']:.3f}), "
           f"OOD distance threshold {report['ood']['threshold']:.1f}")
 
 

@@ -31,7 +31,8 @@ from pneumonia.inference import classifier_outputs, default_device
 
 
 def choose_box_threshold(
-    raw: RawOutputs, positive: np.ndarray, truth: Sequence, candidates: Sequence[float], prevalence: float | None = None,
+    raw: RawOutputs, positive: np.ndarray, truth: Sequence, candidates: Sequence[float],
+    prevalence: float | None = None,
 ) -> tuple[float, list[dict]]:
     """The box threshold of best val RSNA score when only images the decision calls positive keep boxes.
 
