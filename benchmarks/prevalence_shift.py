@@ -62,7 +62,7 @@ class ScoreTable:
         self.without = [0.0 if p else None for p in self.positive]
 
     def score(self, index: np.ndarray, gate: float, box: float, weights: np.ndarray | None) -> float:
-        """The (weighted) RSNA score of the images ``index`` at (gate, box), as rsna_score computes it (0: none count)."""
+        """The (weighted) RSNA score of the images ``index`` at (gate, box), as rsna_score does (0: none count)."""
         with_boxes = self.with_boxes[self.boxes.index(box)]
         per_image = [with_boxes[i] if self.probability[i] >= gate else self.without[i] for i in index]
         score = mean_image_score(per_image, weights)
