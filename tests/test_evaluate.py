@@ -11,7 +11,7 @@ import torch
 from pneumonia import decide, evaluate, train
 from pneumonia.detection.detector import LoadedDetector, save_detector
 from pneumonia.detection.network import build_detector
-from pneumonia.manifest import read_manifest, write_manifest
+from pneumonia.manifest import read_manifest, split_rows, write_manifest
 from project_params import project_params
 from tiny_data import prepare
 
@@ -39,6 +39,7 @@ def trained(tmp_path_factory):
     ))
     decide.run(root / "processed", root / "model.safetensors", root / "detector.safetensors", PARAMS.decide,
                PARAMS.evaluate.target_sensitivity, PARAMS.detect.score_thresholds, "synthetic", seed=3,
+               threshold_prevalence=PARAMS.detect.threshold_prevalence,
                dataset_json=root / "dataset.json", model_path=root / "pneumonia.safetensors",
                report_json=root / "decision.json")
     return root
@@ -54,6 +55,10 @@ def test_decide_compares_every_candidate_out_of_fold_and_records_its_choice(trai
     assert (report["decision"]["source"], report["decision"]["method"]) == (best["source"], best["method"])
     assert report["trained_on"] == {"source": "synthetic", "patients": {"train": 24, "val": 12, "test": 12}}
     assert 0 <= report["ood"]["val_flagged"] <= 0.1 and report["ood"]["threshold"] > 0
+    # the box threshold is tuned for the train split's prevalence (detect.threshold_prevalence: null)
+    train_labels = [r.label for r in split_rows(read_manifest(trained / "processed"), "train")]
+    assert report["box_threshold_prevalence"] == {"setting": None, "weighted": True,
+                                                  "value": sum(train_labels) / len(train_labels)}
 
 
 def evaluate_into(root, name):

@@ -20,7 +20,7 @@ from pneumonia.checkpoint import build_classifier
 from pneumonia.decision import choose_decision
 from pneumonia.detection.detector import build_detector_from
 from pneumonia.errors import DatasetError
-from pneumonia.localization.box_metrics import rsna_score
+from pneumonia.localization.box_metrics import prevalence_weights, rsna_score, target_prevalence
 from pneumonia.manifest import read_manifest, split_rows
 from pneumonia.model_file import read_model
 from pneumonia.ood import fit_guard
@@ -30,15 +30,20 @@ from pneumonia.predictor import RawOutputs, boxes_under, raw_outputs, save_predi
 from pneumonia.inference import classifier_outputs, default_device
 
 
-def choose_box_threshold(raw: RawOutputs, positive: np.ndarray, truth: Sequence, candidates: Sequence[float]) -> tuple[float, list[dict]]:
+def choose_box_threshold(
+    raw: RawOutputs, positive: np.ndarray, truth: Sequence, candidates: Sequence[float],
+    prevalence: float | None = None,
+) -> tuple[float, list[dict]]:
     """The box threshold of best val RSNA score when only images the decision calls positive keep boxes.
 
+    ``prevalence``: val's score reweighted to it (:func:`prevalence_weights`); None = val's own.
     Ties go to the higher threshold (fewer boxes).
     """
+    weights = prevalence_weights(truth, prevalence)
     sweep = []
     for t in sorted(candidates):
         kept = boxes_under(raw.detections, positive, t)
-        score = rsna_score([b for b, _ in kept], [s for _, s in kept], truth)
+        score = rsna_score([b for b, _ in kept], [s for _, s in kept], truth, weights)
         sweep.append({"box_threshold": t, "rsna_score": 0.0 if score is None else score})
     best = max(sweep, key=lambda row: (row["rsna_score"], row["box_threshold"]))
     return best["box_threshold"], sweep
@@ -46,10 +51,15 @@ def choose_box_threshold(raw: RawOutputs, positive: np.ndarray, truth: Sequence,
 
 def run(
     processed_dir: Path, classifier_path: Path, detector_path: Path, params: DecideParams, target_sensitivity: float,
-    box_candidates: Sequence[float], source: str, seed: int, dataset_json: Path = Path("reports/dataset.json"),
+    box_candidates: Sequence[float], source: str, seed: int, threshold_prevalence: float | str | None,
+    dataset_json: Path = Path("reports/dataset.json"),
     model_path: Path = Path("models/pneumonia.safetensors"), report_json: Path = Path("reports/decision.json"),
 ) -> dict:
-    """Choose and fit everything on val (the guard's Gaussian on train); write the predictor and the report."""
+    """Choose and fit everything on val (the guard's Gaussian on train); write the predictor and the report.
+
+    ``threshold_prevalence`` is ``detect.threshold_prevalence``: the box threshold is chosen for that prevalence
+    (null = the train split's; "val" = val's own, unweighted), as the detector's thresholds are.
+    """
     device = default_device()
     classifier_file = read_model(classifier_path, "classifier", "retrain it with `dvc repro train`")
     detector_file = read_model(detector_path, "detector", "retrain it with `dvc repro detect`")
@@ -70,7 +80,8 @@ def run(
         labels, logits, params.folds, seed, lambda y, p: threshold_for_sensitivity(y, p, target_sensitivity)
     )
     positive = decision.probability(logits[:, 0], logits[:, 1]) >= decision.threshold
-    box_threshold, sweep = choose_box_threshold(raw, positive, [r.boxes for r in val_rows], box_candidates)
+    prevalence = target_prevalence(threshold_prevalence, split_rows(manifest, "train"))
+    box_threshold, sweep = choose_box_threshold(raw, positive, [r.boxes for r in val_rows], box_candidates, prevalence)
     guard = fit_guard(train_features, raw.features, params.ood_quantile)
     counts = json.loads(Path(dataset_json).read_text())["counts"]
     trained_on = {"source": source, "patients": {split: counts[split]["total"] for split in counts}}
@@ -80,6 +91,8 @@ def run(
         "decision": decision.to_json() | {"isotonic": None if decision.isotonic is None else "knots in the model file"},
         "target_sensitivity": target_sensitivity,
         "val_prevalence": float(labels.mean()),
+        "box_threshold_prevalence": {"setting": threshold_prevalence, "weighted": prevalence is not None,
+                                     "value": float(labels.mean()) if prevalence is None else prevalence},
         "compared_out_of_fold": compared,
         "folds": params.folds,
         "box_threshold": box_threshold,

@@ -9,7 +9,8 @@ headline metrics and the width of its plain table. ``bench`` is the performance 
 ``benchmarks/results.json`` (``make bench``), and ``architectures`` its per-architecture training figures,
 ``rehearsal`` the full-size rehearsal's (``benchmarks/rehearsal.json``, ``make rehearsal``). ``trust`` is the
 answer predict gives: the decision, its calibration and the out-of-distribution guard's figures
-(``reports/classification.json``, ``reports/decision.json``).
+(``reports/classification.json``, ``reports/decision.json``). ``prevalence_shift`` is how thresholds chosen
+on val fare on a test split of another prevalence (``benchmarks/prevalence_shift.json``).
 ``tests/test_readme.py`` fails when a block differs from what this module makes.
 """
 
@@ -253,6 +254,39 @@ def seed_spread_block(spread_json: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
+PREVALENCE_STRATEGIES = {  # benchmarks/prevalence_shift.py's strategies, in the order shown
+    "val_own": "val's own prevalence (`threshold_prevalence: val`)",
+    "train": "val reweighted to train's (`threshold_prevalence: null`, the default)",
+    "oracle": "val reweighted to the test draw's true prevalence (reference only)",
+    "minimax": "least worst regret over prevalences 0.05–0.50",
+    "gate_at_sensitivity_train": "gate at val's image-probability operating point of `evaluate.target_sensitivity`, "
+                                 "box threshold reweighted to train's (as `decide` gates by its decision)",
+}
+
+
+def prevalence_shift_block(shift_json: Path) -> str:
+    """Thresholds chosen on val against the best on test under a prevalence shift (benchmarks/prevalence_shift.json)."""
+    if not shift_json.exists():
+        return "Not measured yet: run `python benchmarks/prevalence_shift.py` on a reproduced default run.\n"
+    r = json.loads(shift_json.read_text())
+    shifted, default = r["shifted"], r["default"]
+    summary, draws = shifted["summary"], len(shifted["draws"])
+    lines = [f"`{r['command']}` (commit {r['commit'][:7]}), {r['run']}: {draws} seeded draws drop images so val holds "
+             f"{100 * shifted['val_prevalence']:.0f} % positives ({shifted['draws'][0]['val_images']} images) and "
+             f"test {100 * shifted['test_prevalence']:.0f} % ({shifted['draws'][0]['test_images']}); train's "
+             f"prevalence is {100 * r['train_prevalence']:.1f} %. The gate and box threshold are chosen on the val "
+             f"draw and scored on the test draw; regret = the best pair of the same grid on that test draw minus "
+             f"the chosen pair's score (median best {summary['test_best_median']:.3f}); the aim is a regret of at "
+             f"most {r['done_when_regret']} in every draw.", "",
+             "| chosen with | median test RSNA | median regret | worst regret | draws within "
+             f"{r['done_when_regret']} | regret, split as is |", "|---|---|---|---|---|---|"]
+    for name, label in PREVALENCE_STRATEGIES.items():
+        s = summary[name]
+        lines.append(f"| {label} | {s['median_test_rsna']:.3f} | {s['median_regret']:.3f} | {s['worst_regret']:.3f} | "
+                     f"{s['draws_within_done_when']}/{draws} | {default['strategies'][name]['regret']:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
 def blocks(root: Path) -> dict[str, str]:
     return {
         "headline": headline_block(root),
@@ -263,6 +297,7 @@ def blocks(root: Path) -> dict[str, str]:
         "rehearsal": rehearsal_block(root / "benchmarks" / "rehearsal.json"),
         "trust": trust_block(root / "reports"),
         "seed_spread": seed_spread_block(root / "benchmarks" / "seed_spread.json"),
+        "prevalence_shift": prevalence_shift_block(root / "benchmarks" / "prevalence_shift.json"),
     }
 
 

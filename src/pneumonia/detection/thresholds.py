@@ -4,6 +4,20 @@ An image keeps its boxes with score >= ``box_threshold`` only when its image sco
 image probability) is >= ``image_threshold`` (0 = no gate): the challenge's winners gated their
 detectors with an image-level classifier in this way. The pair is chosen to maximise the RSNA
 score on val over the candidates of ``detect.score_thresholds`` (plus 0 for the gate).
+
+The RSNA score depends on prevalence (an image without truth counts only when it gets a box, and then
+scores 0), so the best pair does too: with ``prevalence`` the score is val's reweighted to it
+(:func:`~pneumonia.localization.box_metrics.prevalence_weights`, ``detect.threshold_prevalence``; the
+train split's by default), an estimate of the score on images drawn at that prevalence.
+
+Why the gate is still chosen by the score here, and by an operating point in ``predict``:
+``benchmarks/prevalence_shift.json`` (val drawn at 35 % positives, test at 12 %) shows that
+reweighting removes the failures that val's own prevalence causes (no gate at all), but the score-chosen
+gate still jumps between neighbouring candidates with the val draw, a miss that reweighting even to the
+true test prevalence does not cure; a gate at the image-probability threshold of a target sensitivity
+reads positives only, so does not move with prevalence, and stayed within 0.05 of the best on test in every
+draw. ``decide`` gates ``predict``'s boxes that way (its decision at ``evaluate.target_sensitivity``) and
+reweights only the box threshold under it; this pair is the detector's own, reported as "detector alone".
 """
 
 from __future__ import annotations
@@ -12,16 +26,21 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from pneumonia.detection.detector import ImageDetections
-from pneumonia.localization.box_metrics import XYWH, rsna_score
+from pneumonia.localization.box_metrics import XYWH, prevalence_weights, rsna_score, target_prevalence
+
+__all__ = ["ThresholdChoice", "choose_thresholds", "rsna_at", "target_prevalence"]
 
 
 def rsna_at(
     detections: Sequence[ImageDetections], truth: Sequence[Sequence[XYWH]], image_threshold: float,
-    box_threshold: float,
+    box_threshold: float, weights: Sequence[float] | None = None,
 ) -> float | None:
-    """The RSNA score with the boxes kept at (image_threshold, box_threshold); boxes and truth in original pixels."""
+    """The RSNA score with the boxes kept at (image_threshold, box_threshold); boxes and truth in original pixels.
+
+    ``weights``: per image, as :func:`~pneumonia.localization.box_metrics.rsna_score` takes them.
+    """
     chosen = [d.kept(image_threshold, box_threshold) for d in detections]
-    return rsna_score([b for b, _ in chosen], [s for _, s in chosen], truth)
+    return rsna_score([b for b, _ in chosen], [s for _, s in chosen], truth, weights)
 
 
 @dataclass(frozen=True)
@@ -32,24 +51,19 @@ class ThresholdChoice:
     grid: list[dict]  # every candidate pair: {"image_threshold", "box_threshold", "rsna_score"}
 
 
-def target_prevalence(setting: float | str | None, train_rows: Sequence) -> float | None:
-    """``detect.threshold_prevalence`` as a number: null = the train split's prevalence, "val" = None (val's own)."""
-    if setting == "val":
-        return None
-    if setting is None:
-        return sum(r.label for r in train_rows) / len(train_rows)
-    return float(setting)
-
-
 def choose_thresholds(
     detections: Sequence[ImageDetections], truth: Sequence[Sequence[XYWH]], candidates: Sequence[float],
     prevalence: float | None = None,
 ) -> ThresholdChoice:
-    """The (image, box) threshold pair with the best RSNA score; ties go to the higher thresholds (fewer boxes)."""
+    """The (image, box) threshold pair with the best RSNA score; ties go to the higher thresholds (fewer boxes).
+
+    ``prevalence``: the score is val's reweighted to it (:func:`prevalence_weights`); None = val's own.
+    """
+    weights = prevalence_weights(truth, prevalence)
     grid = []
     for image_threshold in sorted({0.0, *candidates}):
         for box_threshold in sorted(candidates):
-            score = rsna_at(detections, truth, image_threshold, box_threshold)
+            score = rsna_at(detections, truth, image_threshold, box_threshold, weights)
             grid.append({"image_threshold": image_threshold, "box_threshold": box_threshold,
                          "rsna_score": 0.0 if score is None else score})
     best = max(grid, key=lambda g: (g["rsna_score"], g["image_threshold"], g["box_threshold"]))

@@ -160,14 +160,55 @@ def rsna_score(
     predicted_per_image: Sequence[Sequence[XYWH]],
     confidences_per_image: Sequence[Sequence[float]],
     gt_boxes_per_image: Sequence[Sequence[XYWH]],
+    weights: Sequence[float] | None = None,
 ) -> float | None:
-    """The RSNA challenge metric: the mean of :func:`rsna_image_score` over the images it does not leave out."""
+    """The RSNA challenge metric: the mean of :func:`rsna_image_score` over the images it does not leave out.
+
+    ``weights`` (one per image, >= 0) make it the weighted mean over those images, e.g.
+    :func:`prevalence_weights`; None is the challenge's plain mean. None when no image counts.
+    """
     scores = [
         rsna_image_score(p, c, g)
         for p, c, g in zip(predicted_per_image, confidences_per_image, gt_boxes_per_image, strict=True)
     ]
-    kept = [s for s in scores if s is not None]
-    return float(np.mean(kept)) if kept else None
+    return mean_image_score(scores, weights)
+
+
+def mean_image_score(scores: Sequence[float | None], weights: Sequence[float] | None = None) -> float | None:
+    """The mean of per-image scores over those not None (left out), weighted by ``weights`` when given."""
+    if weights is None:
+        kept = [s for s in scores if s is not None]
+        return float(np.mean(kept)) if kept else None
+    pairs = [(s, w) for s, w in zip(scores, weights, strict=True) if s is not None]
+    total = sum(w for _, w in pairs)
+    return float(sum(s * w for s, w in pairs) / total) if pairs and total > 0 else None
+
+
+def target_prevalence(setting: float | str | None, train_rows: Sequence) -> float | None:
+    """``detect.threshold_prevalence`` as a number: null = the train split's prevalence, "val" = None (val's own).
+
+    ``train_rows``: the manifest rows of the train split (their ``label``: 1 = pneumonia).
+    """
+    if setting == "val":
+        return None
+    if setting is None:
+        return sum(r.label for r in train_rows) / len(train_rows)
+    return float(setting)
+
+
+def prevalence_weights(gt_boxes_per_image: Sequence[Sequence[XYWH]], prevalence: float | None) -> np.ndarray | None:
+    """Importance weights that make these images stand for a population with ``prevalence`` positives.
+
+    A positive (an image with a true box) weighs p / p_here, a negative (1 - p) / (1 - p_here), so
+    positives carry p of the total weight and negatives 1 - p; :func:`rsna_score` with them estimates the
+    score on images drawn at prevalence p. None (unweighted) when ``prevalence`` is None or the images hold
+    a single class, which no weighting can shift.
+    """
+    positive = np.array([len(g) > 0 for g in gt_boxes_per_image], dtype=bool)
+    here = positive.mean() if len(positive) else 0.0
+    if prevalence is None or here in (0.0, 1.0):
+        return None
+    return np.where(positive, prevalence / here, (1 - prevalence) / (1 - here))
 
 
 def union_area(boxes: Sequence[XYWH]) -> float:
