@@ -121,3 +121,21 @@ def test_the_prevalence_warning_fires_on_a_shift_and_advises_stratifying(counts)
 def test_the_prevalence_check_needs_two_splits_and_both_classes():
     assert stats.prevalence_check(_counts(train=(100, 0.2), val=(0, 0.0)))["statistic"] is None
     assert stats.prevalence_check(_counts(train=(100, 0.0), val=(50, 0.0)))["warning"] is None
+
+
+def test_a_gate_at_a_sensitivity_operating_point_does_not_move_with_the_negatives():
+    """The gate reads the positives only: adding negatives (a lower prevalence) leaves it where it was."""
+    from pneumonia.detection.thresholds import ThresholdRule
+
+    def det(p, boxes):
+        return ImageDetections(np.array(boxes, float).reshape(-1, 4), np.full(len(boxes), 0.9), p, 100, 100)
+
+    positives = [det(p, [(10, 10, 20, 20)]) for p in (0.2, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.97, 0.98, 0.99)]
+    truth_pos = [[(10, 10, 20, 20)]] * len(positives)
+    few = [det(p, [(50, 50, 20, 20)]) for p in (0.1, 0.3, 0.6)]
+    many = [det(p, [(50, 50, 20, 20)]) for p in np.linspace(0.05, 0.65, 40)]
+    rule = ThresholdRule((0.3, 0.5), gate_sensitivity=0.9)
+    a = rule.choose(positives + few, truth_pos + [[]] * len(few))
+    b = rule.choose(positives + many, truth_pos + [[]] * len(many))
+    assert a.image_threshold == b.image_threshold == 0.5  # 9 of the 10 positives reach it
+    assert [g["image_threshold"] for g in a.grid] == [0.5, 0.5]

@@ -13,7 +13,7 @@ from pneumonia.detection import training
 from pneumonia.detection.decode import ImageBoxes, decode
 from pneumonia.detection.detector import LoadedDetector, detect_images, load_detector, save_detector, to_original
 from pneumonia.detection.network import RawDetections, build_detector
-from pneumonia.detection.thresholds import rsna_at
+from pneumonia.detection.thresholds import ThresholdRule, rsna_at
 from pneumonia.detection.tta import (
     FlipMerge, choose_flip, merge_views, merged_boxes, mirror_boxes, mirror_images, unmirror,
 )
@@ -80,7 +80,7 @@ IOUS = (0.6, 0.4, 0.5)  # any order: tried from the lowest
 
 
 def _choose(plain, mirrored, truth, candidates=(0.1, 0.3)):
-    return choose_flip(plain, mirrored, SIZES, 100, 4, truth, candidates, IOUS)
+    return choose_flip(plain, mirrored, SIZES, 100, 4, truth, ThresholdRule(tuple(candidates)), IOUS)
 
 
 def test_the_flip_is_chosen_when_the_mirror_finds_what_the_image_missed():

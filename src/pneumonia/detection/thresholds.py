@@ -25,10 +25,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
+import numpy as np
+
 from pneumonia.detection.detector import ImageDetections
 from pneumonia.localization.box_metrics import XYWH, prevalence_weights, rsna_score, target_prevalence
+from pneumonia.operating_points import threshold_for_sensitivity
 
-__all__ = ["ThresholdChoice", "choose_thresholds", "rsna_at", "target_prevalence"]
+__all__ = ["ThresholdChoice", "ThresholdRule", "choose_thresholds", "rsna_at", "target_prevalence"]
 
 
 def rsna_at(
@@ -53,18 +56,39 @@ class ThresholdChoice:
 
 def choose_thresholds(
     detections: Sequence[ImageDetections], truth: Sequence[Sequence[XYWH]], candidates: Sequence[float],
-    prevalence: float | None = None,
+    prevalence: float | None = None, gate_sensitivity: float | None = None,
 ) -> ThresholdChoice:
     """The (image, box) threshold pair with the best RSNA score; ties go to the higher thresholds (fewer boxes).
 
     ``prevalence``: the score is val's reweighted to it (:func:`prevalence_weights`); None = val's own.
+    ``gate_sensitivity``: the gate is the image-probability threshold reaching this sensitivity on val
+    (:func:`~pneumonia.operating_points.threshold_for_sensitivity`) and only the box threshold is chosen
+    by the score; None = the gate too, among ``candidates`` and 0.
     """
     weights = prevalence_weights(truth, prevalence)
+    if gate_sensitivity is None:
+        gates = sorted({0.0, *candidates})
+    else:
+        labels = np.array([int(len(boxes) > 0) for boxes in truth])
+        gates = [threshold_for_sensitivity(labels, np.array([d.image_probability for d in detections]),
+                                           gate_sensitivity)]
     grid = []
-    for image_threshold in sorted({0.0, *candidates}):
+    for image_threshold in gates:
         for box_threshold in sorted(candidates):
             score = rsna_at(detections, truth, image_threshold, box_threshold, weights)
             grid.append({"image_threshold": image_threshold, "box_threshold": box_threshold,
                          "rsna_score": 0.0 if score is None else score})
     best = max(grid, key=lambda g: (g["rsna_score"], g["image_threshold"], g["box_threshold"]))
     return ThresholdChoice(best["image_threshold"], best["box_threshold"], best["rsna_score"], grid)
+
+
+@dataclass(frozen=True)
+class ThresholdRule:
+    """How the detect stage chooses the detector's pair on val (the arguments of :func:`choose_thresholds`)."""
+
+    candidates: tuple[float, ...]  # detect.score_thresholds
+    prevalence: float | None = None  # detect.threshold_prevalence resolved (:func:`target_prevalence`)
+    gate_sensitivity: float | None = None  # evaluate.target_sensitivity: the gate at that operating point
+
+    def choose(self, detections: Sequence[ImageDetections], truth: Sequence[Sequence[XYWH]]) -> ThresholdChoice:
+        return choose_thresholds(detections, truth, self.candidates, self.prevalence, self.gate_sensitivity)

@@ -31,6 +31,7 @@ from pneumonia.errors import PneumoniaError
 
 if TYPE_CHECKING:
     from pneumonia.detection.detector import LoadedDetector
+    from pneumonia.detection.thresholds import ThresholdRule
     from pneumonia.localization.box_metrics import XYWH
 
 METHODS = ("nms", "wbf")  # in the order ties go: NMS keeps the detector's own boxes and scores
@@ -129,26 +130,24 @@ class FlipChoice:
 
 def choose_flip(
     plain: Sequence[ImageBoxes], mirrored: Sequence[ImageBoxes], sizes: Sequence[tuple[int, int]], image_size: int,
-    max_boxes: int, truth: Sequence[Sequence[XYWH]], candidates: Sequence[float], merge_ious: Iterable[float],
-    prevalence: float | None = None,
+    max_boxes: int, truth: Sequence[Sequence[XYWH]], rule: ThresholdRule, merge_ious: Iterable[float],
 ) -> FlipChoice:
     """No TTA or the (method, IoU) merge of best val RSNA score, each with its thresholds chosen on val.
 
     ``plain`` and ``mirrored`` (mapped back, :func:`unmirror`): val decoded once per view; ``sizes``: the
-    original (rows, columns); ``truth``: original-pixel boxes. Ties go to no TTA (half the forward passes),
+    original (rows, columns); ``truth``: original-pixel boxes; ``rule``: how each candidate's thresholds are
+    chosen. Ties go to no TTA (half the forward passes),
     then to NMS (the detector's own boxes), then to the lower IoU (fewer boxes, as the thresholds' ties go).
     """
-    # imported here: detector.py imports this module, and thresholds.py imports detector.py
+    # imported here: detector.py imports this module
     from pneumonia.detection.detector import to_original
-    from pneumonia.detection.thresholds import choose_thresholds
 
     merges = [None, *(FlipMerge(method, iou) for method in METHODS for iou in sorted(merge_ious))]
     tried = []
     for merge in merges:
         found = plain if merge is None else [merge_views(p, m, merge, image_size, max_boxes)
                                              for p, m in zip(plain, mirrored, strict=True)]
-        tried.append((merge, choose_thresholds(to_original(found, sizes, image_size), truth, candidates,
-                                               prevalence=prevalence)))
+        tried.append((merge, rule.choose(to_original(found, sizes, image_size), truth)))
     merge, best = max(tried, key=lambda t: t[1].rsna_score)  # max keeps the first of equals: the order of ties
     grid = [{"tta": "none" if m is None else m.method, "merge_iou": None if m is None else m.iou,
              "rsna_score": c.rsna_score, "image_threshold": c.image_threshold, "box_threshold": c.box_threshold}
@@ -158,8 +157,8 @@ def choose_flip(
 
 @torch.no_grad()
 def choose_on_val(
-    detector: LoadedDetector, val_batches: Iterable, val_rows: Sequence, candidates: Sequence[float],
-    merge_ious: Iterable[float], prevalence: float | None, chosen: dict, device: str | torch.device = "cpu",
+    detector: LoadedDetector, val_batches: Iterable, val_rows: Sequence, rule: ThresholdRule,
+    merge_ious: Iterable[float], chosen: dict, device: str | torch.device = "cpu",
 ) -> tuple[LoadedDetector, dict]:
     """The detect stage's flip choice: val decoded with ``detector``'s network on each image and its mirror,
     :func:`choose_flip`; returns the detector with the choice and its thresholds, and the epoch's entry
@@ -177,8 +176,7 @@ def choose_on_val(
         mirrored.extend(found_mirrored)
     network.cpu()
     choice = choose_flip(plain, mirrored, [(r.rows, r.columns) for r in val_rows],
-                         detector.image_size, detector.max_boxes, [r.boxes for r in val_rows], candidates, merge_ious,
-                         prevalence)
+                         detector.image_size, detector.max_boxes, [r.boxes for r in val_rows], rule, merge_ious)
     for g in choice.grid:
         print(f"detect: tta {g['tta']}" + (f" at IoU {g['merge_iou']}" if g["merge_iou"] else "")
               + f": val RSNA score {g['rsna_score']:.3f}", flush=True)
