@@ -164,7 +164,7 @@ def stage_train_rate(array_path: Path, batch: int, steps: int, warmup: int = 2, 
     workers as ``num_workers: auto`` gives them."""
     import pytorch_lightning as pl
 
-    from pneumonia.train import augment_on_device, loader_workers
+    from pneumonia.scaling import augment_on_device, loader_workers
 
     params = replace(load_params(ROOT / "params.yaml").train, arch=arch, num_workers="auto")
     on_device = augment_on_device(params)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from pipeline_repo import ROOT
-from pneumonia import train
+from pneumonia import scaling, train
 from project_params import project_params
 from tiny_data import prepare
 from pneumonia.model_file import read_model
@@ -31,12 +31,12 @@ import yaml
 from pneumonia import train
 from project_params import project_params
 
-class KillMidEpoch(train._SeedEachEpoch):
+class KillMidEpoch(train.SeedEachEpoch):
     def on_train_batch_start(self, trainer, module, batch, batch_idx):
         if trainer.current_epoch == 1 and batch_idx == 1:
             os.kill(os.getpid(), signal.SIGKILL)
 
-train._SeedEachEpoch = KillMidEpoch
+train.SeedEachEpoch = KillMidEpoch
 root, out = Path(sys.argv[1]), Path(sys.argv[2])
 params = project_params(yaml.safe_load(sys.argv[3]))
 train.run(root / "processed", root / "dataset.json", params.train, seed=11,
@@ -74,7 +74,7 @@ def test_sigkill_mid_epoch_then_rerun_resumes_and_matches_an_uninterrupted_run(p
                             env=env, capture_output=True, text=True, timeout=300)
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     assert not (out / "model.safetensors").exists()
-    resume_point = torch.load(out / ".model-checkpoints" / train.RESUME, weights_only=True)
+    resume_point = torch.load(out / ".model-checkpoints" / scaling.RESUME, weights_only=True)
     assert resume_point["epoch"] == 0  # the first epoch finished; the second was killed
 
     result = run_train(processed, out)
@@ -93,7 +93,7 @@ def test_a_checkpoint_of_other_params_is_not_resumed(processed, tmp_path):
     out = tmp_path / "run"
     ckpt_dir = out / ".model-checkpoints"
     ckpt_dir.mkdir(parents=True)
-    (ckpt_dir / train.RESUME).write_bytes(b"left over from another run")
-    (ckpt_dir / train.FINGERPRINT).write_text(json.dumps({"params": {"max_epochs": 99}}))
+    (ckpt_dir / scaling.RESUME).write_bytes(b"left over from another run")
+    (ckpt_dir / scaling.FINGERPRINT).write_text(json.dumps({"params": {"max_epochs": 99}}))
     run_train(processed, out)  # starts afresh instead of failing or resuming
     assert (out / "model.safetensors").exists() and not ckpt_dir.exists()

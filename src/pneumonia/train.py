@@ -18,13 +18,9 @@ The folder is removed when training finishes.
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
-import os
-import random
 import shutil
 import warnings
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -36,18 +32,18 @@ from pytorch_lightning.utilities import rank_zero_only
 
 from pneumonia.calibration import fit_temperature
 from pneumonia.checkpoint import NETWORK_PREFIX, classifier_header, load_classifier
-from pneumonia.data import XrayDataset, epoch_seed, make_loader
+from pneumonia.data import XrayDataset, make_loader
 from pneumonia.errors import DatasetError
 from pneumonia.inference import predict_logits
 from pneumonia.grid import save_grid
-from pneumonia.manifest import CLASS_NAMES, MANIFEST, read_manifest, split_labels
+from pneumonia.manifest import CLASS_NAMES, read_manifest, split_labels
 from pneumonia.model import PneumoniaClassifier
 from pneumonia.model_file import save_model
 from pneumonia.params import TrainParams
+from pneumonia.scaling import (SeedEachEpoch, augment_on_device, fingerprint, loader_workers, prepare_checkpoints,
+                               resume_checkpoint)
 
 MONITOR = "val/auroc"
-RESUME = "resume.ckpt"
-FINGERPRINT = "fingerprint.json"
 
 
 def run(
@@ -102,26 +98,16 @@ def run(
     # A fixed folder name: Lightning records the checkpoint's path inside it, and a random
     # temporary name would make two identical runs write different bytes (and DVC hashes).
     ckpt_dir = model_path.parent / f".{model_path.stem}-checkpoints"
-    fingerprint = _fingerprint(params, seed, stats, processed_dir)
-    resume, progress = _resumable(ckpt_dir, fingerprint)
-    if rank_zero_only.rank == 0:
-        if resume is None:
-            shutil.rmtree(ckpt_dir, ignore_errors=True)
-            ckpt_dir.mkdir(parents=True)
-            (ckpt_dir / FINGERPRINT).write_text(json.dumps(fingerprint) + "\n")
-        else:
-            epoch, global_step = progress
-            print(f"resuming from {resume} (epochs done: {epoch + 1} of {params.max_epochs})", flush=True)
-            _trim_live(live_dir, global_step)
+    resume, global_step = prepare_checkpoints(ckpt_dir, fingerprint(params, seed, stats, processed_dir), "train",
+                                              params.max_epochs)
+    if resume is not None and rank_zero_only.rank == 0:
+        _trim_live(live_dir, global_step)
     best = ModelCheckpoint(dirpath=str(ckpt_dir), filename="best", monitor=MONITOR, mode="max", save_top_k=1)
     extra = [EarlyStopping(MONITOR, mode="max", patience=params.early_stopping_patience)] * bool(
         params.early_stopping_patience
     )
     if params.lr_schedule != "constant" or params.warmup_epochs:  # dvclive/plots/metrics/train/lr.tsv
         extra.append(LearningRateMonitor(logging_interval="step"))
-    # After validation, at the very end of each epoch: what a resumed run starts from.
-    last = ModelCheckpoint(dirpath=str(ckpt_dir), filename=RESUME.removesuffix(".ckpt"), save_top_k=1,
-                           save_on_train_epoch_end=True, enable_version_counter=False)
     trainer = pl.Trainer(
         max_epochs=params.max_epochs,
         # None is Lightning's "every batch" without its info line about 1.0
@@ -133,7 +119,7 @@ def run(
         precision=params.precision,
         deterministic=True,
         logger=DVCLiveLogger(dir=str(live_dir), save_dvc_exp=False, dvcyaml=False, resume=resume is not None),
-        callbacks=[best, last, _SeedEachEpoch(seed), *extra],
+        callbacks=[best, resume_checkpoint(ckpt_dir), SeedEachEpoch(seed), *extra],
         log_every_n_steps=1,
         num_sanity_val_steps=0,
         enable_model_summary=False,
@@ -148,53 +134,6 @@ def run(
         # Finished: nothing to resume. (A failed or killed run keeps the folder for the next try.)
         shutil.rmtree(ckpt_dir, ignore_errors=True)
     return {k: float(v) for k, v in trainer.callback_metrics.items()} | {"best_" + MONITOR: float(best.best_model_score)}
-
-
-def augment_on_device(params: TrainParams) -> bool:
-    """Whether the augmentation runs on whole batches on the device (``augment_on``; auto: on a GPU)."""
-    if params.augment_on != "auto":
-        return params.augment_on == "device"
-    return params.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
-
-
-def loader_workers(params: TrainParams, on_device: bool) -> int:
-    """``num_workers``; auto: half the cores, at most 8, when the device augments (the loader only reads), else 0."""
-    if params.num_workers != "auto":
-        return params.num_workers
-    return min(8, (os.cpu_count() or 2) // 2) if on_device else 0
-
-
-class _SeedEachEpoch(pl.Callback):
-    """Reseed the global RNGs (augmentation) at the start of every epoch from (seed, epoch)."""
-
-    def __init__(self, seed: int):
-        self.seed = seed
-
-    def on_train_epoch_start(self, trainer, pl_module):
-        value = epoch_seed(self.seed, trainer.current_epoch)
-        torch.manual_seed(value)
-        np.random.seed(value % 2**32)
-        random.seed(value)
-
-
-def _fingerprint(params: TrainParams, seed: int, stats: dict, processed_dir: Path) -> dict:
-    """What a checkpoint must have been trained with to be resumed: params, seed and data."""
-    manifest = hashlib.sha256((Path(processed_dir) / MANIFEST).read_bytes()).hexdigest()
-    return {"params": asdict(params), "seed": seed, "stats": stats, "manifest_sha256": manifest}
-
-
-def _resumable(ckpt_dir: Path, fingerprint: dict) -> tuple[str | None, tuple[int, int] | None]:
-    """``resume.ckpt`` of an unfinished run with the same fingerprint, if one loads, and its (epoch, global step)."""
-    path, stamp = ckpt_dir / RESUME, ckpt_dir / FINGERPRINT
-    if not (path.exists() and stamp.exists()):
-        return None, None
-    try:
-        if json.loads(stamp.read_text()) != json.loads(json.dumps(fingerprint)):
-            return None, None
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)  # fails if killed while writing it
-        return str(path), (int(checkpoint["epoch"]), int(checkpoint["global_step"]))
-    except Exception:
-        return None, None
 
 
 def _trim_live(live_dir: Path, global_step: int) -> None:

@@ -4,18 +4,26 @@ Each epoch ends with the val images decoded and the (image, box) threshold pair 
 (:func:`pneumonia.detection.thresholds.choose_thresholds`); the epoch with the best such score is
 kept, and its weights and thresholds go into the model file (``models/detector.safetensors``).
 Lightning's checkpoints exist only in a hidden folder beside it while training.
+
+Scaling and resuming as the train stage (:mod:`pneumonia.scaling`): DDP over ``devices`` x ``num_nodes``
+with the val images decoded in parts and gathered, so that every rank chooses the thresholds on the
+whole val split; a killed run resumes from its last finished epoch when params, seed and data match.
+A resumed run ends with the same model file and ``epochs.json`` as an uninterrupted one: the epoch
+history and the global RNG states (the augmentation's) travel in the checkpoint, and the sample order
+depends only on (seed, epoch).
 """
 
 from __future__ import annotations
 
 import json
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from pneumonia.atomic import write_json
 from pneumonia.detection import tta
@@ -25,9 +33,11 @@ from pneumonia.detection.detector import LoadedDetector, save_detector, to_origi
 from pneumonia.detection.network import build_detector
 from pneumonia.detection.targets import detection_loss
 from pneumonia.detection.thresholds import choose_thresholds, target_prevalence
-from pneumonia.errors import DatasetError
+from pneumonia.errors import DatasetError, ParamsError
 from pneumonia.manifest import ManifestRow, read_manifest, split_rows
 from pneumonia.params import DetectParams
+from pneumonia.scaling import (augment_on_device, fingerprint, loader_workers, prepare_checkpoints, resume_checkpoint,
+                               rng_states, set_rng_states)
 
 MONITOR = "val/rsna_score"
 
@@ -42,43 +52,90 @@ class DetectorModule(pl.LightningModule):
         # the prevalence the thresholds are tuned for (val reweighted to it; None: val's own)
         self.prevalence = target_prevalence(params.threshold_prevalence, train_rows)
         self.history: list[dict] = []
-        self._found: list[ImageBoxes] = []
+        self._found: list[tuple[int, ImageBoxes]] = []  # (val index, decoded boxes) of this rank's images
         self._train_loss: list[float] = []
+
+    def on_fit_start(self):
+        if self.device.type == "cuda":  # tensor cores want NHWC
+            self.to(memory_format=torch.channels_last)
+
+    def on_after_batch_transfer(self, batch, dataloader_idx):
+        """Images (first in train and val batches) in channels_last on a GPU, as the module."""
+        if self.device.type == "cuda":
+            batch = [batch[0].contiguous(memory_format=torch.channels_last), *batch[1:]]
+        return batch
 
     def training_step(self, batch, batch_idx):
         images, heatmap, box_target, box_weight, labels = batch
         losses = detection_loss(self.network(images), heatmap, box_target, box_weight, labels)
         for name, value in losses.items():
-            self.log(f"train/{name}", value, on_step=False, on_epoch=True, batch_size=len(labels))
+            self.log(f"train/{name}", value, on_step=False, on_epoch=True, batch_size=len(labels), sync_dist=True)
         self._train_loss.append(float(losses["loss"].detach()))
         return losses["loss"]
 
     def validation_step(self, batch, batch_idx):
-        raw = self.network(batch[0])
-        self._found.extend(decode(raw, self.params.image_size, self.params.max_boxes, self.params.nms_iou))
+        images, indices = batch
+        found = decode(self.network(images), self.params.image_size, self.params.max_boxes, self.params.nms_iou)
+        self._found.extend(zip(indices.tolist(), found, strict=True))
 
     def on_validation_epoch_end(self):
         rows = self.val_rows
-        detections = to_original(self._found, [(r.rows, r.columns) for r in rows], self.params.image_size)
+        found, train_loss = _gather(self._found), _gather(self._train_loss)
+        # by val index; DistributedSampler's padding repeats a few images, which collapse here
+        by_index = dict(found)
+        detections = to_original([by_index[i] for i in range(len(rows))], [(r.rows, r.columns) for r in rows],
+                                 self.params.image_size)
         self._found = []
         choice = choose_thresholds(detections, [r.boxes for r in rows], self.params.score_thresholds,
                                    prevalence=self.prevalence)
-        self.log(MONITOR, choice.rsna_score)
+        self.log(MONITOR, choice.rsna_score, sync_dist=True)  # the same on every rank: the mean is that value
         self.history.append({
             "epoch": self.current_epoch,
-            "train_loss": float(np.mean(self._train_loss)) if self._train_loss else None,
+            "train_loss": float(np.mean(train_loss)) if train_loss else None,
             "val_rsna_score": choice.rsna_score,
             "image_threshold": choice.image_threshold,
             "box_threshold": choice.box_threshold,
         })
         self._train_loss = []
-        print(f"detect: epoch {self.current_epoch}: val RSNA score {choice.rsna_score:.3f} "
-              f"(image >= {choice.image_threshold}, box >= {choice.box_threshold})", flush=True)
+        if self.trainer.is_global_zero:
+            print(f"detect: epoch {self.current_epoch}: val RSNA score {choice.rsna_score:.3f} "
+                  f"(image >= {choice.image_threshold}, box >= {choice.box_threshold})", flush=True)
+
+    def on_save_checkpoint(self, checkpoint):
+        """The epochs so far and the RNG states: a run resumed from this checkpoint continues as if never stopped."""
+        checkpoint["history"] = list(self.history)
+        checkpoint["rng_states"] = rng_states()
+
+    def on_load_checkpoint(self, checkpoint):
+        self.history = list(checkpoint["history"])
+        set_rng_states(checkpoint["rng_states"])
 
     def configure_optimizers(self):
         optimizer = torch.optim.AdamW(self.parameters(), lr=self.params.lr, weight_decay=self.params.weight_decay)
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=self.params.max_epochs)
         return {"optimizer": optimizer, "lr_scheduler": schedule}
+
+
+class IndexedImages(Dataset):
+    """``(image, index)`` of a :class:`DetectionDataset`: val's decoded images are put back in order across ranks."""
+
+    def __init__(self, dataset: DetectionDataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        return self.dataset.sample(index)[0], index
+
+
+def _gather(items: list) -> list:
+    """Every rank's ``items``, concatenated in rank order (``items`` itself in a single process)."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return list(items)
+    parts = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(parts, list(items))
+    return [item for part in parts for item in part]
 
 
 def run(
@@ -90,6 +147,10 @@ def run(
     history_json: Path | None = Path("plots/detection/epochs.json"),
 ) -> dict:
     """Train, keep the epoch of best val RSNA score, write the model file; return that epoch's history entry."""
+    if params.augment_on == "device":
+        raise ParamsError("detect.augment_on device is not built yet; use loader or auto")
+    if params.augment and augment_on_device(params):
+        print("detect: augment_on auto augments in the loader (on the device is not built yet)", flush=True)
     pl.seed_everything(seed, workers=True)
     processed_dir = Path(processed_dir)
     stats = json.loads(Path(stats_json).read_text())
@@ -108,17 +169,20 @@ def run(
     model_path = Path(model_path)
     model_path.parent.mkdir(parents=True, exist_ok=True)
     ckpt_dir = model_path.parent / f".{model_path.stem}-checkpoints"
-    shutil.rmtree(ckpt_dir, ignore_errors=True)
+    resume, _ = prepare_checkpoints(ckpt_dir, fingerprint(params, seed, stats, processed_dir), "detect",
+                                    params.max_epochs)
     best = pl.callbacks.ModelCheckpoint(dirpath=str(ckpt_dir), filename="best", monitor=MONITOR, mode="max",
                                         save_top_k=1)
     trainer = pl.Trainer(
         max_epochs=params.max_epochs,
         accelerator=params.accelerator,
-        devices=1,
+        devices=params.devices,
+        num_nodes=params.num_nodes,
+        strategy=params.strategy,
         precision=params.precision,
         deterministic=True,
         logger=False,
-        callbacks=[best],
+        callbacks=[best, resume_checkpoint(ckpt_dir)],
         num_sanity_val_steps=0,
         enable_model_summary=False,
         enable_progress_bar=False,
@@ -127,16 +191,24 @@ def run(
     # Lightning's deterministic mode also fills every new tensor with NaN (12 % of a CPU step here): results do
     # not depend on it, since no op of this network reads memory before writing it.
     torch.utils.deterministic.fill_uninitialized_memory = False
+    workers = loader_workers(params, on_device=False)
     loader = lambda dataset, sampler: DataLoader(  # noqa: E731
-        dataset, batch_size=params.batch_size, sampler=sampler, num_workers=params.num_workers,
-        persistent_workers=params.num_workers > 0, generator=torch.Generator().manual_seed(seed),
+        dataset, batch_size=params.batch_size, sampler=sampler, num_workers=workers,
+        persistent_workers=workers > 0, generator=torch.Generator().manual_seed(seed),
     )
+    # Under DDP Lightning wraps the sampler in a DistributedSamplerWrapper: every rank draws the same
+    # (seed, epoch) order, shuffled again by PL_GLOBAL_SEED and epoch, and takes its share of it.
     sampler = BalancedEpochSampler([r.label for r in train_rows], params.negative_ratio, seed)
-    trainer.fit(module, loader(sets["train"], sampler), loader(sets["val"], None))
+    with warnings.catch_warnings():
+        # The folder holds the fingerprint (and, resuming, the checkpoints): expected here.
+        warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
+        trainer.fit(module, loader(sets["train"], sampler), loader(IndexedImages(sets["val"]), None), ckpt_path=resume)
+    chosen = max(module.history, key=lambda h: (h["val_rsna_score"], -h["epoch"]))
+    if not trainer.is_global_zero:
+        return chosen
     state = torch.load(best.best_model_path, map_location="cpu", weights_only=True)["state_dict"]
     network = build_detector(params.arch, params.width, params.neck)
     network.load_state_dict({k.removeprefix("network."): v for k, v in state.items()})
-    chosen = max(module.history, key=lambda h: (h["val_rsna_score"], -h["epoch"]))
     detector = LoadedDetector(
         network=network, arch=params.arch, neck=params.neck, width=params.width, image_size=params.image_size,
         mean=stats["mean"], std=stats["std"], image_threshold=chosen["image_threshold"],
@@ -147,7 +219,8 @@ def run(
                                              params.tta_merge_ious, module.prevalence, chosen,
                                              trainer.strategy.root_device)
     save_detector(model_path, network, detector, epoch=chosen["epoch"], val_rsna_score=chosen["val_rsna_score"])
-    shutil.rmtree(ckpt_dir, ignore_errors=True)
     if history_json is not None:
         write_json(history_json, module.history)
+    # Finished: nothing to resume. (A failed or killed run keeps the folder for the next try.)
+    shutil.rmtree(ckpt_dir, ignore_errors=True)
     return chosen
