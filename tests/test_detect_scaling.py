@@ -9,13 +9,14 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 
 from pipeline_repo import ROOT
 from pneumonia import scaling
 from pneumonia.detection import training
 from pneumonia.detection.detector import detect_images, load_detector
 from pneumonia.detection.thresholds import choose_thresholds, target_prevalence
-from pneumonia.errors import ParamsError
+from pneumonia.detection.batch_augment import augment_batch, batch_box_augmentation, pad_boxes
 from pneumonia.manifest import read_manifest, split_rows, write_manifest
 from project_params import project_params
 from test_detection import _rectangles, _square_rows
@@ -122,8 +123,52 @@ def test_sigkill_mid_epoch_then_rerun_resumes_and_matches_an_uninterrupted_run(d
     assert (out / "detector.safetensors").read_bytes() == (uninterrupted / "detector.safetensors").read_bytes()
 
 
-def test_augmenting_on_the_device_is_refused_in_one_line(data, tmp_path):
-    with pytest.raises(ParamsError, match="detect.augment_on device is not built yet"):
-        training.run(data / "processed", data / "dataset.json",
-                     project_params({"detect": {**DETECT, "augment_on": "device"}}).detect, seed=3,
-                     model_path=tmp_path / "detector.safetensors")
+def _bright_extent(image: torch.Tensor) -> list[float]:
+    """The extent (x0, y0, x1, y1) of the bright pixels of a 1 x S x S image."""
+    rows, cols = torch.nonzero(image[0] > image.mean() + 1.0, as_tuple=True)
+    return [float(cols.min()), float(rows.min()), float(cols.max() + 1), float(rows.max() + 1)]
+
+
+def test_the_batch_augmentation_moves_each_box_with_its_image():
+    size, rng = 64, np.random.default_rng(0)
+    images = torch.full((40, 1, size, size), -0.6)
+    boxes = []
+    for i in range(len(images)):
+        x, y = (int(v) for v in rng.integers(12, 32, size=2))
+        images[i, 0, y : y + 20, x : x + 16] = 2.0
+        boxes.append(torch.tensor([[x, y, x + 16, y + 20]], dtype=torch.float32) if i % 5 else torch.zeros(0, 4))
+    padded, counts = pad_boxes(boxes)
+    torch.manual_seed(0)
+    warped, moved = augment_batch(batch_box_augmentation(size), images, padded, counts)
+    assert warped.shape == images.shape
+    shifted = 0
+    for i in range(len(images)):
+        if i % 5 == 0:
+            assert len(moved[i]) == 0  # padding never becomes a box
+            continue
+        assert moved[i].shape == (1, 4)
+        # The bright rectangle's extent and the moved box agree within the resampling blur.
+        assert moved[i][0].tolist() == pytest.approx(_bright_extent(warped[i]), abs=2.5)
+        shifted += moved[i][0].tolist() != pytest.approx(boxes[i][0].tolist(), abs=1.0)
+    assert shifted >= 24, "each image got its own draw"
+
+
+def test_the_stage_trains_with_the_augmentation_on_the_device(data, tmp_path):
+    """augment_on device on the CPU: the loader only reads, the module warps and encodes whole batches."""
+    params = project_params({"detect": {**DETECT, "augment_on": "device", "max_epochs": 2}}).detect
+    module_batches = []
+    original = training.DetectorModule.training_step
+
+    def spy(module, batch, batch_idx):
+        module_batches.append([t.shape for t in batch])
+        return original(module, batch, batch_idx)
+
+    training.DetectorModule.training_step = spy
+    try:
+        chosen = training.run(data / "processed", data / "dataset.json", params, seed=3,
+                              model_path=tmp_path / "detector.safetensors", history_json=tmp_path / "epochs.json")
+    finally:
+        training.DetectorModule.training_step = original
+    assert chosen["epoch"] in (0, 1) and (tmp_path / "detector.safetensors").exists()
+    images, heatmap, box_target, box_weight, labels = module_batches[0]
+    assert images[1:] == (1, 32, 32) and heatmap[1:] == (1, 4, 4) and box_target[1:] == (4, 4, 4)

@@ -21,6 +21,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from pneumonia.data import epoch_seed, standardize
+from pneumonia.detection.batch_augment import CROP_RATIO, CROP_SCALE, pad_boxes
 from pneumonia.detection.targets import boxes_to_input, encode_targets
 from pneumonia.manifest import ManifestRow
 
@@ -30,7 +31,7 @@ def box_augmentation(image_size: int) -> v2.Compose:
     return v2.Compose(
         [
             v2.RandomAffine(degrees=(-5, 5), translate=(0, 0.05), scale=(0.9, 1.1)),
-            v2.RandomResizedCrop((image_size, image_size), scale=(0.5, 1), ratio=(0.8, 1.25), antialias=True),
+            v2.RandomResizedCrop((image_size, image_size), scale=CROP_SCALE, ratio=CROP_RATIO, antialias=True),
             v2.ClampBoundingBoxes(),
             v2.SanitizeBoundingBoxes(min_size=1.0),
         ]
@@ -52,7 +53,7 @@ class DetectionDataset(Dataset):
 
     def __init__(
         self, array_path: str | Path, rows: Sequence[ManifestRow], image_size: int, mean: float, std: float,
-        augment: bool,
+        augment: bool, encode: bool = True,
     ):
         self.array_path, self.rows = str(array_path), list(rows)
         self.image_size, self.mean, self.std = image_size, mean, std
@@ -61,6 +62,7 @@ class DetectionDataset(Dataset):
         if shape[0] != len(self.rows):
             raise ValueError(f"{array_path} has {shape[0]} images but the manifest lists {len(self.rows)}")
         self.transform = box_augmentation(image_size) if augment else None
+        self.encode = encode  # False: items are (image, boxes, label), for the device's augmentation (collate_boxes)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -90,9 +92,19 @@ class DetectionDataset(Dataset):
 
     def __getitem__(self, index: int):
         image, boxes = self.sample(index)
+        label = torch.tensor(float(self.rows[index].label))
+        if not self.encode:
+            return image, boxes, label
         heatmap, box_target, box_weight = encode_targets(boxes.numpy(), self.image_size)
         # The label is the manifest's: a crop that cuts every box away still shows (part of) the opacity.
-        return image, heatmap, box_target, box_weight, torch.tensor(float(self.rows[index].label))
+        return image, heatmap, box_target, box_weight, label
+
+
+def collate_boxes(items) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Unencoded items ``(image, boxes B_i x 4, label)`` -> images, zero-padded boxes, their counts, labels."""
+    images, boxes, labels = zip(*items)
+    padded, counts = pad_boxes(boxes)
+    return torch.stack(images), padded, counts, torch.stack(labels)
 
 
 class BalancedEpochSampler(Sampler[int]):

@@ -1,8 +1,14 @@
 """The detect stage: train the detector on the train split's boxes, choose the epoch and thresholds on val.
 
-Each epoch ends with the val images decoded and the (image, box) threshold pair of best RSNA score
-(:func:`pneumonia.detection.thresholds.choose_thresholds`); the epoch with the best such score is
-kept, and its weights and thresholds go into the model file (``models/detector.safetensors``).
+Each epoch ends with the val images decoded and the (image, box) threshold pair chosen by
+:class:`pneumonia.detection.thresholds.ThresholdRule`: the gate at the image-probability operating point
+reaching ``evaluate.target_sensitivity``, the box threshold of best RSNA score with val reweighted to
+``detect.threshold_prevalence``; the epoch with the best such score is kept, and its weights and
+thresholds go into the model file (``models/detector.safetensors``).
+
+The augmentation runs per sample in the loader (``augment_on: loader``, ``auto`` on a CPU) or on whole
+batches on the device (``device``, ``auto`` on a GPU: :mod:`pneumonia.detection.batch_augment`), the
+targets encoded after it in both cases.
 Lightning's checkpoints exist only in a hidden folder beside it while training.
 
 Scaling and resuming as the train stage (:mod:`pneumonia.scaling`): DDP over ``devices`` x ``num_nodes``
@@ -27,13 +33,14 @@ from torch.utils.data import DataLoader, Dataset
 
 from pneumonia.atomic import write_json
 from pneumonia.detection import tta
-from pneumonia.detection.data import BalancedEpochSampler, DetectionDataset
+from pneumonia.detection.batch_augment import augment_batch, batch_box_augmentation
+from pneumonia.detection.data import BalancedEpochSampler, DetectionDataset, collate_boxes
 from pneumonia.detection.decode import ImageBoxes, decode
 from pneumonia.detection.detector import LoadedDetector, save_detector, to_original
 from pneumonia.detection.network import build_detector
-from pneumonia.detection.targets import detection_loss
-from pneumonia.detection.thresholds import choose_thresholds, target_prevalence
-from pneumonia.errors import DatasetError, ParamsError
+from pneumonia.detection.targets import detection_loss, encode_targets
+from pneumonia.detection.thresholds import ThresholdRule, target_prevalence
+from pneumonia.errors import DatasetError
 from pneumonia.manifest import ManifestRow, read_manifest, split_rows
 from pneumonia.params import DetectParams
 from pneumonia.scaling import (augment_on_device, fingerprint, loader_workers, prepare_checkpoints, resume_checkpoint,
@@ -45,12 +52,13 @@ MONITOR = "val/rsna_score"
 class DetectorModule(pl.LightningModule):
     """The network, its loss, and per-epoch threshold choice on val (``history``: one dict per epoch)."""
 
-    def __init__(self, params: DetectParams, val_rows: list[ManifestRow], train_rows: list[ManifestRow]):
+    def __init__(self, params: DetectParams, val_rows: list[ManifestRow], rule: ThresholdRule,
+                 augment_on_device: bool = False):
         super().__init__()
-        self.params, self.val_rows = params, val_rows
+        self.params, self.val_rows, self.rule = params, val_rows, rule
         self.network = build_detector(params.arch, params.width, params.neck, params.init)
-        # the prevalence the thresholds are tuned for (val reweighted to it; None: val's own)
-        self.prevalence = target_prevalence(params.threshold_prevalence, train_rows)
+        # A plain attribute, not a submodule: it has no weights and must not enter checkpoints.
+        self.__dict__["batch_augment"] = batch_box_augmentation(params.image_size) if augment_on_device else None
         self.history: list[dict] = []
         self._found: list[tuple[int, ImageBoxes]] = []  # (val index, decoded boxes) of this rank's images
         self._train_loss: list[float] = []
@@ -60,7 +68,13 @@ class DetectorModule(pl.LightningModule):
             self.to(memory_format=torch.channels_last)
 
     def on_after_batch_transfer(self, batch, dataloader_idx):
-        """Images (first in train and val batches) in channels_last on a GPU, as the module."""
+        """Train batches augmented and encoded on the device when it augments; images in channels_last on a GPU."""
+        if self.batch_augment is not None and self.trainer.training:
+            images, boxes, counts, labels = batch
+            images, moved = augment_batch(self.batch_augment, images, boxes, counts)
+            # The targets of a few boxes on a 1/8 grid: the loader path's encoder, on the CPU, one home.
+            targets = [encode_targets(b.detach().cpu().numpy(), self.params.image_size) for b in moved]
+            batch = [images, *(torch.stack(t).to(images.device) for t in zip(*targets)), labels]
         if self.device.type == "cuda":
             batch = [batch[0].contiguous(memory_format=torch.channels_last), *batch[1:]]
         return batch
@@ -86,8 +100,7 @@ class DetectorModule(pl.LightningModule):
         detections = to_original([by_index[i] for i in range(len(rows))], [(r.rows, r.columns) for r in rows],
                                  self.params.image_size)
         self._found = []
-        choice = choose_thresholds(detections, [r.boxes for r in rows], self.params.score_thresholds,
-                                   prevalence=self.prevalence)
+        choice = self.rule.choose(detections, [r.boxes for r in rows])
         self.log(MONITOR, choice.rsna_score, sync_dist=True)  # the same on every rank: the mean is that value
         self.history.append({
             "epoch": self.current_epoch,
@@ -143,14 +156,16 @@ def run(
     stats_json: Path,
     params: DetectParams,
     seed: int,
+    gate_sensitivity: float | None = None,
     model_path: Path = Path("models/detector.safetensors"),
     history_json: Path | None = Path("plots/detection/epochs.json"),
 ) -> dict:
-    """Train, keep the epoch of best val RSNA score, write the model file; return that epoch's history entry."""
-    if params.augment_on == "device":
-        raise ParamsError("detect.augment_on device is not built yet; use loader or auto")
-    if params.augment and augment_on_device(params):
-        print("detect: augment_on auto augments in the loader (on the device is not built yet)", flush=True)
+    """Train, keep the epoch of best val RSNA score, write the model file; return that epoch's history entry.
+
+    ``gate_sensitivity``: the image gate's operating point (``evaluate.target_sensitivity``); None: the gate
+    is chosen by the score among ``detect.score_thresholds`` as the box threshold is.
+    """
+    on_device = params.augment and augment_on_device(params)
     pl.seed_everything(seed, workers=True)
     processed_dir = Path(processed_dir)
     stats = json.loads(Path(stats_json).read_text())
@@ -162,10 +177,13 @@ def run(
                                "a detector needs positives with boxes in train and val (check the split params)")
     sets = {
         name: DetectionDataset(processed_dir / f"{name}.npy", rows, params.image_size, stats["mean"], stats["std"],
-                               augment=params.augment and name == "train")
+                               augment=params.augment and name == "train" and not on_device,
+                               encode=not (on_device and name == "train"))
         for name, rows in (("train", train_rows), ("val", val_rows))
     }
-    module = DetectorModule(params, val_rows, train_rows)
+    rule = ThresholdRule(params.score_thresholds, target_prevalence(params.threshold_prevalence, train_rows),
+                         gate_sensitivity)
+    module = DetectorModule(params, val_rows, rule, on_device)
     model_path = Path(model_path)
     model_path.parent.mkdir(parents=True, exist_ok=True)
     ckpt_dir = model_path.parent / f".{model_path.stem}-checkpoints"
@@ -191,10 +209,10 @@ def run(
     # Lightning's deterministic mode also fills every new tensor with NaN (12 % of a CPU step here): results do
     # not depend on it, since no op of this network reads memory before writing it.
     torch.utils.deterministic.fill_uninitialized_memory = False
-    workers = loader_workers(params, on_device=False)
-    loader = lambda dataset, sampler: DataLoader(  # noqa: E731
+    workers = loader_workers(params, on_device)
+    loader = lambda dataset, sampler, collate=None: DataLoader(  # noqa: E731
         dataset, batch_size=params.batch_size, sampler=sampler, num_workers=workers,
-        persistent_workers=workers > 0, generator=torch.Generator().manual_seed(seed),
+        persistent_workers=workers > 0, generator=torch.Generator().manual_seed(seed), collate_fn=collate,
     )
     # Under DDP Lightning wraps the sampler in a DistributedSamplerWrapper: every rank draws the same
     # (seed, epoch) order, shuffled again by PL_GLOBAL_SEED and epoch, and takes its share of it.
@@ -202,7 +220,8 @@ def run(
     with warnings.catch_warnings():
         # The folder holds the fingerprint (and, resuming, the checkpoints): expected here.
         warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
-        trainer.fit(module, loader(sets["train"], sampler), loader(IndexedImages(sets["val"]), None), ckpt_path=resume)
+        trainer.fit(module, loader(sets["train"], sampler, collate_boxes if on_device else None),
+                    loader(IndexedImages(sets["val"]), None), ckpt_path=resume)
     chosen = max(module.history, key=lambda h: (h["val_rsna_score"], -h["epoch"]))
     if not trainer.is_global_zero:
         return chosen
@@ -215,9 +234,8 @@ def run(
         box_threshold=chosen["box_threshold"], nms_iou=params.nms_iou, max_boxes=params.max_boxes,
     )
     if params.tta == "hflip":  # the kept epoch's val boxes with and without the mirror's: the merge chosen on val
-        detector, chosen = tta.choose_on_val(detector, loader(sets["val"], None), val_rows, params.score_thresholds,
-                                             params.tta_merge_ious, module.prevalence, chosen,
-                                             trainer.strategy.root_device)
+        detector, chosen = tta.choose_on_val(detector, loader(sets["val"], None), val_rows, rule,
+                                             params.tta_merge_ious, chosen, trainer.strategy.root_device)
     save_detector(model_path, network, detector, epoch=chosen["epoch"], val_rsna_score=chosen["val_rsna_score"])
     if history_json is not None:
         write_json(history_json, module.history)
