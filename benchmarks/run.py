@@ -233,6 +233,104 @@ def architecture_rates(size: int, batch: int, steps: int, repeats: int) -> dict[
     return table
 
 
+def _box_rows(n: int, size: int, split: str = "train") -> list:
+    """Manifest rows of ``n`` images of ``size`` pixels, one box each (the loader's cost hardly depends on the box)."""
+    from pneumonia.manifest import ManifestRow
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(n):
+        x, y = rng.integers(0, size // 2, size=2)
+        rows.append(ManifestRow(patient_id=f"{split}{i}", split=split, row=i, label=1,
+                                boxes=((float(x), float(y), size / 4, size / 3),), detailed_class="", view="PA",
+                                sex="F", age=50, rows=size, columns=size, pixel_spacing_mm=None))
+    return rows
+
+
+def stage_detect_rate(array_path: Path, batch: int, steps: int, arch: str, warmup: int = 2,
+                      precision: str = "32-true") -> float:
+    """The detect stage's training loop: Lightning, the memory-mapped dataset, the box-aware augmentation where
+    ``augment_on: auto`` puts it (per sample in the loader on a CPU, whole batches on a GPU), the targets."""
+    import pytorch_lightning as pl
+    from torch.utils.data import DataLoader
+
+    from pneumonia.detection.data import DetectionDataset, collate_boxes
+    from pneumonia.detection.thresholds import ThresholdRule
+    from pneumonia.detection.training import DetectorModule
+    from pneumonia.scaling import augment_on_device, loader_workers
+
+    size = np.load(array_path, mmap_mode="r").shape[-1]
+    params = replace(load_params(ROOT / "params.yaml").detect, arch=arch, image_size=size, num_workers="auto",
+                     precision=precision)
+    on_device = params.augment and augment_on_device(params)
+    rows = _box_rows(np.load(array_path, mmap_mode="r").shape[0], size)
+    dataset = DetectionDataset(array_path, rows, size, 0.4, 0.3, augment=not on_device, encode=not on_device)
+    loader = DataLoader(dataset, batch, shuffle=True, num_workers=loader_workers(params, on_device),
+                        collate_fn=collate_boxes if on_device else None)
+    module = DetectorModule(params, [], ThresholdRule(params.score_thresholds), on_device)
+    timer = _StepTimer(warmup)
+    trainer = pl.Trainer(
+        max_epochs=1, limit_train_batches=steps + warmup, limit_val_batches=0, logger=False,
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        callbacks=[timer.callback], accelerator="auto", devices=1, deterministic=True, precision=precision,
+    )
+    trainer.fit(module, loader)
+    return timer.steps * batch / (timer.end - timer.start)
+
+
+def bare_detect_rate(size: int, batch: int, steps: int, arch: str, warmup: int = 2,
+                     precision: str = "32-true") -> float:
+    """The same detector, loss, batch and AdamW over images and targets already on the device."""
+    from pneumonia.detection.network import build_detector
+    from pneumonia.detection.targets import detection_loss, encode_targets
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    detect = load_params(ROOT / "params.yaml").detect
+    net = build_detector(arch, detect.width, detect.neck).to(device)
+    images = torch.randn(batch, 1, size, size, device=device)
+    if device == "cuda":  # as the detect stage does on a GPU
+        net, images = net.to(memory_format=torch.channels_last), images.contiguous(memory_format=torch.channels_last)
+    targets = [torch.stack(t).to(device) for t in zip(*(
+        encode_targets(np.array([[b.boxes[0][0], b.boxes[0][1], b.boxes[0][0] + b.boxes[0][2],
+                                  b.boxes[0][1] + b.boxes[0][3]]]), size) for b in _box_rows(batch, size)))]
+    labels = torch.ones(batch, device=device)
+    optimizer = torch.optim.AdamW(net.parameters(), lr=detect.lr, weight_decay=detect.weight_decay)
+    autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=precision == "bf16-mixed")
+    for step in range(steps + warmup):
+        if step == warmup:
+            if device == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+        optimizer.zero_grad()
+        with autocast:
+            loss = detection_loss(net(images), *targets, labels)["loss"]
+        loss.backward()
+        optimizer.step()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return steps * batch / (time.perf_counter() - start)
+
+
+def detector_architecture_rates(size: int, batch: int, steps: int, repeats: int) -> dict[str, dict[str, float]]:
+    """Detector train images/s of every backbone (``detect.arch``), the stage's loop against the bare loop, paired
+    per repeat; precision and augmentation as :func:`architecture_rates` chooses them."""
+    from pneumonia.architectures import ARCHITECTURES
+
+    precision = "bf16-mixed" if torch.cuda.is_available() else "32-true"
+    array = arrays(batch * (steps + 2), size)
+    table = {}
+    for arch in ARCHITECTURES:
+        stage, bare = [], []
+        for _ in range(repeats):
+            stage.append(stage_detect_rate(array, batch, steps, arch, precision=precision))
+            bare.append(bare_detect_rate(size, batch, steps, arch, precision=precision))
+        table[arch] = {"images_per_s": round(statistics.median(stage), 1),
+                       "fraction_of_bare": round(statistics.median(s / b for s, b in zip(stage, bare)), 3)}
+        print(f"detect {arch:<16} {table[arch]['images_per_s']:>8} images/s  "
+              f"{table[arch]['fraction_of_bare']:.3f} of bare", flush=True)
+    return table
+
+
 def stage_infer_rate(array_path: Path, checkpoint: Path, batch: int) -> float:
     model = load_classifier(checkpoint)
     images = np.load(array_path, mmap_mode="r")
@@ -368,6 +466,9 @@ def main() -> None:
     parser.add_argument("--arch-steps", type=int, default=3, help="timed batches per architecture and repeat")
     parser.add_argument("--only-architectures", action="store_true",
                         help="measure only the per-architecture figures, keep the rest of results.json")
+    parser.add_argument("--detect-size", type=int, default=256, help="image size for the per-backbone detector figures")
+    parser.add_argument("--only-detectors", action="store_true",
+                        help="measure only the per-backbone detector figures, keep the rest of results.json")
     parser.add_argument("--predict-images", type=int, default=64, help="phantom DICOMs (1024 px) predict reads")
     parser.add_argument("--only-predict-backends", action="store_true",
                         help="measure only predict with each backend, keep the rest of results.json")
@@ -376,6 +477,14 @@ def main() -> None:
     CACHE.mkdir(parents=True, exist_ok=True)
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU only"
     machine = f"{platform.machine()}, {os.cpu_count()} cores, {device}"
+    by_detector = {"detect_by_architecture": detector_architecture_rates(args.detect_size, args.arch_batch,
+                                                                          args.arch_steps, args.repeats),
+                   "detect_architecture_settings": {"image_size": args.detect_size, "batch_size": args.arch_batch,
+                                                    "timed_batches": args.arch_steps, "repeats": args.repeats,
+                                                    "machine": machine}} if not args.only_predict_backends else {}
+    if args.only_detectors:
+        out.write_text(json.dumps(json.loads(out.read_text()) | by_detector, indent=2) + "\n")
+        return
     if args.only_predict_backends:
         results = json.loads(out.read_text()) | backend_figures(args.predict_images, args.repeats, machine)
         out.write_text(json.dumps(results, indent=2) + "\n")
@@ -386,7 +495,7 @@ def main() -> None:
                                          "timed_batches": args.arch_steps, "repeats": args.repeats,
                                          "machine": machine}}
     if args.only_architectures:
-        results = json.loads(out.read_text()) | by_arch
+        results = json.loads(out.read_text()) | by_arch | by_detector
         out.write_text(json.dumps(results, indent=2) + "\n")
         return
     CACHE.mkdir(parents=True, exist_ok=True)
@@ -438,11 +547,12 @@ def main() -> None:
         "machine": machine,
         "settings": {"convert_images": args.small, "convert_images_large": args.large, "convert_size": args.size,
                      "train_size": args.train_size, "batch_size": batch, "repeats": args.repeats},
-    } | by_arch
+    } | by_arch | by_detector
     out.write_text(json.dumps(results, indent=2) + "\n")
     width = max(map(len, results))
     for key, value in results.items():
-        if key not in ("settings", "architecture_settings", "train_by_architecture", "predict_backend_settings"):
+        if key not in ("settings", "architecture_settings", "train_by_architecture", "predict_backend_settings",
+                       "detect_by_architecture", "detect_architecture_settings"):
             print(f"{key:<{width}}  {value}")
 
 

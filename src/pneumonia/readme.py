@@ -141,16 +141,18 @@ def bench_block(results_json: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
-def architectures_block(results_json: Path) -> str:
-    """Train images/s of each ``train.arch`` against its bare loop (``make bench``'s per-architecture part)."""
+def architectures_block(results_json: Path, stage: str = "train") -> str:
+    """Train images/s of each ``<stage>.arch`` against its bare loop (``make bench``'s per-architecture parts):
+    ``train`` the classifier's, ``detect`` the detector's backbones."""
     results = json.loads(results_json.read_text())
-    table, settings = results.get("train_by_architecture"), results.get("architecture_settings", {})
+    prefix = "" if stage == "train" else "detect_"
+    table, settings = results.get(f"{stage}_by_architecture"), results.get(f"{prefix}architecture_settings", {})
     if not table:
         return "Not measured yet: run `make bench`.\n"
     lines = [f"Measured by `make bench` on: {settings.get('machine', 'unknown')} (image size "
              f"{settings.get('image_size')}, batch {settings.get('batch_size')}, {settings.get('timed_batches')} "
              f"timed batches, median of {settings.get('repeats')}).", "",
-             "| `train.arch` | train images/s | fraction of the bare loop |", "|---|---|---|"]
+             f"| `{stage}.arch` | train images/s | fraction of the bare loop |", "|---|---|---|"]
     lines += [f"| {arch} | {row['images_per_s']:g} | {row['fraction_of_bare']:g} |" for arch, row in table.items()]
     return "\n".join(lines) + "\n"
 
@@ -294,6 +296,7 @@ def blocks(root: Path) -> dict[str, str]:
         "metrics": metrics_block(root),
         "bench": bench_block(root / "benchmarks" / "results.json"),
         "architectures": architectures_block(root / "benchmarks" / "results.json"),
+        "detector_architectures": architectures_block(root / "benchmarks" / "results.json", "detect"),
         "rehearsal": rehearsal_block(root / "benchmarks" / "rehearsal.json"),
         "trust": trust_block(root / "reports"),
         "seed_spread": seed_spread_block(root / "benchmarks" / "seed_spread.json"),
