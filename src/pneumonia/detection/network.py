@@ -51,9 +51,9 @@ class CenterNet(nn.Module):
     """A registry backbone (1-channel stem) -> its stride-8/16/32 maps merged at stride 8 -> heatmap, distances,
     image logit.
 
-    The backbone's modules are regrouped, in their order, into ``stem`` (up to stride 8's map), ``layer2``,
-    ``layer3`` and ``layer4`` (ending at the stride-8, -16 and -32 maps: ResNet's names, which its modules keep);
-    what follows the last map (pooling, classifier) is dropped. Necks: ``topdown`` (1x1 laterals added
+    The backbone's modules are regrouped, in their order, into ``stem``, ``layer2``, ``layer3`` and ``layer4``,
+    the last three ending at the stride-8, -16 and -32 maps (named after ResNet's stages, so that the default
+    detector's parameters keep their names); what follows the last map (pooling, classifier) is dropped. Necks: ``topdown`` (1x1 laterals added
     top-down with nearest upsampling, one 3x3 conv) or ``fpn`` (torchvision's FeaturePyramidNetwork, its
     stride-8 output).
     """
