@@ -377,10 +377,10 @@ def save_predictor_file(folder: Path) -> Path:
     params = load_params(ROOT / "params.yaml")
     classifier = save_checkpoint(folder / "classifier.safetensors", params.dicom_to_npy.image_size)
     detect = params.detect
-    network = build_detector(detect.arch, detect.width)
+    network = build_detector(detect.arch, detect.width, detect.neck)
     save_detector(folder / "detector.safetensors", network, LoadedDetector(
         network, detect.arch, detect.width, detect.image_size, mean=0.4, std=0.3, image_threshold=0.5,
-        box_threshold=0.5, nms_iou=detect.nms_iou, max_boxes=detect.max_boxes))
+        box_threshold=0.5, nms_iou=detect.nms_iou, max_boxes=detect.max_boxes, neck=detect.neck))
     path = folder / "pneumonia.safetensors"
     save_predictor(path, read_model(classifier, "classifier", ""), read_model(folder / "detector.safetensors",
                    "detector", ""), Decision("stacked", "platt", (0.5, 0.5), 0.0, None, 0.5), 0.5,

@@ -82,10 +82,11 @@ def export_onnx(model_path: str | Path, folder: str | Path) -> dict[str, Any]:
     folder.parent.mkdir(parents=True, exist_ok=True)
     with atomic_dir(folder) as tmp:
         size = predictor.image_size
-        _export(ClassifierOutputs(predictor.classifier.network, predictor.classifier.arch).eval(), size,
-                CLASSIFIER_OUTPUTS, tmp / CLASSIFIER_FILE, {"pneumonia.network": "classifier", SOURCE_SHA256: sha256})
-        _export(predictor.detector.network, predictor.detector.image_size, DETECTOR_OUTPUTS, tmp / DETECTOR_FILE,
-                {"pneumonia.network": "detector", SOURCE_SHA256: sha256})
+        export_network(ClassifierOutputs(predictor.classifier.network, predictor.classifier.arch).eval(), size,
+                       CLASSIFIER_OUTPUTS, tmp / CLASSIFIER_FILE,
+                       {"pneumonia.network": "classifier", SOURCE_SHA256: sha256})
+        export_network(predictor.detector.network, predictor.detector.image_size, DETECTOR_OUTPUTS,
+                       tmp / DETECTOR_FILE, {"pneumonia.network": "detector", SOURCE_SHA256: sha256})
         (tmp / SETTINGS_FILE).write_text(_dumps(settings) + "\n")
     return settings
 
@@ -127,7 +128,11 @@ def _network_specs(predictor: Predictor) -> dict[str, Any]:
     }
 
 
-def _export(network: nn.Module, size: int, outputs: tuple[str, ...], path: Path, metadata: dict[str, str]) -> None:
+def export_network(
+    network: nn.Module, size: int, outputs: tuple[str, ...], path: Path, metadata: dict[str, str]
+) -> None:
+    """``network`` (eval mode), taking ``batch x 1 x size x size`` images, as the ONNX file ``path`` (opset
+    :data:`OPSET`, dynamic batch axis), its outputs named ``outputs`` and ``metadata`` in its properties."""
     # The torch.export-based exporter (dynamo=True, which needs onnxscript): torch's default since 2.9 and the
     # one maintained; the TorchScript exporter (dynamo=False) still works in torch 2.14.1 but warns that it
     # will be removed. Its progress lines go to stdout: kept out of the command's output unless it fails.

@@ -1,10 +1,10 @@
 """The detector's model file (``models/detector.safetensors``) and detection on uint8 images.
 
 The header (:func:`pneumonia.model_file.save_model`, kind ``detector``) holds everything
-prediction needs: ``arch``, ``width``, ``image_size`` (model input, pixels), ``mean``/``std`` (of
-value/255 on the train split), ``stride``, the ``image_threshold`` and ``box_threshold`` chosen on
-val, ``nms_iou``, ``max_boxes`` and the ``epoch`` chosen on val; ``tta``, when the flip test-time
-augmentation won on val, its merge (:mod:`.tta`; absent: none).
+prediction needs: ``arch`` (the backbone), ``neck``, ``width``, ``image_size`` (model input, pixels),
+``mean``/``std`` (of value/255 on the train split), ``stride``, the ``image_threshold`` and
+``box_threshold`` chosen on val, ``nms_iou``, ``max_boxes`` and the ``epoch`` chosen on val; ``tta``,
+when the flip test-time augmentation won on val, its merge (:mod:`.tta`; absent: none).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from torch import nn
 from pneumonia.data import as_batch, standardize
 from pneumonia.detection.data import resize_images
 from pneumonia.detection.decode import ImageBoxes, decode
-from pneumonia.detection.network import DETECTOR_ARCHITECTURES, STRIDE, RawDetections, build_detector
+from pneumonia.detection.network import DETECTOR_ARCHITECTURES, NECKS, STRIDE, RawDetections, build_detector
 from pneumonia.detection.targets import boxes_to_original
 from pneumonia.detection.tta import FlipMerge, merged_boxes, mirror_images
 from pneumonia.errors import PneumoniaError
@@ -104,8 +104,10 @@ def build_detector_from(
     """The detector of a model file's header and tensors (``path`` names the file in errors)."""
     # model files written before detect.arch named a registry backbone called this one centernet_resnet18
     arch = {"centernet_resnet18": "resnet18"}.get(header.get("arch"), header.get("arch"))
-    if arch not in DETECTOR_ARCHITECTURES:
-        raise PneumoniaError(f"{path}: detector architecture {arch!r} is not one this project builds; {_RETRAIN}")
+    neck = header.get("neck", "topdown")
+    if arch not in DETECTOR_ARCHITECTURES or neck not in NECKS:
+        raise PneumoniaError(f"{path}: detector architecture {arch!r} with neck {neck!r} is not one this project "
+                             f"builds ({', '.join(DETECTOR_ARCHITECTURES)}; {', '.join(NECKS)}); {_RETRAIN}")
     values = {}
     for key, kind in (("width", int), ("image_size", int), ("max_boxes", int), ("mean", float), ("std", float),
                       ("image_threshold", float), ("box_threshold", float), ("nms_iou", float)):
@@ -118,14 +120,13 @@ def build_detector_from(
     if values["image_size"] % 32 or values["std"] <= 0 or header.get("stride") != STRIDE:
         raise PneumoniaError(f"{path}: header image_size/std/stride {values['image_size']}/{values['std']}/"
                              f"{header.get('stride')} do not fit this detector; {_RETRAIN}")
-    neck = header.get("neck", "topdown")
     tta = FlipMerge.from_header(path, header.get("tta"), _RETRAIN)
     network = build_detector(arch, values["width"], neck)
     try:
         network.load_state_dict(tensors)
     except RuntimeError as exc:
-        raise PneumoniaError(f"{path}: its weights do not fit a {arch} detector ({str(exc).splitlines()[0]}); "
-                             f"{_RETRAIN}") from None
+        raise PneumoniaError(f"{path}: its weights do not fit a {arch} detector with neck {neck} "
+                             f"({str(exc).splitlines()[0]}); {_RETRAIN}") from None
     return LoadedDetector(network=network.to(device).eval(), arch=arch, neck=neck, tta=tta, **values)
 
 
