@@ -19,7 +19,7 @@ export DVC_NO_ANALYTICS := 1
 unexport PYTHONDONTWRITEBYTECODE
 export PATH := $(BIN):$(PATH)
 
-.PHONY: repro test bench rehearsal setup lock readme plots-check compare
+.PHONY: repro test test-all bench rehearsal setup lock readme plots-check compare
 
 setup: $(STAMP)
 
@@ -60,6 +60,10 @@ compare: $(STAMP)
 # model, are built once); the slow end-to-end files first, in tests/conftest.py's order (xdist would
 # otherwise start the files with the most tests first and leave the minutes-long ones for last).
 test: $(STAMP)
+	python -m pytest -n auto --dist loadfile --no-loadscope-reorder -m "not exhaustive"
+
+# make test and the exhaustive variants (about 3 more CPU minutes).
+test-all: $(STAMP)
 	python -m pytest -n auto --dist loadfile --no-loadscope-reorder
 
 # The bench lock holds the main lock's versions plus the bench extra: nothing installed above moves.

@@ -70,9 +70,9 @@ def test_every_backbone_trains_saves_loads_and_detects(arch, neck, tmp_path):
 
 
 # The exporter takes 20-80 s a backbone on one core: the default detector's export is test_onnx's, the FPN's is
-# here, the other backbones' are marked slow.
+# here, the other backbones' are marked exhaustive (make test-all).
 @pytest.mark.parametrize("arch, neck", [("resnet18", "fpn")] + [
-    pytest.param(arch, "topdown", marks=pytest.mark.slow) for arch in ARCHITECTURES if arch != "resnet18"])
+    pytest.param(arch, "topdown", marks=pytest.mark.exhaustive) for arch in ARCHITECTURES if arch != "resnet18"])
 def test_every_backbone_runs_in_onnx_runtime(arch, neck, tmp_path):
     torch.manual_seed(0)
     network = build_detector(arch, WIDTH, neck).eval()
