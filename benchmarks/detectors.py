@@ -13,6 +13,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import platform
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -143,7 +147,13 @@ def main() -> None:
     manifest = read_manifest(args.processed)
     sets = {s: DetectionDataset(args.processed / f"{s}.npy", split_rows(manifest, s), args.image_size, stats["mean"],
                                 stats["std"], augment=s == "train") for s in ("train", "val")}
-    results = {"epochs": args.epochs, "image_size": args.image_size, "batch_size": args.batch_size,
+    results = {"command": " ".join(["python", "benchmarks/detectors.py", *sys.argv[1:]]),
+               "commit": subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip(),
+               "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
+                          f"{torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'CPU only'}",
+               "chosen_on": "val (the epochs' count is fixed; the thresholds are chosen on val and scored there: "
+                            "a comparison of the two heads, not a held-out estimate)",
+               "epochs": args.epochs, "image_size": args.image_size, "batch_size": args.batch_size,
                "torch_threads": torch.get_num_threads()}
     if args.steps_only:
         base = step_seconds("classifier", sets["train"], args.batch_size, args.steps_only)

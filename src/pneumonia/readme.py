@@ -157,6 +157,26 @@ def architectures_block(results_json: Path, stage: str = "train") -> str:
     return "\n".join(lines) + "\n"
 
 
+def detectors_block(detectors_json: Path) -> str:
+    """The detector's head against torchvision's FCOS (benchmarks/detectors.json, ``benchmarks/detectors.py``)."""
+    if not detectors_json.exists():
+        return "Not measured yet: run `python benchmarks/detectors.py --epochs 6` after `dvc repro compute_stats`.\n"
+    r = json.loads(detectors_json.read_text())
+    names = {"centernet": "this project's head (CenterNet-style, ResNet18, top-down merge)",
+             "fcos_slim": "torchvision's FCOS (slim ResNet18-FPN)"}
+    lines = [f"`{r['command']}` (commit {r['commit'][:7]}) on: {r['machine']}; {r['epochs']} epochs at "
+             f"{r['image_size']} px, batch {r['batch_size']}, both from scratch on the same data, augmentation and "
+             f"balanced epochs. Scored on {r['chosen_on']}.", "",
+             "| head | val RSNA score | val AP@0.5 | val AP@[0.5:0.95] | CPU s per step | step / classifier's |",
+             "|---|---|---|---|---|---|"]
+    for key, name in names.items():
+        if key in r:
+            m = r[key]
+            lines.append(f"| {name} | {m['val_rsna_score']:.3f} | {m['val_ap50']:.3f} | {m['val_ap50_95']:.3f} | "
+                         f"{m['cpu_seconds_per_step']:.2f} | {m['step_vs_classifier']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
 def rehearsal_block(rehearsal_json: Path) -> str:
     """``make rehearsal``'s figures (benchmarks/rehearsal.json): seconds and memory per stage, DVC's overhead."""
     if not rehearsal_json.exists():
@@ -298,6 +318,7 @@ def blocks(root: Path) -> dict[str, str]:
         "architectures": architectures_block(root / "benchmarks" / "results.json"),
         "detector_architectures": architectures_block(root / "benchmarks" / "results.json", "detect"),
         "rehearsal": rehearsal_block(root / "benchmarks" / "rehearsal.json"),
+        "detectors": detectors_block(root / "benchmarks" / "detectors.json"),
         "trust": trust_block(root / "reports"),
         "seed_spread": seed_spread_block(root / "benchmarks" / "seed_spread.json"),
         "prevalence_shift": prevalence_shift_block(root / "benchmarks" / "prevalence_shift.json"),
