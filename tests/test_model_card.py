@@ -14,6 +14,7 @@ from pneumonia.errors import DatasetError
 from pneumonia.model import PneumoniaClassifier
 from pneumonia.model_file import save_model
 from pipeline_repo import ROOT
+from pneumonia.detection.tta import FlipMerge
 from tiny_predictor import write_predictor
 
 MODEL = "models/pneumonia.safetensors"
@@ -75,8 +76,9 @@ def _fabricated(tmp_path: Path, headline: str = "test") -> tuple[dict, Path]:
         "file": MODEL, "bytes": 1234567, "sha256": "ab" * 32, "md5": "cd" * 16,
         "classifier": {"arch": "resnet34", "image_size": 96, "mean": 0.4321, "std": 0.2345, "temperature": 1.5,
                        "threshold": 0.5, "windowing": "auto"},
-        "detector": {"arch": "resnet18", "width": 32, "image_size": 96, "mean": 0.4321, "std": 0.2345,
-                     "image_threshold": 0.4, "box_threshold": 0.3, "nms_iou": 0.45, "max_boxes": 3},
+        "detector": {"arch": "resnet18", "neck": "fpn", "width": 32, "image_size": 96, "mean": 0.4321, "std": 0.2345,
+                     "image_threshold": 0.4, "box_threshold": 0.3, "nms_iou": 0.45, "max_boxes": 3,
+                     "tta": {"method": "wbf", "iou": 0.5}},
         "decision": {"source": "stacked", "method": "isotonic", "threshold": 0.4375},
         "box_threshold": 0.35, "ood": {"threshold": 12.5, "quantile": 0.97},
         "trained_on": {"source": "synthetic", "patients": {k: n for k, (n, _) in counts.items()}},
@@ -121,6 +123,7 @@ def test_the_card_states_each_number_of_the_reports_where_it_belongs(tmp_path):
         "Out-of-distribution behaviour", "Subgroups", "Limitations", "How to reproduce", "The model file's facts"]
     section = {s.split("\n")[0]: s for s in sections[1:]}
     assert "`resnet34`, 96 × 96 px" in section["What it is"] and "**stacked** score with **isotonic**" in card
+    assert "`fpn` neck" in section["What it is"] and "flip test-time augmentation merged by wbf at IoU 0.5" in card
     assert "| test | 10 | 4 | 0.400 | the headline numbers only: it chose nothing |" in section["Data"]
     assert "| val | 20 | 6 | 0.300 | choosing everything" in section["Data"]
     headline = section["Headline metrics"]
@@ -209,12 +212,13 @@ def test_the_facts_are_read_from_the_predictor_file(tmp_path):
     save_model(tmp_path / "classifier.safetensors", "classifier", classifier.network.state_dict(),
                classifier_header(classifier.hparams))
     path = write_predictor(tmp_path / "pneumonia.safetensors", tmp_path / "classifier.safetensors", threshold=0.625,
-                           source="kaggle", train_patients=30)
+                           source="kaggle", train_patients=30, tta=FlipMerge("nms", 0.4))
     facts = model_card.model_facts(path)
     data = path.read_bytes()
     assert facts["sha256"] == hashlib.sha256(data).hexdigest() and facts["md5"] == hashlib.md5(data).hexdigest()
     assert facts["bytes"] == len(data) and facts["file"] == path.as_posix()
     assert facts["classifier"]["arch"] == "resnet18" and facts["detector"]["arch"] == "resnet18"
+    assert facts["detector"]["neck"] == "topdown" and facts["detector"]["tta"] == {"method": "nms", "iou": 0.4}
     assert facts["decision"] == {"source": "classifier", "method": "temperature", "threshold": 0.625}
     assert facts["trained_on"] == {"source": "kaggle", "patients": {"train": 30, "val": 12, "test": 0}}
     assert json.loads(json.dumps(facts)) == facts, "the facts travel as JSON on the card"

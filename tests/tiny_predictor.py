@@ -16,6 +16,7 @@ from pneumonia.architectures import build_network
 from pneumonia.decision import Decision
 from pneumonia.detection.detector import LoadedDetector, save_detector
 from pneumonia.detection.network import build_detector
+from pneumonia.detection.tta import FlipMerge
 from pneumonia.model_file import read_model, save_model
 from pneumonia.ood import OodGuard
 from pneumonia.predictor import save_predictor
@@ -36,6 +37,7 @@ def write_untrained_classifier(path: Path, image_size: int = 32) -> Path:
 def write_predictor(
     path: Path, classifier_path: Path, *, detector_size: int = 64, box_threshold: float = 0.002,
     threshold: float = 0.5, ood_threshold: float = 1e9, source: str = "synthetic", train_patients: int = 18,
+    tta: FlipMerge | None = None,
 ) -> Path:
     """The classifier's own temperature-scaled logit as the decision (threshold ``threshold``), an untrained
     detector whose boxes all pass ``box_threshold``, and a guard that refuses an image farther than
@@ -45,7 +47,7 @@ def write_predictor(
     detector_path = path.with_name(path.stem + "-detector.safetensors")
     save_detector(detector_path, network, LoadedDetector(
         network, "resnet18", 16, image_size=detector_size, mean=0.4, std=0.3, image_threshold=0.0,
-        box_threshold=box_threshold, nms_iou=0.5, max_boxes=3,
+        box_threshold=box_threshold, nms_iou=0.5, max_boxes=3, tta=tta,
     ))
     classifier_file = read_model(classifier_path, "classifier", "retrain")
     temperature = float(classifier_file[0].get("temperature", 1.0))

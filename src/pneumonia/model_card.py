@@ -53,7 +53,9 @@ def model_facts(path: Path) -> dict[str, Any]:
         while chunk := handle.read(1 << 20):
             sha256.update(chunk)
             md5.update(chunk)
-    fields_of = lambda part: {f.name: getattr(part, f.name) for f in fields(part) if f.name != "network"}  # noqa: E731
+    # plain JSON values: the detector's flip merge (a dataclass, or None) as its header writes it
+    plain = lambda value: value.to_json() if hasattr(value, "to_json") else value  # noqa: E731
+    fields_of = lambda part: {f.name: plain(getattr(part, f.name)) for f in fields(part) if f.name != "network"}  # noqa: E731
     decision = predictor.decision
     return {
         "file": path.as_posix(), "bytes": path.stat().st_size, "sha256": sha256.hexdigest(), "md5": md5.hexdigest(),
@@ -145,8 +147,11 @@ def _intro(facts: dict) -> list[str]:
         ["classifier", f"`{c['arch']}`, {c['image_size']} × {c['image_size']} px input standardised with the train "
                        f"split's mean {c['mean']:.4f} and std {c['std']:.4f} ([0, 1] scale), DICOM windowing "
                        f"`{c['windowing']}`"],
-        ["detector", f"`{d['arch']}` (width {d['width']}), {d['image_size']} px input, at most {d['max_boxes']} "
-                     f"boxes per image after NMS at IoU {d['nms_iou']}"],
+        ["detector", f"`{d['arch']}` backbone, `{d['neck']}` neck (width {d['width']}), {d['image_size']} px input, "
+                     f"at most {d['max_boxes']} boxes per image after NMS at IoU {d['nms_iou']}; "
+                     + ("no test-time flip" if not d.get("tta") else
+                        f"horizontal-flip test-time augmentation merged by {d['tta']['method']} at IoU "
+                        f"{d['tta']['iou']}")],
         ["the answer", f"the **{facts['decision']['source']}** score with **{facts['decision']['method']}** "
                        f"calibration; label threshold {facts['decision']['threshold']:.3f} and box threshold "
                        f"{facts['box_threshold']} (both chosen on val)"],
