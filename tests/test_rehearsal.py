@@ -15,6 +15,7 @@ def test_full_size_settings_are_valid_and_split_as_the_reference():
     overrides = rehearsal.rehearsal_params(26684, phantom_size=1024, image_size=224, batches=30, batch_size=64)
     params = project_params(overrides)
     assert params.train.limit_train_batches == 30 and params.download.phantom.patients == 26684
+    assert params.detect.max_epochs == 1 and rehearsal.STAGES[-1] == "report"  # the detector's stages too
     assert split_counts(26684, params.split.train_size, params.split.test_size) == {"train": 24000, "val": 2684, "test": 0}
 
 
