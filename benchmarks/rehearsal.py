@@ -37,9 +37,10 @@ sys.path.insert(0, str(ROOT / "tests"))
 from pipeline_repo import environment, make_repo, run  # noqa: E402
 
 RSNA_PATIENTS, RSNA_TRAIN = 26684, 24000
-# `dvc repro <stage>` one at a time, in pipeline order; check_params is upstream of every stage.
-STAGES = ("check_params", "download", "dicom_to_npy", "compute_stats", "train", "evaluate", "localize", "detect",
-          "decide", "evaluate_detection", "report")
+# `dvc repro <stage>` one at a time, in the order `dvc repro` runs them (evaluate reads the predictor that decide
+# writes from both models, so detect and decide come before it); check_params is upstream of every stage.
+STAGES = ("check_params", "download", "dicom_to_npy", "compute_stats", "train", "detect", "decide", "evaluate",
+          "localize", "evaluate_detection", "report")
 MB = 2**20
 
 

@@ -16,6 +16,19 @@ def test_full_size_settings_are_valid_and_split_as_the_reference():
     params = project_params(overrides)
     assert params.train.limit_train_batches == 30 and params.download.phantom.patients == 26684
     assert params.detect.max_epochs == 1 and rehearsal.STAGES[-1] == "report"  # the detector's stages too
+
+
+def test_the_stages_are_timed_in_the_order_dvc_runs_them():
+    """Each `dvc repro <stage>` must find its upstream stages done, or it runs (and is timed for) them too."""
+    import yaml
+
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    producer = {next(iter(o)) if isinstance(o, dict) else o: name for name, s in stages.items() for o in s.get("outs", [])}
+    assert sorted(rehearsal.STAGES) == sorted(stages) and len(set(rehearsal.STAGES)) == len(stages)  # each once
+    for position, name in enumerate(rehearsal.STAGES):
+        for dep in stages[name]["deps"]:
+            upstream = producer.get(dep if isinstance(dep, str) else next(iter(dep)))
+            assert upstream is None or rehearsal.STAGES.index(upstream) < position, f"{name} needs {upstream} first"
     assert split_counts(26684, params.split.train_size, params.split.test_size) == {"train": 24000, "val": 2684, "test": 0}
 
 
