@@ -16,6 +16,7 @@ def test_full_size_settings_are_valid_and_split_as_the_reference():
     params = project_params(overrides)
     assert params.train.limit_train_batches == 30 and params.download.phantom.patients == 26684
     assert params.detect.max_epochs == 1 and rehearsal.STAGES[-1] == "report"  # the detector's stages too
+    assert split_counts(26684, params.split.train_size, params.split.test_size) == {"train": 24000, "val": 2684, "test": 0}
 
 
 def test_the_stages_are_timed_in_the_order_dvc_runs_them():
@@ -29,7 +30,6 @@ def test_the_stages_are_timed_in_the_order_dvc_runs_them():
         for dep in stages[name]["deps"]:
             upstream = producer.get(dep if isinstance(dep, str) else next(iter(dep)))
             assert upstream is None or rehearsal.STAGES.index(upstream) < position, f"{name} needs {upstream} first"
-    assert split_counts(26684, params.split.train_size, params.split.test_size) == {"train": 24000, "val": 2684, "test": 0}
 
 
 def test_the_training_loop_is_read_from_either_progress_bar():
