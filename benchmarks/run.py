@@ -157,13 +157,55 @@ class _StepTimer:
         self.callback = Callback()
 
 
+def _timed_fit(module, loader, batch: int, steps: int, warmup: int, precision: str) -> float:
+    """Images/s of a stage's Lightning loop over ``steps`` batches after ``warmup`` (no validation, no files)."""
+    import pytorch_lightning as pl
+
+    timer = _StepTimer(warmup)
+    trainer = pl.Trainer(
+        max_epochs=1, limit_train_batches=steps + warmup, limit_val_batches=0, logger=False,
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        callbacks=[timer.callback], accelerator="auto", devices=1, deterministic=True, precision=precision,
+    )
+    trainer.fit(module, loader)
+    return timer.steps * batch / (timer.end - timer.start)
+
+
+def _device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _bare_rate(net: torch.nn.Module, loss_of, optimizer_of, size: int, batch: int, steps: int, warmup: int,
+               precision: str) -> float:
+    """Images/s of ``net`` trained on one batch already on :func:`_device`: ``loss_of(net, images)`` each step,
+    the optimizer ``optimizer_of(parameters)``; channels_last on a GPU, as the stages."""
+    device = _device()
+    net = net.to(device)
+    images = torch.randn(batch, 1, size, size, device=device)
+    if device == "cuda":  # as the stages do on a GPU
+        net, images = net.to(memory_format=torch.channels_last), images.contiguous(memory_format=torch.channels_last)
+    optimizer = optimizer_of(net.parameters())
+    autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=precision == "bf16-mixed")
+    for step in range(steps + warmup):
+        if step == warmup:
+            if device == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+        optimizer.zero_grad()
+        with autocast:
+            loss = loss_of(net, images)
+        loss.backward()
+        optimizer.step()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return steps * batch / (time.perf_counter() - start)
+
+
 def stage_train_rate(array_path: Path, batch: int, steps: int, warmup: int = 2, arch: str = "resnet18",
                      precision: str = "32-true") -> float:
     """The train stage's loop: Lightning, memory-mapped dataset, augmentation where train puts it
     (``augment_on: auto``: per sample in the DataLoader on a CPU, whole batches on a GPU), DataLoader
     workers as ``num_workers: auto`` gives them."""
-    import pytorch_lightning as pl
-
     from pneumonia.scaling import augment_on_device, loader_workers
 
     params = replace(load_params(ROOT / "params.yaml").train, arch=arch, num_workers="auto")
@@ -173,44 +215,20 @@ def stage_train_rate(array_path: Path, batch: int, steps: int, warmup: int = 2, 
     loader = make_loader(dataset, batch, loader_workers(params, on_device), shuffle=True)
     model = PneumoniaClassifier(image_size=dataset.image_size, mean=0.4, std=0.3, arch=arch,
                                 augment_on_device=on_device)
-    timer = _StepTimer(warmup)
-    trainer = pl.Trainer(
-        max_epochs=1, limit_train_batches=steps + warmup, limit_val_batches=0, logger=False,
-        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-        callbacks=[timer.callback], accelerator="auto", devices=1, deterministic=True, precision=precision,
-    )
-    trainer.fit(model, loader)
-    return timer.steps * batch / (timer.end - timer.start)
+    return _timed_fit(model, loader, batch, steps, warmup, precision)
 
 
 def bare_train_rate(size: int, batch: int, steps: int, warmup: int = 2, arch: str = "resnet18",
                     precision: str = "32-true") -> float:
     """The same model, batch size, image size and optimizer over tensors already on the device."""
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    net = build_network(arch).to(device)
-    images = torch.randn(batch, 1, size, size, device=device)
-    if device == "cuda":  # as the train stage does on a GPU
-        net, images = net.to(memory_format=torch.channels_last), images.contiguous(memory_format=torch.channels_last)
-    optimizer = torch.optim.Adam(net.parameters(), lr=1e-4)
+    labels = (torch.arange(batch, device=_device()) % 2).float().unsqueeze(1)
     loss_fn = torch.nn.BCEWithLogitsLoss()
-    labels = (torch.arange(batch, device=device) % 2).float().unsqueeze(1)
-    autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=precision == "bf16-mixed")
-    for step in range(steps + warmup):
-        if step == warmup:
-            if device == "cuda":
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-        optimizer.zero_grad()
-        with autocast:
-            loss = loss_fn(net(images), labels)
-        loss.backward()
-        optimizer.step()
-    if device == "cuda":
-        torch.cuda.synchronize()
-    return steps * batch / (time.perf_counter() - start)
+    return _bare_rate(build_network(arch), lambda net, images: loss_fn(net(images), labels),
+                      lambda parameters: torch.optim.Adam(parameters, lr=1e-4), size, batch, steps, warmup, precision)
 
 
-def architecture_rates(size: int, batch: int, steps: int, repeats: int) -> dict[str, dict[str, float]]:
+def _rates_by_architecture(stage: str, stage_rate, bare_rate, size: int, batch: int, steps: int,
+                           repeats: int) -> dict[str, dict[str, float]]:
     """Train images/s of every architecture, the stage's loop against the bare loop, paired per repeat.
 
     On a GPU the stage runs in bf16-mixed with the batch augmentation on the device; on a CPU in 32-bit
@@ -222,15 +240,20 @@ def architecture_rates(size: int, batch: int, steps: int, repeats: int) -> dict[
     array = arrays(batch * (steps + 2), size)
     table = {}
     for arch in ARCHITECTURES:
-        stage, bare = [], []
+        staged, bare = [], []
         for _ in range(repeats):
-            stage.append(stage_train_rate(array, batch, steps, arch=arch, precision=precision))
-            bare.append(bare_train_rate(size, batch, steps, arch=arch, precision=precision))
-        table[arch] = {"images_per_s": round(statistics.median(stage), 1),
-                       "fraction_of_bare": round(statistics.median(s / b for s, b in zip(stage, bare)), 3)}
-        print(f"train {arch:<16} {table[arch]['images_per_s']:>8} images/s  "
+            staged.append(stage_rate(array, batch, steps, arch=arch, precision=precision))
+            bare.append(bare_rate(size, batch, steps, arch=arch, precision=precision))
+        table[arch] = {"images_per_s": round(statistics.median(staged), 1),
+                       "fraction_of_bare": round(statistics.median(s / b for s, b in zip(staged, bare)), 3)}
+        print(f"{stage} {arch:<16} {table[arch]['images_per_s']:>8} images/s  "
               f"{table[arch]['fraction_of_bare']:.3f} of bare", flush=True)
     return table
+
+
+def architecture_rates(size: int, batch: int, steps: int, repeats: int) -> dict[str, dict[str, float]]:
+    """The classifier's train images/s per ``train.arch`` (:func:`_rates_by_architecture`)."""
+    return _rates_by_architecture("train", stage_train_rate, bare_train_rate, size, batch, steps, repeats)
 
 
 def _box_rows(n: int, size: int, split: str = "train") -> list:
@@ -247,11 +270,10 @@ def _box_rows(n: int, size: int, split: str = "train") -> list:
     return rows
 
 
-def stage_detect_rate(array_path: Path, batch: int, steps: int, arch: str, warmup: int = 2,
+def stage_detect_rate(array_path: Path, batch: int, steps: int, warmup: int = 2, arch: str = "resnet18",
                       precision: str = "32-true") -> float:
     """The detect stage's training loop: Lightning, the memory-mapped dataset, the box-aware augmentation where
     ``augment_on: auto`` puts it (per sample in the loader on a CPU, whole batches on a GPU), the targets."""
-    import pytorch_lightning as pl
     from torch.utils.data import DataLoader
 
     from pneumonia.detection.data import DetectionDataset, collate_boxes
@@ -268,67 +290,28 @@ def stage_detect_rate(array_path: Path, batch: int, steps: int, arch: str, warmu
     loader = DataLoader(dataset, batch, shuffle=True, num_workers=loader_workers(params, on_device),
                         collate_fn=collate_boxes if on_device else None)
     module = DetectorModule(params, [], ThresholdRule(params.score_thresholds), on_device)
-    timer = _StepTimer(warmup)
-    trainer = pl.Trainer(
-        max_epochs=1, limit_train_batches=steps + warmup, limit_val_batches=0, logger=False,
-        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-        callbacks=[timer.callback], accelerator="auto", devices=1, deterministic=True, precision=precision,
-    )
-    trainer.fit(module, loader)
-    return timer.steps * batch / (timer.end - timer.start)
+    return _timed_fit(module, loader, batch, steps, warmup, precision)
 
 
-def bare_detect_rate(size: int, batch: int, steps: int, arch: str, warmup: int = 2,
+def bare_detect_rate(size: int, batch: int, steps: int, warmup: int = 2, arch: str = "resnet18",
                      precision: str = "32-true") -> float:
     """The same detector, loss, batch and AdamW over images and targets already on the device."""
     from pneumonia.detection.network import build_detector
-    from pneumonia.detection.targets import detection_loss, encode_targets
+    from pneumonia.detection.targets import boxes_to_input, detection_loss, encode_targets
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"
     detect = load_params(ROOT / "params.yaml").detect
-    net = build_detector(arch, detect.width, detect.neck).to(device)
-    images = torch.randn(batch, 1, size, size, device=device)
-    if device == "cuda":  # as the detect stage does on a GPU
-        net, images = net.to(memory_format=torch.channels_last), images.contiguous(memory_format=torch.channels_last)
-    targets = [torch.stack(t).to(device) for t in zip(*(
-        encode_targets(np.array([[b.boxes[0][0], b.boxes[0][1], b.boxes[0][0] + b.boxes[0][2],
-                                  b.boxes[0][1] + b.boxes[0][3]]]), size) for b in _box_rows(batch, size)))]
-    labels = torch.ones(batch, device=device)
-    optimizer = torch.optim.AdamW(net.parameters(), lr=detect.lr, weight_decay=detect.weight_decay)
-    autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=precision == "bf16-mixed")
-    for step in range(steps + warmup):
-        if step == warmup:
-            if device == "cuda":
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-        optimizer.zero_grad()
-        with autocast:
-            loss = detection_loss(net(images), *targets, labels)["loss"]
-        loss.backward()
-        optimizer.step()
-    if device == "cuda":
-        torch.cuda.synchronize()
-    return steps * batch / (time.perf_counter() - start)
+    encoded = [encode_targets(boxes_to_input(r.boxes, r.rows, r.columns, size), size) for r in _box_rows(batch, size)]
+    targets = [torch.stack(t).to(_device()) for t in zip(*encoded)]
+    labels = torch.ones(batch, device=_device())
+    return _bare_rate(build_detector(arch, detect.width, detect.neck),
+                      lambda net, images: detection_loss(net(images), *targets, labels)["loss"],
+                      lambda parameters: torch.optim.AdamW(parameters, lr=detect.lr, weight_decay=detect.weight_decay),
+                      size, batch, steps, warmup, precision)
 
 
 def detector_architecture_rates(size: int, batch: int, steps: int, repeats: int) -> dict[str, dict[str, float]]:
-    """Detector train images/s of every backbone (``detect.arch``), the stage's loop against the bare loop, paired
-    per repeat; precision and augmentation as :func:`architecture_rates` chooses them."""
-    from pneumonia.architectures import ARCHITECTURES
-
-    precision = "bf16-mixed" if torch.cuda.is_available() else "32-true"
-    array = arrays(batch * (steps + 2), size)
-    table = {}
-    for arch in ARCHITECTURES:
-        stage, bare = [], []
-        for _ in range(repeats):
-            stage.append(stage_detect_rate(array, batch, steps, arch, precision=precision))
-            bare.append(bare_detect_rate(size, batch, steps, arch, precision=precision))
-        table[arch] = {"images_per_s": round(statistics.median(stage), 1),
-                       "fraction_of_bare": round(statistics.median(s / b for s, b in zip(stage, bare)), 3)}
-        print(f"detect {arch:<16} {table[arch]['images_per_s']:>8} images/s  "
-              f"{table[arch]['fraction_of_bare']:.3f} of bare", flush=True)
-    return table
+    """The detector's train images/s per backbone, ``detect.arch`` (:func:`_rates_by_architecture`)."""
+    return _rates_by_architecture("detect", stage_detect_rate, bare_detect_rate, size, batch, steps, repeats)
 
 
 def stage_infer_rate(array_path: Path, checkpoint: Path, batch: int) -> float:
