@@ -2,22 +2,25 @@
 
 An image keeps its boxes with score >= ``box_threshold`` only when its image score (the detector's
 image probability) is >= ``image_threshold`` (0 = no gate): the challenge's winners gated their
-detectors with an image-level classifier in this way. The pair is chosen to maximise the RSNA
-score on val over the candidates of ``detect.score_thresholds`` (plus 0 for the gate).
+detectors with an image-level classifier in this way. :class:`ThresholdRule` says how the detect stage
+chooses the pair: the gate at the image-probability threshold that reaches ``evaluate.target_sensitivity``
+on val (``gate_sensitivity``), the box threshold among ``detect.score_thresholds`` by the best val RSNA
+score under that gate. Without ``gate_sensitivity`` the gate is chosen by the score too, among the same
+candidates and 0 (:func:`choose_thresholds`).
 
 The RSNA score depends on prevalence (an image without truth counts only when it gets a box, and then
 scores 0), so the best pair does too: with ``prevalence`` the score is val's reweighted to it
 (:func:`~pneumonia.localization.box_metrics.prevalence_weights`, ``detect.threshold_prevalence``; the
 train split's by default), an estimate of the score on images drawn at that prevalence.
 
-Why the gate is still chosen by the score here, and by an operating point in ``predict``:
-``benchmarks/prevalence_shift.json`` (val drawn at 35 % positives, test at 12 %) shows that
-reweighting removes the failures that val's own prevalence causes (no gate at all), but the score-chosen
-gate still jumps between neighbouring candidates with the val draw, a miss that reweighting even to the
-true test prevalence does not cure; a gate at the image-probability threshold of a target sensitivity
-reads positives only, so does not move with prevalence, and stayed within 0.05 of the best on test in every
-draw. ``decide`` gates ``predict``'s boxes that way (its decision at ``evaluate.target_sensitivity``) and
-reweights only the box threshold under it; this pair is the detector's own, reported as "detector alone".
+Why the gate sits at an operating point: ``benchmarks/prevalence_shift.json`` (val drawn at 35 %
+positives, test at 12 %) shows that reweighting removes the failures that val's own prevalence causes
+(no gate at all), but a score-chosen gate still jumps between neighbouring candidates with the val draw,
+a miss that reweighting even to the true test prevalence does not cure; a gate at the image-probability
+threshold of a target sensitivity reads positives only, so does not move with prevalence, and stayed
+within 0.05 of the best on test in every draw. ``decide`` gates ``predict``'s boxes the same way (its
+decision at ``evaluate.target_sensitivity``) and reweights the box threshold under it; this pair is the
+detector's own, reported as "detector alone".
 """
 
 from __future__ import annotations

@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import shutil
 import warnings
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -187,8 +188,9 @@ def run(
     model_path = Path(model_path)
     model_path.parent.mkdir(parents=True, exist_ok=True)
     ckpt_dir = model_path.parent / f".{model_path.stem}-checkpoints"
-    resume, _ = prepare_checkpoints(ckpt_dir, fingerprint(params, seed, stats, processed_dir), "detect",
-                                    params.max_epochs)
+    # the rule too: the epochs' history, which a resumed run keeps, was chosen under it
+    stamp = fingerprint(params, seed, stats, processed_dir) | {"threshold_rule": asdict(rule)}
+    resume, _ = prepare_checkpoints(ckpt_dir, stamp, "detect", params.max_epochs)
     best = pl.callbacks.ModelCheckpoint(dirpath=str(ckpt_dir), filename="best", monitor=MONITOR, mode="max",
                                         save_top_k=1)
     trainer = pl.Trainer(
