@@ -2,6 +2,7 @@
 detector that learns a trivially separable box task (a bright rectangle on a dark background)."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -15,7 +16,7 @@ from pneumonia.detection.detector import ImageDetections, area_fraction, detect_
 from pneumonia.detection.network import STRIDE, RawDetections
 from pneumonia.detection.targets import boxes_to_input, boxes_to_original, encode_targets, focal_heatmap_loss
 from pneumonia.detection.thresholds import choose_thresholds, rsna_at
-from pneumonia.errors import PneumoniaError
+from pneumonia.errors import DatasetError, PneumoniaError
 from pneumonia.manifest import ManifestRow, write_manifest
 from pneumonia.architectures import build_network
 from pneumonia.model_file import save_model
@@ -269,19 +270,24 @@ def test_a_model_file_of_another_kind_or_shape_is_refused(trained, tmp_path):
         load_detector(tmp_path / "e.safetensors")
 
 
+def _detector_alone(root) -> Predictor:
+    """The tiny detector's own image probability as the decision, at its own gate, as predict uses it alone.
+
+    An untrained classifier beside it: the detector's numbers and the outputs' shape are what is tested.
+    """
+    classifier = LoadedModel(build_network("resnet18").eval(), "resnet18", 64, 0.2, 0.3, threshold=0.5, temperature=1.0)
+    detector = load_detector(root / "detector.safetensors")
+    decision = Decision("detector", "temperature", (0.0, 1.0), 0.0, None, detector.image_threshold)
+    return Predictor(classifier, detector, decision, detector.box_threshold,
+                     OodGuard(np.zeros(512), np.eye(512), 1e9, 0.99), {"source": "synthetic", "patients": {}})
+
+
 def test_evaluation_writes_the_headline_report_plots_and_overlays(trained, tmp_path):
     root, rows, _ = trained
-    # An untrained classifier: the detector's numbers and the outputs' shape are what is tested here.
-    classifier = LoadedModel(build_network("resnet18").eval(), "resnet18", 64, 0.2, 0.3, threshold=0.5, temperature=1.0)
     params = project_params({"evaluate_detection": {"overlays": 2, "bootstrap_resamples": 50}})
     out = {"metrics_json": tmp_path / "metrics.json", "report_json": tmp_path / "reports" / "detection.json",
            "report_md": tmp_path / "reports" / "detection.md", "plots_dir": tmp_path / "plots"}
-    detector = load_detector(root / "detector.safetensors")
-    # The detector's own image probability as the decision, at its own gate: the detector alone, as predict uses it.
-    decision = Decision("detector", "temperature", (0.0, 1.0), 0.0, None, detector.image_threshold)
-    predictor = Predictor(classifier, detector, decision, detector.box_threshold,
-                          OodGuard(np.zeros(512), np.eye(512), 1e9, 0.99), {"source": "synthetic", "patients": {}})
-    report = evaluation.run(root / "processed", predictor, params.evaluate_detection, params.localize,
+    report = evaluation.run(root / "processed", _detector_alone(root), params.evaluate_detection, params.localize,
                             DETECT["score_thresholds"], seed=0, **out)
     assert json.loads(out["report_json"].read_text()) == json.loads(json.dumps(report))
     headline = json.loads(out["metrics_json"].read_text())
@@ -309,3 +315,26 @@ def test_evaluation_writes_the_headline_report_plots_and_overlays(trained, tmp_p
     assert "**Synthetic data.**" in text
     assert f"| {test['detector']['rsna_score']:.3f} |" in text
     assert all(f"](../plots/overlays/{name})" in text for name in overlays)  # relative to reports/
+
+
+def test_without_a_test_split_val_is_the_headline_marked_as_chosen_on(trained, tmp_path):
+    """The reference recipe has split.test_size=0: the detector is then scored on val, said to be optimistic."""
+    root, rows, _ = trained
+    processed = tmp_path / "processed"
+    processed.mkdir()
+    shutil.copy(root / "processed" / "val.npy", processed / "val.npy")
+    write_manifest(processed / "manifest.csv", [r for r in rows if r.split != "test"])
+    predictor = _detector_alone(root)
+    params = project_params({"evaluate_detection": {"overlays": 0, "bootstrap_resamples": 20}})
+    out = {"metrics_json": tmp_path / "metrics.json", "report_json": tmp_path / "detection.json",
+           "report_md": tmp_path / "detection.md", "plots_dir": tmp_path / "plots"}
+    report = evaluation.run(processed, predictor, params.evaluate_detection, params.localize,
+                            DETECT["score_thresholds"], seed=0, **out)
+    assert "test" not in report and report["val"]["model_selected_on_this_split"]
+    assert json.loads(out["metrics_json"].read_text())["split"] == "val"
+    text = out["report_md"].read_text()
+    assert "only split scored" in text and "| metric | detector val | CAM val |" in text
+    write_manifest(processed / "manifest.csv", [r for r in rows if r.split == "train"])
+    with pytest.raises(DatasetError, match="no images in split 'val'"):
+        evaluation.run(processed, predictor, params.evaluate_detection, params.localize, DETECT["score_thresholds"],
+                       seed=0, **out)

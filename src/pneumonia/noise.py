@@ -92,8 +92,9 @@ def _classifier_intervals(report: dict) -> dict[str, dict]:
 
 def _detection_intervals(report: dict) -> dict[str, dict]:
     """detection.json's intervals, from reports/detection.json: the gate's image AUROC, the RSNA score, AP@0.5."""
-    detector = report["test"]["detector"]
-    return {"auroc": report["test"]["image_auroc"][report["image_score"]["gate"]]["ci95"],
+    block = report[report.get("headline_split", "test")]  # reports older than the val-only headline have none
+    detector = block["detector"]
+    return {"auroc": block["image_auroc"][report["image_score"]["gate"]]["ci95"],
             "rsna_score": detector.get("rsna_score_ci95"), "ap50": detector.get("ap50_ci95")}
 
 

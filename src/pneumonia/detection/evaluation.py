@@ -3,7 +3,9 @@
 The boxes are the predictor's (:mod:`pneumonia.predictor`): the detector's boxes scoring at least the
 box threshold, on images whose image-level decision is positive, and none elsewhere. Everything
 chosen was chosen on val (the detector's epoch, the decision and its threshold, the box threshold);
-val numbers are therefore optimistic and the headline is the held-out test split. Per split:
+val numbers are therefore optimistic and the headline is the held-out test split. Without a test
+split (``split.test_size: 0``, as the reference recipe has it) val is scored alone and is the
+headline, marked ``model_selected_on_this_split`` as the evaluate stage marks it. Per split:
 
 - ``rsna_score`` of those boxes (:func:`pneumonia.localization.box_metrics.rsna_score`);
 - ``ap50`` and ``ap50_95``: torchmetrics' ``MeanAveragePrecision`` (COCO's AP at IoU 0.5 and
@@ -173,11 +175,18 @@ def threshold_sweep(
     return sweep
 
 
+def scored_splits(processed_dir: Path) -> list[str]:
+    """The splits the detector is scored on: val, and test when there is one (the last is the headline)."""
+    manifest = read_manifest(processed_dir)
+    if not split_rows(manifest, "val"):
+        raise DatasetError(f"{processed_dir / 'manifest.csv'}: no images in split 'val'; val chose the detector's "
+                           "thresholds and is always scored: set split.train_size below the patient count and rerun "
+                           "dicom_to_npy (dvc repro)")
+    return [s for s in SPLITS if split_rows(manifest, s)]
+
+
 def _split_data(processed_dir: Path, split: str) -> tuple[list[ManifestRow], np.ndarray]:
     rows = split_rows(read_manifest(processed_dir), split)
-    if not rows:
-        raise DatasetError(f"{processed_dir / 'manifest.csv'}: no images in split {split!r}; the detector is scored "
-                           "on val and test: set split.test_size > 0 and rerun dicom_to_npy (dvc repro)")
     images = np.load(processed_dir / f"{split}.npy", mmap_mode="r")
     if len(images) != len(rows):
         raise DatasetError(f"{processed_dir / f'{split}.npy'} has {len(images)} images but the manifest lists "
@@ -198,14 +207,15 @@ def run(
     plots_dir: Path = Path("plots/detection"),
     batch_size: int = 64,
 ) -> dict:
-    """Score the predictor's boxes on val and test beside the CAM baseline; write every output.
+    """Score the predictor's boxes on val and test (or val alone) beside the CAM baseline; write every output.
 
     Returns the report (what ``report_json`` holds).
     """
     processed_dir = Path(processed_dir)
     detector, classifier, decision = predictor.detector, predictor.classifier, predictor.decision
+    splits = scored_splits(processed_dir)
     report: dict = {
-        "headline_split": "test",
+        "headline_split": splits[-1],
         "synthetic": predictor.synthetic,
         "note": SYNTHETIC_NOTE if predictor.synthetic else "",
         "chosen_on_val": {"decision": decision.source, "decision_threshold": decision.threshold,
@@ -215,7 +225,7 @@ def run(
                                              "box_threshold": detector.box_threshold}},
     }
     kept_by_split: dict[str, tuple] = {}
-    for split in SPLITS:
+    for split in splits:
         rows, images = _split_data(processed_dir, split)
         labels = np.array([int(bool(r.boxes)) for r in rows])
         if len(np.unique(labels)) < 2:
@@ -249,7 +259,7 @@ def run(
     val_rows, _, val_detections, _, val_positive, _ = kept_by_split["val"]
     sweep = threshold_sweep(val_detections, val_rows, val_positive, candidates)
     report["val_threshold_sweep"] = sweep
-    _write_plots(Path(plots_dir), sweep, kept_by_split["test"], params.overlays, predictor.synthetic)
+    _write_plots(Path(plots_dir), sweep, kept_by_split[report["headline_split"]], params.overlays, predictor.synthetic)
     write_json(metrics_json, headline(report))
     write_json(report_json, report)
     _write_markdown(Path(report_md), report, Path(plots_dir))
@@ -257,18 +267,22 @@ def run(
 
 
 def headline(report: dict) -> dict:
-    """What ``dvc metrics diff`` compares: the test split's RSNA score, AP, image AUROC and size agreement (3 decimals)."""
-    test = report["test"]
-    size = test["detector"]["size_true_positives"]
+    """What ``dvc metrics diff`` compares: the headline split's RSNA score, AP, image AUROC and size agreement.
+
+    Three decimals; ``split`` names the split (test, or val when there is no test split: optimistic).
+    """
+    split = report["headline_split"]
+    block = report[split]
+    size = block["detector"]["size_true_positives"]
     values = {
-        "rsna_score": test["detector"]["rsna_score"],
-        "ap50": test["detector"]["ap50"],
+        "rsna_score": block["detector"]["rsna_score"],
+        "ap50": block["detector"]["ap50"],
         # AP@[0.5:0.95] is in the report; the headline keeps `dvc metrics show` near a screen's width
-        "auroc": test["image_auroc"][report["image_score"]["gate"]]["auroc"],  # column shared with the classifier's
+        "auroc": block["image_auroc"][report["image_score"]["gate"]]["auroc"],  # column shared with the classifier's
         "size_spearman": size["spearman"],
         "area_mae": size["mean_absolute_error"],  # fraction of the image
     }
-    return {"split": "test"} | {k: None if v is None else round(float(v), 3) for k, v in values.items()}
+    return {"split": split} | {k: None if v is None else round(float(v), 3) for k, v in values.items()}
 
 
 def _size_points(rows: Sequence[ManifestRow], kept: Kept) -> list[dict]:
@@ -280,8 +294,8 @@ def _size_points(rows: Sequence[ManifestRow], kept: Kept) -> list[dict]:
     return points
 
 
-def _write_plots(plots_dir: Path, sweep: list[dict], test: tuple, overlays: int, synthetic: bool) -> None:
-    rows, images, detections, kept, _, probability = test
+def _write_plots(plots_dir: Path, sweep: list[dict], headline: tuple, overlays: int, synthetic: bool) -> None:
+    rows, images, detections, kept, _, probability = headline
     write_json(plots_dir / "thresholds.json", sweep)
     write_json(plots_dir / "size.json", _size_points(rows, kept))
     roles: dict[str, list[tuple[float, int]]] = {role: [] for role in OVERLAY_ROLES}
@@ -323,9 +337,14 @@ def _write_markdown(path: Path, report: dict, plots_dir: Path) -> None:
     chosen = report["chosen_on_val"]
     lines.append(f"Chosen on val: boxes only on images the decision ({chosen['decision']}, calibrated) calls positive "
                  f"(p >= {chosen['decision_threshold']:.3f}), box threshold {chosen['box_threshold']}, "
-                 f"NMS IoU {chosen['nms_iou']}, at most {chosen['max_boxes']} boxes. Val chose them; test is the headline.")
-    lines += ["", "| metric | detector val | detector test | CAM val | CAM test |", "|---|---|---|---|---|"]
-    val, test = report["val"], report["test"]
+                 f"NMS IoU {chosen['nms_iou']}, at most {chosen['max_boxes']} boxes. " + (
+                     "Val chose them; test is the headline." if "test" in report else
+                     "Val chose them and is the only split scored (no test split): its numbers are optimistic."))
+    splits = [s for s in SPLITS if s in report]
+    name = report["headline_split"]
+    block = report[name]
+    lines += ["", "| metric | " + " | ".join([f"detector {s}" for s in splits] + [f"CAM {s}" for s in splits]) + " |",
+              "|---" * (1 + 2 * len(splits)) + "|"]
     size = lambda block, key, scale=1: lambda s: _scaled(s[block]["size_true_positives"][key], scale)  # noqa: E731
     table = [  # (name, the detector's value of a split block, the CAM baseline's)
         ("RSNA score", lambda s: s["detector"]["rsna_score"], lambda s: s["cam_baseline"]["rsna_score"]),
@@ -339,21 +358,23 @@ def _write_markdown(path: Path, report: dict, plots_dir: Path) -> None:
         ("area MAE, % of the image", size("detector", "mean_absolute_error", 100),
          size("cam_baseline", "mean_absolute_error", 100)),
     ]
-    for name, detector, cam in table:
-        lines.append(f"| {name} | {_fmt(detector(val))} | {_fmt(detector(test))} | {_fmt(cam(val))} | {_fmt(cam(test))} |")
-    mm2 = test["detector"]["size_true_positives_mm2"]
-    lines.append(f"| area MAE, mm² (test, n={mm2['n']}) | | {_fmt(mm2['mean_absolute_error_mm2'], 0)} | | |")
-    ci, ap_ci = test["detector"]["rsna_score_ci95"], test["detector"]["ap50_ci95"]
-    lines += ["", f"Test RSNA score {_fmt(test['detector']['rsna_score'])}, bootstrap 95 % CI "
-                  f"{_fmt(ci['low'])}–{_fmt(ci['high'])}; AP@0.5 {_fmt(test['detector']['ap50'])}, "
+    for metric, detector, cam in table:
+        cells = [_fmt(detector(report[s])) for s in splits] + [_fmt(cam(report[s])) for s in splits]
+        lines.append(f"| {metric} | " + " | ".join(cells) + " |")
+    mm2 = block["detector"]["size_true_positives_mm2"]
+    cells = ["" if s != name else _fmt(mm2['mean_absolute_error_mm2'], 0) for s in splits] + [""] * len(splits)
+    lines.append(f"| area MAE, mm² ({name}, n={mm2['n']}) |" + "".join(f" {c} |" if c else " |" for c in cells))
+    ci, ap_ci = block["detector"]["rsna_score_ci95"], block["detector"]["ap50_ci95"]
+    lines += ["", f"{name.capitalize()} RSNA score {_fmt(block['detector']['rsna_score'])}, bootstrap 95 % CI "
+                  f"{_fmt(ci['low'])}–{_fmt(ci['high'])}; AP@0.5 {_fmt(block['detector']['ap50'])}, "
                   f"{_fmt(ap_ci['low'])}–{_fmt(ap_ci['high'])} (images resampled)."]
-    lines += ["", "Image-level AUROC on test (bootstrap 95 % interval):", "", "| image score | AUROC | 95 % CI |",
+    lines += ["", f"Image-level AUROC on {name} (bootstrap 95 % interval):", "", "| image score | AUROC | 95 % CI |",
               "|---|---|---|"]
-    for name, value in test["image_auroc"].items():
+    for metric, value in block["image_auroc"].items():
         ci = value["ci95"]
-        lines.append(f"| {name} | {_fmt(value['auroc'])} | {_fmt(ci['low'])}–{_fmt(ci['high'])} |")
+        lines.append(f"| {metric} | {_fmt(value['auroc'])} | {_fmt(ci['low'])}–{_fmt(ci['high'])} |")
     lines += ["", f"Boxes are gated by the {report['image_score']['gate']}: {report['image_score']['why']} "
-              f"(boxes under a negative label on test: {test['boxes_under_negative_labels']}).", ""]
+              f"(boxes under a negative label on {name}: {block['boxes_under_negative_labels']}).", ""]
     overlays = sorted((plots_dir / "overlays").glob("*.png"))
     relative = Path(os.path.relpath(plots_dir / "overlays", path.parent))  # links work from the report's folder
     for role, caption in (("tp", "true positives"), ("fp", "false positives"), ("fn", "misses")):
