@@ -1,5 +1,6 @@
-"""Stage evaluate_detection: the boxes predict gives (the detector's, under the decision) on val and test,
-beside the CAM baseline. Writes metrics/detection.json (headline, test), reports/detection.{json,md}, plots/detection/.
+"""Stage evaluate_detection: the boxes predict gives (the detector's, under the decision) on val and test (or val
+alone), beside the CAM baseline. Writes metrics/detection.json (headline: test, else val), reports/detection.{json,md},
+plots/detection/.
 """
 
 from pathlib import Path
@@ -19,7 +20,7 @@ def main(params):
         params.detect.score_thresholds,
         seed=params.base.seed,
     )
-    for split in evaluation.SPLITS:
+    for split in [s for s in evaluation.SPLITS if s in report]:
         found, cam = report[split]["detector"], report[split]["cam_baseline"]
         print(f"{split}: RSNA score {found['rsna_score']:.3f} (CAM {cam['rsna_score']:.3f}), AP@0.5 {found['ap50']:.3f}, "
               f"image AUROC {report[split]['image_auroc']['decision']['auroc']:.3f} "
