@@ -54,7 +54,7 @@ repro: $(STAMP)
 # Every headline metric of this workspace's run beside the committed one, judged against the wider of the
 # committed bootstrap interval and the training noise of benchmarks/seed_spread.json; exit 1 when outside.
 compare: $(STAMP)
-	python -m pneumonia.noise HEAD
+	python -m scripts.noise HEAD
 
 # One pytest-xdist worker per core, each file on one worker (its module fixtures, some of which train a
 # model, are built once); the slow end-to-end files first, in tests/conftest.py's order (xdist would
@@ -83,7 +83,7 @@ rehearsal: $(BENCH_STAMP)
 # The generated blocks of README.md and docs/*.md (the headline, the settings table from params.yaml,
 # `dvc metrics show --md`, the bench tables, ...).
 readme: $(STAMP)
-	python -m pneumonia.readme
+	python -m scripts.readme
 
 # The plots page rendered offline and screenshotted in headless Chromium (docs/plots.png); needs chromium.
 plots-check: $(STAMP)

@@ -32,12 +32,12 @@ from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 from pneumonia.detection.data import BalancedEpochSampler, DetectionDataset
 from pneumonia.detection.decode import ImageBoxes, decode
 from pneumonia.detection.detector import to_original
-from pneumonia.detection.evaluation import average_precision
+from pneumonia.detection.evaluate_detection import average_precision
 from pneumonia.detection.network import build_detector
 from pneumonia.detection.targets import detection_loss
 from pneumonia.detection.thresholds import choose_thresholds
-from pneumonia.manifest import read_manifest, split_rows
-from pneumonia.architectures import build_network
+from pneumonia.data.manifest import read_manifest, split_rows
+from pneumonia.core.architectures import build_network
 
 THRESHOLDS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
 

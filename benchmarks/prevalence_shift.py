@@ -41,9 +41,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from pneumonia.detection.detector import detect_images, load_detector  # noqa: E402
 from pneumonia.detection.thresholds import choose_thresholds  # noqa: E402
-from pneumonia.localization.box_metrics import mean_image_score, prevalence_weights, rsna_image_score  # noqa: E402,E501
-from pneumonia.manifest import read_manifest, split_rows  # noqa: E402
-from pneumonia.operating_points import threshold_for_sensitivity  # noqa: E402
+from pneumonia.evaluation.box_metrics import mean_image_score, prevalence_weights, rsna_image_score  # noqa: E402,E501
+from pneumonia.data.manifest import read_manifest, split_rows  # noqa: E402
+from pneumonia.evaluation.operating_points import threshold_for_sensitivity  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "prevalence_shift.json"
 VAL_PREVALENCE, TEST_PREVALENCE = 0.35, 0.12  # the real split: val 36 %, test 12 %

@@ -27,13 +27,13 @@ import numpy as np
 import psutil
 import torch
 
-from pneumonia import phantom, rsna
-from pneumonia.checkpoint import load_classifier
-from pneumonia.data import XrayDataset, make_loader
-from pneumonia.inference import predict_probabilities
-from pneumonia.architectures import build_network
-from pneumonia.model import PneumoniaClassifier
-from pneumonia.params import load_params
+from pneumonia.data import phantom, rsna
+from pneumonia.classification.classifier import load_classifier
+from pneumonia.classification.data import XrayDataset, make_loader
+from pneumonia.classification.inference import predict_probabilities
+from pneumonia.core.architectures import build_network
+from pneumonia.classification.model import PneumoniaClassifier
+from pneumonia.core.params import load_params
 from process_tree import TreeSampler
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,13 +57,13 @@ def dicom_paths(raw: Path) -> list[str]:
 CONVERT_SNIPPET = """
 import sys, time
 from pathlib import Path
-from pneumonia import convert
+from pneumonia.data import dicom_to_npy
 from dataclasses import replace
-from pneumonia.params import load_params
+from pneumonia.core.params import load_params
 p = load_params(sys.argv[4])
 p = replace(p, dicom_to_npy=replace(p.dicom_to_npy, image_size=int(sys.argv[3])), split=replace(p.split, train_size=0.8))
 start = time.perf_counter()
-convert.run(Path(sys.argv[1]), Path(sys.argv[2]), p.dicom_to_npy, p.split)
+dicom_to_npy.run(Path(sys.argv[1]), Path(sys.argv[2]), p.dicom_to_npy, p.split)
 print(time.perf_counter() - start)
 """
 
@@ -71,7 +71,7 @@ print(time.perf_counter() - start)
 def run_convert_stage(raw: Path, size: int) -> tuple[float, float, float]:
     """The dicom_to_npy stage's code in its own process.
 
-    Returns the seconds of the stage's work (``convert.run``: CSVs, pool, decoding,
+    Returns the seconds of the stage's work (``dicom_to_npy.run``: CSVs, pool, decoding,
     manifest, the final rename), the seconds of the whole process (Python's start and
     imports too), and the peak RSS in MB of all its processes.
     """
@@ -206,7 +206,7 @@ def stage_train_rate(array_path: Path, batch: int, steps: int, warmup: int = 2, 
     """The train stage's loop: Lightning, memory-mapped dataset, augmentation where train puts it
     (``augment_on: auto``: per sample in the DataLoader on a CPU, whole batches on a GPU), DataLoader
     workers as ``num_workers: auto`` gives them."""
-    from pneumonia.scaling import augment_on_device, loader_workers
+    from pneumonia.core.scaling import augment_on_device, loader_workers
 
     params = replace(load_params(ROOT / "params.yaml").train, arch=arch, num_workers="auto")
     on_device = augment_on_device(params)
@@ -234,7 +234,7 @@ def _rates_by_architecture(stage: str, stage_rate, bare_rate, size: int, batch: 
     On a GPU the stage runs in bf16-mixed with the batch augmentation on the device; on a CPU in 32-bit
     with the per-sample augmentation (what ``augment_on: auto`` picks on each).
     """
-    from pneumonia.architectures import ARCHITECTURES
+    from pneumonia.core.architectures import ARCHITECTURES
 
     precision = "bf16-mixed" if torch.cuda.is_available() else "32-true"
     array = arrays(batch * (steps + 2), size)
@@ -258,7 +258,7 @@ def architecture_rates(size: int, batch: int, steps: int, repeats: int) -> dict[
 
 def _box_rows(n: int, size: int, split: str = "train") -> list:
     """Manifest rows of ``n`` images of ``size`` pixels, one box each (the loader's cost hardly depends on the box)."""
-    from pneumonia.manifest import ManifestRow
+    from pneumonia.data.manifest import ManifestRow
 
     rng = np.random.default_rng(0)
     rows = []
@@ -278,8 +278,8 @@ def stage_detect_rate(array_path: Path, batch: int, steps: int, warmup: int = 2,
 
     from pneumonia.detection.data import DetectionDataset, collate_boxes
     from pneumonia.detection.thresholds import ThresholdRule
-    from pneumonia.detection.training import DetectorModule
-    from pneumonia.scaling import augment_on_device, loader_workers
+    from pneumonia.detection.detect import DetectorModule
+    from pneumonia.core.scaling import augment_on_device, loader_workers
 
     size = np.load(array_path, mmap_mode="r").shape[-1]
     params = replace(load_params(ROOT / "params.yaml").detect, arch=arch, image_size=size, num_workers="auto",
@@ -336,8 +336,8 @@ def bare_infer_rate(n: int, size: int, batch: int) -> float:
 
 def save_checkpoint(path: Path, size: int) -> Path:
     """A model file in the train stage's format, with random weights."""
-    from pneumonia.checkpoint import classifier_header
-    from pneumonia.model_file import save_model
+    from pneumonia.classification.classifier import classifier_header
+    from pneumonia.core.model_file import save_model
 
     model = PneumoniaClassifier(image_size=size, mean=0.4, std=0.3)
     save_model(path, "classifier", model.network.state_dict(), classifier_header(model.hparams))
@@ -350,12 +350,12 @@ def save_checkpoint(path: Path, size: int) -> Path:
 def save_predictor_file(folder: Path) -> Path:
     """A predictor file of the default params' shapes (classifier and detector at their image sizes and
     widths), random weights: the networks' cost does not depend on what they learned."""
-    from pneumonia.decision import Decision
+    from pneumonia.prediction.decision import Decision
     from pneumonia.detection.detector import LoadedDetector, save_detector
     from pneumonia.detection.network import build_detector
-    from pneumonia.model_file import read_model
-    from pneumonia.ood import OodGuard
-    from pneumonia.predictor import save_predictor
+    from pneumonia.core.model_file import read_model
+    from pneumonia.prediction.ood import OodGuard
+    from pneumonia.prediction.predictor import save_predictor
 
     params = load_params(ROOT / "params.yaml")
     classifier = save_checkpoint(folder / "classifier.safetensors", params.dicom_to_npy.image_size)
@@ -375,9 +375,9 @@ def predict_backend_rates(files: list[str], batch: int, repeats: int) -> dict:
     """`pneumonia predict` (predict.run: read, both networks, answers, CSV) on the same DICOMs with each backend,
     images/s; the backends alternate which goes first, each repeat's ONNX Runtime / PyTorch ratio is paired,
     and the medians are kept. The same for the networks alone (the backends' forward on the images read once)."""
-    from pneumonia import predict
-    from pneumonia.dicom import read_dicom_sizes
-    from pneumonia.onnx_export import export_onnx
+    from pneumonia.prediction import predict
+    from pneumonia.data.dicom import read_dicom_sizes
+    from pneumonia.prediction.onnx_export import export_onnx
 
     with tempfile.TemporaryDirectory(dir=CACHE) as tmp:
         model = save_predictor_file(Path(tmp))

@@ -8,7 +8,7 @@ is recorded. The committed default run (``train_seed: null``, i.e. ``base.seed``
 Writes benchmarks/seed_spread.json after every seed, so an interrupted sweep keeps what finished.
 The workspace is put back to the committed run at the end (``git checkout`` + ``dvc checkout``).
 
-``pneumonia.noise`` reads the file: a change between two runs is training noise when it is within
+``scripts.noise`` reads the file: a change between two runs is training noise when it is within
 ``t(0.975, n-1) * sd * sqrt(2)`` (the 95 % band of the difference of two runs, sd from the n seeds).
 About 22 minutes a seed on 2 cores.
 """
@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from pneumonia.noise import METRIC_FILES, spread_summary  # noqa: E402
+from scripts.noise import METRIC_FILES, spread_summary  # noqa: E402
 
 OUT = Path("benchmarks/seed_spread.json")
 
@@ -49,7 +49,7 @@ def _cpu() -> str:
 def _write(runs: list[dict], commit: str, command: str) -> None:
     result = {
         "what": "headline metrics of the default run over training seeds (base.train_seed), same data; "
-                "training noise for make compare and the PR report (pneumonia.noise)",
+                "training noise for make compare and the PR report (scripts.noise)",
         "command": command,
         "commit": commit,
         "machine": f"{_cpu()}, {subprocess.run(['nproc'], capture_output=True, text=True).stdout.strip()} cores",

@@ -10,8 +10,8 @@ whose own keys changed.
 
 from pathlib import Path
 
-from pneumonia.atomic import atomic_path
-from pneumonia.stage import run_stage
+from pneumonia.core.atomic import atomic_path
+from pneumonia.core.stage import run_stage
 
 OUT = Path("reports/params_check.txt")
 

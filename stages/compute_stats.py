@@ -3,12 +3,12 @@ per split (metrics/); warns when the splits' prevalences differ beyond chance.""
 
 from pathlib import Path
 
-from pneumonia import stats
-from pneumonia.stage import run_stage
+from pneumonia.data import compute_stats
+from pneumonia.core.stage import run_stage
 
 
 def main(params):
-    result = stats.run(Path("data/processed"), Path("reports/dataset.json"), Path("metrics/dataset.json"))
+    result = compute_stats.run(Path("data/processed"), Path("reports/dataset.json"), Path("metrics/dataset.json"))
     print(f"train mean {result['mean']:.4f}, std {result['std']:.4f}")
     if result["prevalence_check"]["warning"]:
         print(f"compute_stats: warning: {result['prevalence_check']['warning']}")

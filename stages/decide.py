@@ -4,8 +4,8 @@ reports/decision.json."""
 
 from pathlib import Path
 
-from pneumonia import decide
-from pneumonia.stage import run_stage
+from pneumonia.prediction import decide
+from pneumonia.core.stage import run_stage
 
 
 def main(params):

@@ -2,12 +2,12 @@
 
 from pathlib import Path
 
-from pneumonia.detection import training
-from pneumonia.stage import run_stage
+from pneumonia.detection import detect
+from pneumonia.core.stage import run_stage
 
 
 def main(params):
-    chosen = training.run(Path("data/processed"), Path("reports/dataset.json"), params.detect, params.base.training_seed,
+    chosen = detect.run(Path("data/processed"), Path("reports/dataset.json"), params.detect, params.base.training_seed,
                           gate_sensitivity=params.evaluate.target_sensitivity)
     print(f"detect: epoch {chosen['epoch']} kept: val RSNA score {chosen['val_rsna_score']:.3f} "
           f"(image >= {chosen['image_threshold']}, box >= {chosen['box_threshold']})")

@@ -2,12 +2,12 @@
 
 from pathlib import Path
 
-from pneumonia import convert
-from pneumonia.stage import run_stage
+from pneumonia.data import dicom_to_npy
+from pneumonia.core.stage import run_stage
 
 
 def main(params):
-    report = convert.run(
+    report = dicom_to_npy.run(
         Path("data/raw"),
         Path("data/processed"),
         params.dicom_to_npy,

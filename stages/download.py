@@ -2,8 +2,8 @@
 
 from pathlib import Path
 
-from pneumonia import download
-from pneumonia.stage import run_stage
+from pneumonia.data import download
+from pneumonia.core.stage import run_stage
 
 
 def main(params):

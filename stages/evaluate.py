@@ -2,8 +2,8 @@
 
 from pathlib import Path
 
-from pneumonia import evaluate
-from pneumonia.stage import run_stage
+from pneumonia.evaluation import evaluate
+from pneumonia.core.stage import run_stage
 
 
 def main(params):

@@ -5,14 +5,14 @@ plots/detection/.
 
 from pathlib import Path
 
-from pneumonia.detection import evaluation
-from pneumonia.inference import default_device
-from pneumonia.predictor import load_predictor
-from pneumonia.stage import run_stage
+from pneumonia.detection import evaluate_detection
+from pneumonia.classification.inference import default_device
+from pneumonia.prediction.predictor import load_predictor
+from pneumonia.core.stage import run_stage
 
 
 def main(params):
-    report = evaluation.run(
+    report = evaluate_detection.run(
         Path("data/processed"),
         load_predictor(Path("models/pneumonia.safetensors"), default_device()),
         params.evaluate_detection,
@@ -20,7 +20,7 @@ def main(params):
         params.detect.score_thresholds,
         seed=params.base.seed,
     )
-    for split in [s for s in evaluation.SPLITS if s in report]:
+    for split in [s for s in evaluate_detection.SPLITS if s in report]:
         found, cam = report[split]["detector"], report[split]["cam_baseline"]
         print(f"{split}: RSNA score {found['rsna_score']:.3f} (CAM {cam['rsna_score']:.3f}), AP@0.5 {found['ap50']:.3f}, "
               f"image AUROC {report[split]['image_auroc']['decision']['auroc']:.3f} "

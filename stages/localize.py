@@ -2,12 +2,12 @@
 
 from pathlib import Path
 
-from pneumonia.localization import cam_stage
-from pneumonia.stage import run_stage
+from pneumonia.localization import localize
+from pneumonia.core.stage import run_stage
 
 
 def main(params):
-    result = cam_stage.run(
+    result = localize.run(
         Path("data/processed"), Path("models/classifier.safetensors"), params.localize,
         out_json=Path("reports/localization.json"), headline_json=Path("metrics/cam.json"), seed=params.base.seed,
     )

@@ -3,8 +3,8 @@ reports/model_card.md from the model file predict loads and the reports."""
 
 from pathlib import Path
 
-from pneumonia import model_card, report
-from pneumonia.stage import run_stage
+from pneumonia.reporting import model_card, report
+from pneumonia.core.stage import run_stage
 
 
 def main(params):

@@ -2,8 +2,8 @@
 
 from pathlib import Path
 
-from pneumonia import train
-from pneumonia.stage import run_stage
+from pneumonia.classification import train
+from pneumonia.core.stage import run_stage
 
 
 def main(params):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-from pneumonia.params import Params, parse_params
+from pneumonia.core.params import Params, parse_params
 
 PARAMS_YAML = Path(__file__).resolve().parents[1] / "params.yaml"
 

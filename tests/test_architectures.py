@@ -7,13 +7,14 @@ import pytest
 import torch
 import torchvision
 
-from pneumonia import architectures, train
-from pneumonia.architectures import ARCHITECTURES, build_network, feature_evidence, head_offset
-from pneumonia.checkpoint import load_classifier
-from pneumonia.data import batch_augmentation
-from pneumonia.errors import ParamsError, PneumoniaError
+from pneumonia.core import architectures
+from pneumonia.classification import train
+from pneumonia.core.architectures import ARCHITECTURES, build_network, feature_evidence, head_offset
+from pneumonia.classification.classifier import load_classifier
+from pneumonia.classification.data import batch_augmentation
+from pneumonia.core.errors import ParamsError, PneumoniaError
 from pneumonia.localization.cam import localize_images
-from pneumonia.params import parse_params
+from pneumonia.core.params import parse_params
 from project_params import merged, project_params
 from tiny_data import prepare
 

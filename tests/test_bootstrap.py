@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from sklearn import metrics as sk
 
-from pneumonia import bootstrap as bs
-from pneumonia.metrics import ranking_metrics
+from pneumonia.evaluation import bootstrap as bs
+from pneumonia.evaluation.metrics import ranking_metrics
 
 
 def make_predictions(seed: int, n: int, decimals: int | None = None):

@@ -2,7 +2,7 @@
 
 import pytest
 
-from pneumonia.localization import box_metrics as loc
+from pneumonia.evaluation import box_metrics as loc
 
 # --------------------------------------------------------------------------- overlaps and accuracies
 

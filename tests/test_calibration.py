@@ -3,7 +3,7 @@ import pytest
 from scipy.special import expit
 from sklearn.metrics import brier_score_loss
 
-from pneumonia.calibration import (
+from pneumonia.evaluation.calibration import (
     apply_temperature,
     binary_nll,
     brier_score,

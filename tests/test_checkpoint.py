@@ -1,6 +1,6 @@
 """Model files from outside: no pickle, other networks and broken files are one-line errors.
 
-Every file here is real: written by :func:`pneumonia.model_file.save_model` (as the
+Every file here is real: written by :func:`pneumonia.core.model_file.save_model` (as the
 train stage does), by safetensors or Lightning directly, or by ``torch.save``,
 then changed in one way at a time.
 """
@@ -19,13 +19,14 @@ import torchvision
 from safetensors.torch import save_file
 from torch import nn
 
-from pneumonia import inference, phantom
+from pneumonia.classification import inference
+from pneumonia.data import phantom
 from pneumonia.__main__ import main
-from pneumonia.checkpoint import classifier_header, load_classifier
-from pneumonia.errors import DatasetError, PneumoniaError
+from pneumonia.classification.classifier import classifier_header, load_classifier
+from pneumonia.core.errors import DatasetError, PneumoniaError
 from pneumonia.localization.cam import localize_images
-from pneumonia.model import PneumoniaClassifier
-from pneumonia.model_file import FORMAT, read_model, save_model
+from pneumonia.classification.model import PneumoniaClassifier
+from pneumonia.core.model_file import FORMAT, read_model, save_model
 from tiny_predictor import write_predictor
 
 SIZE = 32

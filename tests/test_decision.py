@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 
-from pneumonia.calibration import expected_calibration_error
-from pneumonia.decision import Decision, at_prevalence, choose_decision, fit_decision, out_of_fold
-from pneumonia.errors import DatasetError
-from pneumonia.operating_points import threshold_for_sensitivity
+from pneumonia.evaluation.calibration import expected_calibration_error
+from pneumonia.prediction.decision import Decision, at_prevalence, choose_decision, fit_decision, out_of_fold
+from pneumonia.core.errors import DatasetError
+from pneumonia.evaluation.operating_points import threshold_for_sensitivity
 
 
 def shifted_scores(n=600, seed=0):

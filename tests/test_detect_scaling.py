@@ -12,12 +12,12 @@ import pytest
 import torch
 
 from pipeline_repo import ROOT
-from pneumonia import scaling
-from pneumonia.detection import training
+from pneumonia.core import scaling
+from pneumonia.detection import detect
 from pneumonia.detection.detector import detect_images, load_detector
 from pneumonia.detection.thresholds import choose_thresholds, target_prevalence
 from pneumonia.detection.batch_augment import augment_batch, batch_box_augmentation, pad_boxes
-from pneumonia.manifest import read_manifest, split_rows, write_manifest
+from pneumonia.data.manifest import read_manifest, split_rows, write_manifest
 from project_params import project_params
 from test_detection import _rectangles, _square_rows
 
@@ -33,7 +33,7 @@ SCRIPT = """
 import json, os, signal, sys
 from pathlib import Path
 from pytorch_lightning.utilities import rank_zero_only
-from pneumonia.detection import training
+from pneumonia.detection import detect
 from project_params import project_params
 
 root, out, detect, kill = Path(sys.argv[1]), Path(sys.argv[2]), json.loads(sys.argv[3]), sys.argv[4] == "kill"
@@ -41,8 +41,8 @@ if kill:
     def die(module, batch, batch_idx):
         if module.current_epoch == 1 and batch_idx == 1:
             os.kill(os.getpid(), signal.SIGKILL)
-    training.DetectorModule.on_train_batch_start = die
-chosen = training.run(root / "processed", root / "dataset.json", project_params({"detect": detect}).detect, seed=3,
+    detect.DetectorModule.on_train_batch_start = die
+chosen = detect.run(root / "processed", root / "dataset.json", project_params({"detect": detect}).detect, seed=3,
                       model_path=out / "detector.safetensors", history_json=out / "epochs.json")
 (out / f"chosen-{rank_zero_only.rank}.json").write_text(json.dumps(chosen))
 """
@@ -72,7 +72,7 @@ def run_stage(data, out, detect, kill=False):
 
 
 def run_here(data, out):
-    return training.run(data / "processed", data / "dataset.json", project_params({"detect": DETECT}).detect, seed=3,
+    return detect.run(data / "processed", data / "dataset.json", project_params({"detect": DETECT}).detect, seed=3,
                         model_path=out / "detector.safetensors", history_json=out / "epochs.json")
 
 
@@ -157,18 +157,18 @@ def test_the_stage_trains_with_the_augmentation_on_the_device(data, tmp_path):
     """augment_on device on the CPU: the loader only reads, the module warps and encodes whole batches."""
     params = project_params({"detect": {**DETECT, "augment_on": "device", "max_epochs": 2}}).detect
     module_batches = []
-    original = training.DetectorModule.training_step
+    original = detect.DetectorModule.training_step
 
     def spy(module, batch, batch_idx):
         module_batches.append([t.shape for t in batch])
         return original(module, batch, batch_idx)
 
-    training.DetectorModule.training_step = spy
+    detect.DetectorModule.training_step = spy
     try:
-        chosen = training.run(data / "processed", data / "dataset.json", params, seed=3,
+        chosen = detect.run(data / "processed", data / "dataset.json", params, seed=3,
                               model_path=tmp_path / "detector.safetensors", history_json=tmp_path / "epochs.json")
     finally:
-        training.DetectorModule.training_step = original
+        detect.DetectorModule.training_step = original
     assert chosen["epoch"] in (0, 1) and (tmp_path / "detector.safetensors").exists()
     images, heatmap, box_target, box_weight, labels = module_batches[0]
     assert images[1:] == (1, 32, 32) and heatmap[1:] == (1, 4, 4) and box_target[1:] == (4, 4, 4)

@@ -8,21 +8,21 @@ import numpy as np
 import pytest
 import torch
 
-from pneumonia.checkpoint import LoadedModel
-from pneumonia.detection import evaluation, training
+from pneumonia.classification.classifier import LoadedModel
+from pneumonia.detection import evaluate_detection, detect
 from pneumonia.detection.data import DetectionDataset
 from pneumonia.detection.decode import decode
 from pneumonia.detection.detector import ImageDetections, area_fraction, detect_images, load_detector
 from pneumonia.detection.network import STRIDE, RawDetections
 from pneumonia.detection.targets import boxes_to_input, boxes_to_original, encode_targets, focal_heatmap_loss
 from pneumonia.detection.thresholds import choose_thresholds, rsna_at
-from pneumonia.errors import DatasetError, PneumoniaError
-from pneumonia.manifest import ManifestRow, write_manifest
-from pneumonia.architectures import build_network
-from pneumonia.model_file import save_model
-from pneumonia.decision import Decision
-from pneumonia.ood import OodGuard
-from pneumonia.predictor import Predictor
+from pneumonia.core.errors import DatasetError, PneumoniaError
+from pneumonia.data.manifest import ManifestRow, write_manifest
+from pneumonia.core.architectures import build_network
+from pneumonia.core.model_file import save_model
+from pneumonia.prediction.decision import Decision
+from pneumonia.prediction.ood import OodGuard
+from pneumonia.prediction.predictor import Predictor
 from project_params import project_params
 
 # --------------------------------------------------------------------------- coordinates, targets, loss
@@ -150,7 +150,7 @@ def test_box_metrics_against_hand_computed_values():
         _detections([(50, 50, 20, 10)], [0.8], 0.9),  # IoU 0.5, half the area
         _detections([(0, 0, 5, 5)], [0.7], 0.9),  # a false positive on the negative
     ]
-    result = evaluation.box_metrics(detections, [d.kept(0.5, 0.5) for d in detections], rows)
+    result = evaluate_detection.box_metrics(detections, [d.kept(0.5, 0.5) for d in detections], rows)
     assert result["predicted_boxes"] == 3 and result["gt_boxes"] == 2
     assert result["recall_iou0p50"] == 1.0 and result["false_positives_per_image"] == pytest.approx(1 / 3)
     # RSNA: 1 for the exact box; IoU 0.5 beats 0.40 and 0.45 only (2 of 8); 0 for the negative with a box.
@@ -175,14 +175,14 @@ def test_the_bootstrapped_ap50_is_torchmetrics_ap50_on_the_full_set():
         detections.append(ImageDetections(np.array(guesses).reshape(-1, 4), scores, 0.5, 100, 100))
         truth.append(true)
     everything = np.arange(len(truth))
-    matched = [evaluation._coco_matches(d, t) for d, t in zip(detections, truth)]
-    expected = evaluation.average_precision(detections, truth)["ap50"]
-    assert evaluation._ap_at(matched, [len(t) for t in truth], everything) == pytest.approx(expected, abs=1e-6)  # torchmetrics returns float32
+    matched = [evaluate_detection._coco_matches(d, t) for d, t in zip(detections, truth)]
+    expected = evaluate_detection.average_precision(detections, truth)["ap50"]
+    assert evaluate_detection._ap_at(matched, [len(t) for t in truth], everything) == pytest.approx(expected, abs=1e-6)  # torchmetrics returns float32
     assert 0.1 < expected < 0.95  # neither trivial case
-    ci = evaluation.ap50_interval(detections, truth, resamples=200, seed=0)
+    ci = evaluate_detection.ap50_interval(detections, truth, resamples=200, seed=0)
     assert ci["low"] < expected < ci["high"] and ci["resamples_used"] == 200
     no_truth = [[] for _ in truth]
-    assert evaluation.ap50_interval(detections, no_truth, resamples=20, seed=0)["resamples_used"] == 0
+    assert evaluate_detection.ap50_interval(detections, no_truth, resamples=20, seed=0)["resamples_used"] == 0
 
 
 def test_area_fraction_counts_overlaps_once():
@@ -229,7 +229,7 @@ def trained(tmp_path_factory):
     write_manifest(processed / "manifest.csv", rows)
     (root / "dataset.json").write_text(json.dumps({"mean": 0.2, "std": 0.3}))
     params = project_params({"detect": DETECT}).detect
-    chosen = training.run(processed, root / "dataset.json", params, seed=5, model_path=root / "detector.safetensors",
+    chosen = detect.run(processed, root / "dataset.json", params, seed=5, model_path=root / "detector.safetensors",
                           history_json=root / "epochs.json")
     return root, rows, chosen
 
@@ -287,12 +287,12 @@ def test_evaluation_writes_the_headline_report_plots_and_overlays(trained, tmp_p
     params = project_params({"evaluate_detection": {"overlays": 2, "bootstrap_resamples": 50}})
     out = {"metrics_json": tmp_path / "metrics.json", "report_json": tmp_path / "reports" / "detection.json",
            "report_md": tmp_path / "reports" / "detection.md", "plots_dir": tmp_path / "plots"}
-    report = evaluation.run(root / "processed", _detector_alone(root), params.evaluate_detection, params.localize,
+    report = evaluate_detection.run(root / "processed", _detector_alone(root), params.evaluate_detection, params.localize,
                             DETECT["score_thresholds"], seed=0, **out)
     assert json.loads(out["report_json"].read_text()) == json.loads(json.dumps(report))
     headline = json.loads(out["metrics_json"].read_text())
     test = report["test"]
-    assert headline == evaluation.headline(report) and headline["split"] == "test"
+    assert headline == evaluate_detection.headline(report) and headline["split"] == "test"
     assert headline["rsna_score"] == round(test["detector"]["rsna_score"], 3) >= 0.4
     assert test["detector"]["ap50"] >= test["detector"]["ap50_95"] > 0
     assert test["image_auroc"]["detector"]["auroc"] > 0.8  # rectangles or none: the image logit learns it too
@@ -328,7 +328,7 @@ def test_without_a_test_split_val_is_the_headline_marked_as_chosen_on(trained, t
     params = project_params({"evaluate_detection": {"overlays": 0, "bootstrap_resamples": 20}})
     out = {"metrics_json": tmp_path / "metrics.json", "report_json": tmp_path / "detection.json",
            "report_md": tmp_path / "detection.md", "plots_dir": tmp_path / "plots"}
-    report = evaluation.run(processed, predictor, params.evaluate_detection, params.localize,
+    report = evaluate_detection.run(processed, predictor, params.evaluate_detection, params.localize,
                             DETECT["score_thresholds"], seed=0, **out)
     assert "test" not in report and report["val"]["model_selected_on_this_split"]
     assert json.loads(out["metrics_json"].read_text())["split"] == "val"
@@ -336,5 +336,5 @@ def test_without_a_test_split_val_is_the_headline_marked_as_chosen_on(trained, t
     assert "only split scored" in text and "| metric | detector val | CAM val |" in text
     write_manifest(processed / "manifest.csv", [r for r in rows if r.split == "train"])
     with pytest.raises(DatasetError, match="no images in split 'val'"):
-        evaluation.run(processed, predictor, params.evaluate_detection, params.localize, DETECT["score_thresholds"],
+        evaluate_detection.run(processed, predictor, params.evaluate_detection, params.localize, DETECT["score_thresholds"],
                        seed=0, **out)

@@ -13,14 +13,14 @@ import pytest
 import torch
 import torchvision
 
-from pneumonia.architectures import ARCHITECTURES, architecture, build_network
-from pneumonia.data import as_batch, standardize
+from pneumonia.core.architectures import ARCHITECTURES, architecture, build_network
+from pneumonia.classification.data import as_batch, standardize
 from pneumonia.detection.detector import LoadedDetector, detect_images, load_detector, save_detector
 from pneumonia.detection.network import build_detector
 from pneumonia.detection.targets import detection_loss, encode_targets
-from pneumonia.errors import PneumoniaError
-from pneumonia.onnx_backend import DETECTOR_OUTPUTS, OnnxNetwork
-from pneumonia.onnx_export import export_network
+from pneumonia.core.errors import PneumoniaError
+from pneumonia.prediction.onnx_backend import DETECTOR_OUTPUTS, OnnxNetwork
+from pneumonia.prediction.onnx_export import export_network
 
 SIZE, WIDTH, MEAN, STD = 64, 8, 0.4, 0.3
 TOLERANCE = 1e-4  # ONNX Runtime against PyTorch, relative and absolute

@@ -8,10 +8,10 @@ import pydicom
 import pytest
 from simd import baseline_environment, files_of, run_python
 
-from pneumonia import phantom
-from pneumonia.dicom import read_dicom
-from pneumonia.errors import DicomReadError
-from pneumonia.phantom import write_dicom
+from pneumonia.data import phantom
+from pneumonia.data.dicom import read_dicom
+from pneumonia.core.errors import DicomReadError
+from pneumonia.data.phantom import write_dicom
 
 
 def gradient(size=64, high=255, dtype=np.uint8):
@@ -75,7 +75,7 @@ def test_dicom_without_pixel_data(tmp_path):
 
 
 def test_fast_jpeg_path_stays_within_one_grey_level_of_the_plain_path(tmp_path):
-    from pneumonia.phantom import render, draw_patients
+    from pneumonia.data.phantom import render, draw_patients
 
     # RSNA's 1024 films at the sizes people train on, and 512 films down to the 8x DCT limit.
     cases = [(1024, (224, 128, 64)), (512, (256, 128, 64))]
@@ -283,7 +283,7 @@ def test_corrupt_jpeg_huffman_table_is_refused(tmp_path):
 
 
 def render_film(size=128):
-    from pneumonia.phantom import draw_patients, render
+    from pneumonia.data.phantom import draw_patients, render
 
     return render(draw_patients(1, seed=2)[0], size).pixels
 
@@ -387,7 +387,7 @@ def test_a_1_bit_segmentation_is_not_a_single_greyscale_image_not_corrupt():
 
 @pytest.mark.parametrize("jpeg", [True, False])
 def test_several_sizes_from_one_read_are_each_sizes_own_image(tmp_path, jpeg):
-    from pneumonia.dicom import read_dicom_sizes
+    from pneumonia.data.dicom import read_dicom_sizes
 
     path = tmp_path / "x.dcm"
     pixels = np.random.default_rng(0).integers(0, 256, (512, 512), dtype=np.uint8)
@@ -403,10 +403,10 @@ import sys
 from pathlib import Path
 sys.path.insert(0, sys.argv[3])
 from project_params import project_params
-from pneumonia import convert
+from pneumonia.data import dicom_to_npy
 for image_size in (128, 300):  # from 512: the JPEG fast path (at most half the side), and the plain decode and resize
     params = project_params({"dicom_to_npy": {"image_size": image_size, "workers": 1}})
-    convert.run(Path(sys.argv[1]), Path(sys.argv[2]) / str(image_size), params.dicom_to_npy, params.split)
+    dicom_to_npy.run(Path(sys.argv[1]), Path(sys.argv[2]) / str(image_size), params.dicom_to_npy, params.split)
 """
 
 

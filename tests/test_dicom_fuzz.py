@@ -24,9 +24,9 @@ from hypothesis import strategies as st
 from pydicom.uid import JPEG2000Lossless, JPEGLossless, JPEGLSLossless, RLELossless
 
 from dicom_writer import write_test_dicom
-from pneumonia.dicom import DicomInfo, read_dicom
-from pneumonia.errors import DicomReadError
-from pneumonia.phantom import draw_patients, render, write_dicom
+from pneumonia.data.dicom import DicomInfo, read_dicom
+from pneumonia.core.errors import DicomReadError
+from pneumonia.data.phantom import draw_patients, render, write_dicom
 
 TIME_LIMIT_S = 10
 

@@ -21,13 +21,15 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import ComprehensiveSRStorage, GrayscaleSoftcopyPresentationStateStorage
 
 import pneumonia
-from pneumonia import __version__, dicom_outputs, phantom
+from pneumonia import __version__
+from pneumonia.prediction import dicom_outputs
+from pneumonia.data import phantom
 from pneumonia.__main__ import main
-from pneumonia.dicom import read_dicom
-from pneumonia.dicom_outputs import NOT_CLINICAL, PNEUMONIA, ModelIdentity, build_outputs, source_header
-from pneumonia.errors import PneumoniaError
-from pneumonia.predict import FilePrediction, area_mm2
-from pneumonia.predictor import ImageAnswer, load_predictor
+from pneumonia.data.dicom import read_dicom
+from pneumonia.prediction.dicom_outputs import NOT_CLINICAL, PNEUMONIA, ModelIdentity, build_outputs, source_header
+from pneumonia.core.errors import PneumoniaError
+from pneumonia.prediction.predict import FilePrediction, area_mm2
+from pneumonia.prediction.predictor import ImageAnswer, load_predictor
 from dicom_writer import film, write_test_dicom
 from tiny_predictor import write_predictor, write_untrained_classifier
 
@@ -234,7 +236,7 @@ def test_a_dicom_out_that_cannot_be_written_is_one_line_before_any_work(model, s
 
 def test_without_highdicom_dicom_out_is_one_line_naming_it(scans, tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "highdicom", None)  # what an install without highdicom gives on import
-    monkeypatch.delitem(sys.modules, "pneumonia.dicom_outputs")
+    monkeypatch.delitem(sys.modules, "pneumonia.prediction.dicom_outputs")
     monkeypatch.delattr(pneumonia, "dicom_outputs")
     assert main(["predict", str(scans / "a.dcm"), "--model", str(tmp_path / "none.safetensors"),
                  "--dicom-out", str(tmp_path / "dicom")]) == 1

@@ -5,10 +5,10 @@ import json
 import numpy as np
 import pytest
 
-from pneumonia.bootstrap import auroc
-from pneumonia.checkpoint import load_classifier
-from pneumonia.inference import predict_logits
-from pneumonia.manifest import read_manifest, split_rows
+from pneumonia.evaluation.bootstrap import auroc
+from pneumonia.classification.classifier import load_classifier
+from pneumonia.classification.inference import predict_logits
+from pneumonia.data.manifest import read_manifest, split_rows
 
 from pipeline_repo import TINY_PARAMS, make_repo, run
 

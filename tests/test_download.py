@@ -13,8 +13,8 @@ import requests
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
-from pneumonia import download, rsna
-from pneumonia.errors import CredentialsError, DatasetError, PneumoniaError
+from pneumonia.data import download, rsna
+from pneumonia.core.errors import CredentialsError, DatasetError, PneumoniaError
 from project_params import project_params
 
 LABELS = """\

@@ -54,7 +54,13 @@ def stage_modules(script: Path) -> set[str]:
         todo += [".".join(name.split(".")[:i]) for i in range(1, name.count(".") + 1)]  # parents' __init__
         todo += _imports(path, name if path.name == "__init__.py" else name.rsplit(".", 1)[0])
     files = {_module_file(name) for name in seen} - {None}
-    return {str(f.relative_to(ROOT)) for f in files if f.stat().st_size}  # an empty __init__ runs nothing
+    return {str(f.relative_to(ROOT)) for f in files if _runs_code(f)}
+
+
+def _runs_code(path: Path) -> bool:
+    """False for a file of nothing or of a docstring alone (a subpackage's __init__): editing it changes no output."""
+    body = ast.parse(path.read_text()).body
+    return bool(body[1:] if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) else body)
 
 
 STAGES = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
@@ -77,4 +83,4 @@ def test_every_stage_depends_on_check_params(name):
 
 def test_the_check_fails_when_a_module_is_missing():
     """The closure finds a module imported two steps away: the decide stage reaches rendering.py via dicom.py."""
-    assert "src/pneumonia/rendering.py" in stage_modules(ROOT / "stages/decide.py")
+    assert "src/pneumonia/data/rendering.py" in stage_modules(ROOT / "stages/decide.py")

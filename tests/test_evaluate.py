@@ -8,10 +8,12 @@ import pytest
 
 import torch
 
-from pneumonia import decide, evaluate, train
+from pneumonia.prediction import decide
+from pneumonia.evaluation import evaluate
+from pneumonia.classification import train
 from pneumonia.detection.detector import LoadedDetector, save_detector
 from pneumonia.detection.network import build_detector
-from pneumonia.manifest import read_manifest, split_rows, write_manifest
+from pneumonia.data.manifest import read_manifest, split_rows, write_manifest
 from project_params import project_params
 from tiny_data import prepare
 

@@ -18,16 +18,16 @@ KILLER = """
 import os, runpy, signal, sys
 stage = sys.argv[1]
 if stage == "dicom_to_npy":
-    from pneumonia import convert
-    read_dicom, calls = convert.read_dicom, [0]
+    from pneumonia.data import dicom_to_npy
+    read_dicom, calls = dicom_to_npy.read_dicom, [0]
     def read_then_die(*args, **kwargs):
         calls[0] += 1
         if calls[0] == 5:
             os.killpg(0, signal.SIGKILL)
         return read_dicom(*args, **kwargs)
-    convert.read_dicom = read_then_die
+    dicom_to_npy.read_dicom = read_then_die
 else:
-    from pneumonia import train
+    from pneumonia.classification import train
     class KillMidEpoch(train.SeedEachEpoch):
         def on_train_batch_start(self, trainer, module, batch, batch_idx):
             if trainer.current_epoch == 1 and batch_idx == 1:

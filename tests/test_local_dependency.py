@@ -3,7 +3,7 @@
 import shutil
 import zipfile
 
-from pneumonia import phantom
+from pneumonia.data import phantom
 from pipeline_repo import TINY_PARAMS, commit, make_repo, run
 
 

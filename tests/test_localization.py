@@ -8,12 +8,14 @@ import pytest
 import torch
 from PIL import Image
 
-from pneumonia.localization import box_metrics, cam_stage
+from pneumonia.evaluation import box_metrics
+from pneumonia.localization import localize
 from pneumonia.localization import cam as loc
-from pneumonia import phantom, stats, train
-from pneumonia.errors import DatasetError
-from pneumonia.manifest import ManifestRow, read_manifest, split_rows, write_manifest
-from pneumonia.architectures import build_network
+from pneumonia.data import phantom, compute_stats
+from pneumonia.classification import train
+from pneumonia.core.errors import DatasetError
+from pneumonia.data.manifest import ManifestRow, read_manifest, split_rows, write_manifest
+from pneumonia.core.architectures import build_network
 from project_params import project_params
 
 # --------------------------------------------------------------------------- maps and regions
@@ -149,7 +151,7 @@ def localized(tmp_path_factory):
     for split, images in arrays.items():
         np.save(processed / f"{split}.npy", np.stack(images))
     write_manifest(processed / "manifest.csv", rows)
-    stats.run(processed, root / "dataset.json")
+    compute_stats.run(processed, root / "dataset.json")
     model_path = root / "model.safetensors"
     train.run(processed, root / "dataset.json", TRAIN, seed=11, model_path=model_path, live_dir=root / "dvclive")
     outputs = {
@@ -158,7 +160,7 @@ def localized(tmp_path_factory):
         "overlays_dir": root / "plots" / "localization",
         "boxes_csv": root / "localization" / "boxes.csv",
     }
-    result = cam_stage.run(processed, model_path, project_params({"localize": {"overlays": 7}}).localize, **outputs)
+    result = localize.run(processed, model_path, project_params({"localize": {"overlays": 7}}).localize, **outputs)
     return root, model_path, outputs, result
 
 
@@ -211,7 +213,7 @@ def test_run_writes_metrics_boxes_and_overlays(localized):
     val = {r.patient_id: r for r in split_rows(read_manifest(root / "processed"), "val")}
     with open(outputs["boxes_csv"], newline="") as handle:
         lines = list(csv.DictReader(handle))
-    assert list(lines[0]) == cam_stage.BOXES_COLUMNS
+    assert list(lines[0]) == localize.BOXES_COLUMNS
     assert {line["patient_id"] for line in lines} == set(val)
     boxes = [line for line in lines if line["x"]]
     assert len(boxes) == metrics["predicted_boxes"]
@@ -258,7 +260,7 @@ def test_overlays_are_named_by_role_and_rank_never_by_patient(tmp_path):
     expected = ["fn_01.png", "fn_02.png", "fp_01.png", "fp_02.png", "tp_01.png", "tp_02.png"]
     for seed, prefix in enumerate(("first", "second")):
         rows, results = _overlay_cases(prefix)
-        shown = cam_stage.write_overlays(tmp_path / "overlays", images, rows, results, count=6, seed=seed)
+        shown = localize.write_overlays(tmp_path / "overlays", images, rows, results, count=6, seed=seed)
         assert sorted(p.name for p in (tmp_path / "overlays").iterdir()) == expected
         assert sorted(o["file"] for o in shown) == expected
         assert all(o["patient_id"].startswith(prefix) and prefix not in o["file"] for o in shown)
@@ -270,7 +272,7 @@ def test_overlays_are_named_by_role_and_rank_never_by_patient(tmp_path):
 def test_run_gives_boxes_only_above_the_threshold(localized, tmp_path):
     root, model_path, _, first = localized
     threshold = 0.9
-    result = cam_stage.run(
+    result = localize.run(
         root / "processed", model_path, project_params({"localize": {"threshold": threshold, "overlays": 0}}).localize,
         out_json=tmp_path / "l.json", overlays_dir=tmp_path / "overlays", boxes_csv=tmp_path / "boxes.csv",
     )
@@ -287,11 +289,11 @@ def test_run_gives_boxes_only_above_the_threshold(localized, tmp_path):
 def test_run_on_a_missing_split_names_it(localized, tmp_path):
     root, model_path, _, _ = localized
     with pytest.raises(DatasetError, match="no images in split 'test'"):
-        cam_stage.run(root / "processed", model_path, project_params().localize, out_json=tmp_path / "l.json", split="test")
+        localize.run(root / "processed", model_path, project_params().localize, out_json=tmp_path / "l.json", split="test")
 
 
 def test_overlay_draws_both_kinds_of_box(tmp_path):
-    from pneumonia.overlay import PREDICTED_COLOUR, TRUTH_COLOUR, draw_overlay, heat_colours
+    from pneumonia.reporting.overlay import PREDICTED_COLOUR, TRUTH_COLOUR, draw_overlay, heat_colours
 
     assert heat_colours(np.array([0.0, 1.0])).tolist() == [[0, 0, 0], [255, 255, 230]]
     cam = np.zeros((64, 64), np.float32)

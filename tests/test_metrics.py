@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as sk
 
-from pneumonia.metrics import pr_curve_points, ranking_metrics, roc_curve_points, threshold_metrics
+from pneumonia.evaluation.metrics import pr_curve_points, ranking_metrics, roc_curve_points, threshold_metrics
 
 
 @pytest.fixture

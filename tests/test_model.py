@@ -1,7 +1,7 @@
 import torch
 
-from pneumonia.architectures import build_network
-from pneumonia.model import PneumoniaClassifier
+from pneumonia.core.architectures import build_network
+from pneumonia.classification.model import PneumoniaClassifier
 
 
 def test_network_takes_one_channel_and_returns_one_logit():

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pneumonia import model_card
-from pneumonia.checkpoint import classifier_header
-from pneumonia.errors import DatasetError
-from pneumonia.model import PneumoniaClassifier
-from pneumonia.model_file import save_model
+from pneumonia.reporting import model_card
+from pneumonia.classification.classifier import classifier_header
+from pneumonia.core.errors import DatasetError
+from pneumonia.classification.model import PneumoniaClassifier
+from pneumonia.core.model_file import save_model
 from pipeline_repo import ROOT
 from pneumonia.detection.tta import FlipMerge
 from tiny_predictor import write_predictor

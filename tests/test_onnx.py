@@ -17,19 +17,19 @@ import onnx
 import pytest
 import torch
 
-from pneumonia import phantom
+from pneumonia.data import phantom
 from pneumonia.__main__ import main
-from pneumonia.architectures import build_network
-from pneumonia.data import as_batch, standardize
+from pneumonia.core.architectures import build_network
+from pneumonia.classification.data import as_batch, standardize
 from pneumonia.detection.data import resize_images
 from pneumonia.detection.detector import detect_images
 from pneumonia.detection.tta import FlipMerge
-from pneumonia.dicom import read_dicom_sizes
-from pneumonia.inference import classifier_outputs
-from pneumonia.model_file import read_model, save_model
-from pneumonia.onnx_backend import load_onnx_predictor, predictor_settings
-from pneumonia.onnx_export import OPSET
-from pneumonia.predictor import answers, load_predictor, raw_outputs
+from pneumonia.data.dicom import read_dicom_sizes
+from pneumonia.classification.inference import classifier_outputs
+from pneumonia.core.model_file import read_model, save_model
+from pneumonia.prediction.onnx_backend import load_onnx_predictor, predictor_settings
+from pneumonia.prediction.onnx_export import OPSET
+from pneumonia.prediction.predictor import answers, load_predictor, raw_outputs
 from tiny_predictor import write_predictor
 
 SIZE = 64  # the classifier's input; the detector's is half

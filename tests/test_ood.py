@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy.spatial.distance import mahalanobis
 
-from pneumonia.ood import UNLIKE_KINDS, catch_rates, fit_guard, reason, unlike_images
+from pneumonia.prediction.ood import UNLIKE_KINDS, catch_rates, fit_guard, reason, unlike_images
 
 
 def test_distance_is_scipys_mahalanobis_and_the_threshold_is_vals_quantile():

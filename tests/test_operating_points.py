@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 from sklearn import metrics as sk
 
-from pneumonia.errors import DatasetError
-from pneumonia.operating_points import (
+from pneumonia.core.errors import DatasetError
+from pneumonia.evaluation.operating_points import (
     choose_thresholds,
     operating_point,
     operating_points,

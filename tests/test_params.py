@@ -4,8 +4,8 @@ import typing
 import pytest
 import yaml
 
-from pneumonia.errors import ParamsError
-from pneumonia.params import Params, load_params, parse_params
+from pneumonia.core.errors import ParamsError
+from pneumonia.core.params import Params, load_params, parse_params
 from project_params import merged, project_params
 
 

@@ -14,8 +14,8 @@ from pydicom.uid import ExplicitVRLittleEndian, JPEGBaseline8Bit
 from simd import baseline_environment, files_of, run_python
 from sklearn.metrics import roc_auc_score
 
-from pneumonia import phantom
-from pneumonia.phantom import LUNG_OPACITY, NORMAL, NOT_NORMAL
+from pneumonia.data import phantom
+from pneumonia.data.phantom import LUNG_OPACITY, NORMAL, NOT_NORMAL
 
 SIZE = 256  # pixels; small, for speed
 PATIENTS = 40
@@ -58,7 +58,7 @@ def test_generate_is_deterministic_whatever_the_workers(raw_dir, tmp_path):
 GENERATE = """
 import sys
 from pathlib import Path
-from pneumonia import phantom
+from pneumonia.data import phantom
 for size in (512, 300):  # anatomy enlarged 2x (as at 1024: a whole multiple), and by 300/256
     phantom.generate(Path(sys.argv[1]) / str(size), patients=12, size=size, seed=6, workers=1)
 """

@@ -1,4 +1,4 @@
-"""scripts/pr_report.sh and make compare (pneumonia.noise) in a temporary git repository with commits of
+"""scripts/pr_report.sh and make compare (scripts.noise) in a temporary git repository with commits of
 different params and metrics, and the noise judge they share."""
 
 import json
@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from pipeline_repo import ROOT, run
-from pneumonia import noise
+from scripts import noise
 
 DVC_YAML = {
     "stages": {
@@ -106,7 +106,8 @@ def test_the_seed_spread_widens_the_interval_in_the_pr_report(tmp_path):
 def test_make_compare_judges_every_headline_metric_and_fails_outside(tmp_path):
     repo = make(tmp_path)
     commit_state(repo, {"lr": 0.0001}, auroc=0.81, ap=0.70, message="committed run")
-    compare = lambda: run([sys.executable, "-m", "pneumonia.noise"], repo, check=False)  # noqa: E731
+    # as `make compare` runs it from a checkout's root, where scripts/ is importable
+    compare = lambda: run(["env", f"PYTHONPATH={ROOT}", sys.executable, "-m", "scripts.noise"], repo, check=False)  # noqa: E731
     same = compare()
     assert same.returncode == 0 and "Every headline metric is within noise" in same.stdout, same.stdout + same.stderr
     rows = [line for line in same.stdout.splitlines() if line.startswith("| ") and "headline metric" not in line]

@@ -5,10 +5,11 @@ import csv
 import numpy as np
 import pytest
 
-from pneumonia import phantom, train
+from pneumonia.data import phantom
+from pneumonia.classification import train
 from pneumonia.__main__ import main
-from pneumonia.predict import CSV_COLUMNS, FilePrediction, find_dicoms, write_predictions_csv, write_submission
-from pneumonia.predictor import ImageAnswer, load_predictor
+from pneumonia.prediction.predict import CSV_COLUMNS, FilePrediction, find_dicoms, write_predictions_csv, write_submission
+from pneumonia.prediction.predictor import ImageAnswer, load_predictor
 from project_params import project_params
 from tiny_data import prepare
 from tiny_predictor import write_predictor
@@ -259,7 +260,7 @@ def test_a_model_not_trained_on_the_phantom_says_nothing_of_it(classifier, dicom
 
 
 def test_each_file_is_read_once_with_the_model_files_windowing(checkpoint, dicoms, tmp_path, monkeypatch):
-    from pneumonia import predict
+    from pneumonia.prediction import predict
 
     assert load_predictor(checkpoint).windowing == "auto"  # PARAMS' dicom_to_npy.windowing, passed by train
     seen = []

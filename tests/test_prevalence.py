@@ -6,11 +6,11 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from pneumonia import stats
-from pneumonia.decide import choose_box_threshold
+from pneumonia.data import compute_stats
+from pneumonia.prediction.decide import choose_box_threshold
 from pneumonia.detection.detector import ImageDetections
 from pneumonia.detection.thresholds import choose_thresholds, rsna_at
-from pneumonia.localization.box_metrics import prevalence_weights, rsna_image_score, rsna_score
+from pneumonia.evaluation.box_metrics import prevalence_weights, rsna_image_score, rsna_score
 from pipeline_repo import ROOT
 
 TRUE = (10, 10, 20, 20)
@@ -102,7 +102,7 @@ def _counts(**splits: tuple[int, int]) -> dict:
 
 def test_the_prevalence_warning_stays_quiet_on_the_default_run():
     counts = json.loads((ROOT / "reports" / "dataset.json").read_text())["counts"]
-    check = stats.prevalence_check(counts)
+    check = compute_stats.prevalence_check(counts)
     assert check["warning"] is None and check["p_value"] > 0.1
     assert check["prevalence"]["train"] == pytest.approx(counts["train"]["positive"] / counts["train"]["total"])
 
@@ -113,14 +113,14 @@ def test_the_prevalence_warning_stays_quiet_on_the_default_run():
     _counts(val=(274, 96 / 274), test=(353, 42 / 353)),  # two splits (a 2 x 2 table)
 ], ids=["issue", "phantom", "val-test"])
 def test_the_prevalence_warning_fires_on_a_shift_and_advises_stratifying(counts):
-    check = stats.prevalence_check(counts)
-    assert check["p_value"] < stats.PREVALENCE_ALPHA
+    check = compute_stats.prevalence_check(counts)
+    assert check["p_value"] < compute_stats.PREVALENCE_ALPHA
     assert "split.stratify: true" in check["warning"] and "val 3" in check["warning"]
 
 
 def test_the_prevalence_check_needs_two_splits_and_both_classes():
-    assert stats.prevalence_check(_counts(train=(100, 0.2), val=(0, 0.0)))["statistic"] is None
-    assert stats.prevalence_check(_counts(train=(100, 0.0), val=(50, 0.0)))["warning"] is None
+    assert compute_stats.prevalence_check(_counts(train=(100, 0.2), val=(0, 0.0)))["statistic"] is None
+    assert compute_stats.prevalence_check(_counts(train=(100, 0.0), val=(50, 0.0)))["warning"] is None
 
 
 def test_a_gate_at_a_sensitivity_operating_point_does_not_move_with_the_negatives():

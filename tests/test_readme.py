@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from pneumonia import readme
+from scripts import readme
 from pipeline_repo import ROOT
 
 DOCUMENTS = readme.documents(ROOT)

@@ -5,7 +5,7 @@ import sys
 from pipeline_repo import ROOT
 from project_params import project_params
 
-from pneumonia.split import split_counts
+from pneumonia.data.split import split_counts
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import rehearsal  # noqa: E402

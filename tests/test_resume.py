@@ -10,10 +10,11 @@ import pytest
 import torch
 
 from pipeline_repo import ROOT
-from pneumonia import scaling, train
+from pneumonia.core import scaling
+from pneumonia.classification import train
 from project_params import project_params
 from tiny_data import prepare
-from pneumonia.model_file import read_model
+from pneumonia.core.model_file import read_model
 
 PARAMS = project_params(
     {
@@ -28,7 +29,7 @@ KILLED_RUN = """
 import os, signal, sys
 from pathlib import Path
 import yaml
-from pneumonia import train
+from pneumonia.classification import train
 from project_params import project_params
 
 class KillMidEpoch(train.SeedEachEpoch):

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from pneumonia import rsna
-from pneumonia.errors import DatasetError
+from pneumonia.data import rsna
+from pneumonia.core.errors import DatasetError
 
 LABELS = """\
 patientId,x,y,width,height,Target

@@ -1,8 +1,8 @@
 import pytest
 
-from pneumonia.errors import ParamsError
-from pneumonia.params import SplitParams
-from pneumonia.split import assign_splits, split_counts
+from pneumonia.core.errors import ParamsError
+from pneumonia.core.params import SplitParams
+from pneumonia.data.split import assign_splits, split_counts
 
 
 def test_reference_split_is_a_count_in_file_order():

@@ -8,7 +8,7 @@ import yaml
 
 from pipeline_repo import ROOT, run
 from project_params import merged
-from pneumonia.phantom import write_dicom
+from pneumonia.data.phantom import write_dicom
 
 
 def stage(name, workdir, params, env_extra=None, monkeypatch=None):
@@ -108,7 +108,7 @@ def test_on_error_skip_lists_every_bad_file_and_keeps_the_rest(tmp_path):
     assert failed[0] == "patient_id,path,reason" and len(failed) == 3
     assert failed[1].startswith("p2,") and "not a DICOM file" in failed[1]
     assert failed[2].startswith("p5,")
-    from pneumonia.manifest import read_manifest
+    from pneumonia.data.manifest import read_manifest
 
     manifest = read_manifest(processed)
     assert [r.patient_id for r in manifest] == ["p0", "p1", "p3", "p4", "p6", "p7"]
@@ -141,7 +141,7 @@ def test_a_split_with_a_single_class_is_named(tmp_path):
 
 def test_non_chest_files_are_counted_and_listed_under_skip(tmp_path):
     from dicom_writer import film, write_test_dicom
-    from pneumonia.manifest import read_manifest
+    from pneumonia.data.manifest import read_manifest
 
     raw = tmp_path / "data" / "raw"
     write_rsna_folder(raw, [(f"p{i}", i % 2) for i in range(6)])

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as sk
 
-from pneumonia.subgroups import (
+from pneumonia.evaluation.subgroups import (
     NORMAL,
     NOT_NORMAL,
     age_band_labels,

@@ -5,9 +5,9 @@ import json
 import numpy as np
 import pytest
 
-from pneumonia import inference, train
-from pneumonia.checkpoint import load_classifier
-from pneumonia.errors import PneumoniaError
+from pneumonia.classification import inference, train
+from pneumonia.classification.classifier import load_classifier
+from pneumonia.core.errors import PneumoniaError
 from project_params import project_params
 from tiny_data import prepare
 

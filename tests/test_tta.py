@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from pneumonia.data import as_batch, standardize
-from pneumonia.detection import training
+from pneumonia.classification.data import as_batch, standardize
+from pneumonia.detection import detect
 from pneumonia.detection.decode import ImageBoxes, decode
 from pneumonia.detection.detector import LoadedDetector, detect_images, load_detector, save_detector, to_original
 from pneumonia.detection.network import RawDetections, build_detector
@@ -17,9 +17,9 @@ from pneumonia.detection.thresholds import ThresholdRule, rsna_at
 from pneumonia.detection.tta import (
     FlipMerge, choose_flip, merge_views, merged_boxes, mirror_boxes, mirror_images, unmirror,
 )
-from pneumonia.errors import PneumoniaError
-from pneumonia.manifest import ManifestRow, write_manifest
-from pneumonia.model_file import read_model, save_model
+from pneumonia.core.errors import PneumoniaError
+from pneumonia.data.manifest import ManifestRow, write_manifest
+from pneumonia.core.model_file import read_model, save_model
 from project_params import project_params
 
 
@@ -171,7 +171,7 @@ def test_the_detect_stage_chooses_the_flip_on_val_and_records_it(tmp_path):
         "width": 8, "image_size": 32, "max_epochs": 1, "batch_size": 8, "num_workers": 0, "accelerator": "cpu",
         "precision": "32-true", "augment": False, "score_thresholds": [0.005, 0.01, 0.3], "tta": "hflip",
         "tta_merge_ious": [0.5]}}).detect
-    chosen = training.run(processed, tmp_path / "dataset.json", params, seed=0, model_path=tmp_path / "d.safetensors",
+    chosen = detect.run(processed, tmp_path / "dataset.json", params, seed=0, model_path=tmp_path / "d.safetensors",
                           history_json=None)
     assert [(g["tta"], g["merge_iou"]) for g in chosen["tta_grid"]] == [("none", None), ("nms", 0.5), ("wbf", 0.5)]
     best = max(chosen["tta_grid"], key=lambda g: g["rsna_score"])

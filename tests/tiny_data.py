@@ -2,13 +2,13 @@
 
 from pathlib import Path
 
-from pneumonia import convert, phantom, stats
-from pneumonia.params import Params
+from pneumonia.data import dicom_to_npy, phantom, compute_stats
+from pneumonia.core.params import Params
 
 
 def prepare(root: Path, params: Params, patients: int, size: int, seed: int) -> Path:
     """Phantom DICOMs -> ``root/processed`` (arrays + manifest) and ``root/dataset.json``; returns ``root``."""
     phantom.generate(root / "raw", patients=patients, size=size, seed=seed, workers=1)
-    convert.run(root / "raw", root / "processed", params.dicom_to_npy, params.split)
-    stats.run(root / "processed", root / "dataset.json")
+    dicom_to_npy.run(root / "raw", root / "processed", params.dicom_to_npy, params.split)
+    compute_stats.run(root / "processed", root / "dataset.json")
     return root

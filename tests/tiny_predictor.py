@@ -12,14 +12,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pneumonia.architectures import build_network
-from pneumonia.decision import Decision
+from pneumonia.core.architectures import build_network
+from pneumonia.prediction.decision import Decision
 from pneumonia.detection.detector import LoadedDetector, save_detector
 from pneumonia.detection.network import build_detector
 from pneumonia.detection.tta import FlipMerge
-from pneumonia.model_file import read_model, save_model
-from pneumonia.ood import OodGuard
-from pneumonia.predictor import save_predictor
+from pneumonia.core.model_file import read_model, save_model
+from pneumonia.prediction.ood import OodGuard
+from pneumonia.prediction.predictor import save_predictor
 
 FEATURES = 512  # ResNet18's pooled feature vector
 

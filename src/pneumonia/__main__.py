@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from pneumonia.errors import PneumoniaError
+from pneumonia.core.errors import PneumoniaError
 
 NOT_SCORED_EXIT = 3  # some files were not scored (not chest radiographs, or unlike the training images); 1 (unreadable) first
 
@@ -80,7 +80,7 @@ def _positive_int(text: str) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from pneumonia import predict  # torch and friends load only when there is work to do
+    from pneumonia.prediction import predict  # torch and friends load only when there is work to do
 
     done = predict.run(
         args.paths, args.model, out_csv=args.out, overlays_dir=args.overlays, submission=args.rsna_submission,
@@ -105,8 +105,8 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from pneumonia.onnx_backend import FILES
-    from pneumonia.onnx_export import export_onnx
+    from pneumonia.prediction.onnx_backend import FILES
+    from pneumonia.prediction.onnx_export import export_onnx
 
     settings = export_onnx(args.model, args.onnx)
     files = ", ".join(str(args.onnx / name) for name in FILES)

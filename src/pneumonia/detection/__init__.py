@@ -7,8 +7,8 @@
 - :mod:`.thresholds`: gating by image score and box score, chosen together on val;
 - :mod:`.tta`: the flip test-time augmentation (the mirror's boxes merged by NMS or WBF, chosen on val);
 - :mod:`.detector`: the model file (``models/detector.safetensors``) and detection on uint8 images;
-- :mod:`.training`: the detect stage (Lightning);
-- :mod:`.evaluation`: the evaluate_detection stage (scores, comparison, reports, plots, overlays).
+- :mod:`.detect`: the detect stage (Lightning);
+- :mod:`.evaluate_detection`: the evaluate_detection stage (scores, comparison, reports, plots, overlays).
 
 Coordinates: boxes inside the package are ``(x0, y0, x1, y1)`` in pixels of the MODEL INPUT
 (``image_size`` square) unless a docstring says "original"; the model file's users get

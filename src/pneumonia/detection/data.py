@@ -20,10 +20,10 @@ from torch.utils.data import Dataset, Sampler
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from pneumonia.data import epoch_seed, standardize
+from pneumonia.classification.data import epoch_seed, standardize
 from pneumonia.detection.batch_augment import CROP_RATIO, CROP_SCALE, pad_boxes
 from pneumonia.detection.targets import boxes_to_input, encode_targets
-from pneumonia.manifest import ManifestRow
+from pneumonia.data.manifest import ManifestRow
 
 
 def box_augmentation(image_size: int) -> v2.Compose:

@@ -1,6 +1,6 @@
 """The detector's model file (``models/detector.safetensors``) and detection on uint8 images.
 
-The header (:func:`pneumonia.model_file.save_model`, kind ``detector``) holds everything
+The header (:func:`pneumonia.core.model_file.save_model`, kind ``detector``) holds everything
 prediction needs: ``arch`` (the backbone), ``neck``, ``width``, ``image_size`` (model input, pixels),
 ``mean``/``std`` (of value/255 on the train split), ``stride``, the ``image_threshold`` and
 ``box_threshold`` chosen on val, ``nms_iou``, ``max_boxes`` and the ``epoch`` chosen on val; ``tta``,
@@ -18,15 +18,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from pneumonia.data import as_batch, standardize
+from pneumonia.classification.data import as_batch, standardize
 from pneumonia.detection.data import resize_images
 from pneumonia.detection.decode import ImageBoxes, decode
 from pneumonia.detection.network import DETECTOR_ARCHITECTURES, NECKS, STRIDE, RawDetections, build_detector
 from pneumonia.detection.targets import boxes_to_original
 from pneumonia.detection.tta import FlipMerge, merged_boxes, mirror_images
-from pneumonia.errors import PneumoniaError
-from pneumonia.localization.box_metrics import union_area
-from pneumonia.model_file import read_model, save_model
+from pneumonia.core.errors import PneumoniaError
+from pneumonia.evaluation.box_metrics import union_area
+from pneumonia.core.model_file import read_model, save_model
 
 KIND = "detector"
 _RETRAIN = "retrain it with `dvc repro detect`"

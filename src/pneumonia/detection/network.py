@@ -9,7 +9,7 @@ sits at input pixel ``((j + 0.5) * 8, (i + 0.5) * 8)`` (:func:`cell_centres`):
   pixels, ``N x 4 x h x w``, positive (softplus) (TTFNet/FCOS's edge distances);
 - ``image_logit``: one logit per image from the pooled stride-32 map (pneumonia or not), ``N``.
 
-The backbone is built by :func:`pneumonia.architectures.build_network` (the classifier's registry, which says
+The backbone is built by :func:`pneumonia.core.architectures.build_network` (the classifier's registry, which says
 where each network's stride-8/16/32 maps are) and initialised as the classifier's is: ``scratch`` (random;
 nothing is downloaded), ``imagenet`` or a state dict's path. The default, ResNet18 with the top-down neck, is
 the detector this project had before any other backbone (same parameters, names and initialisation).
@@ -26,8 +26,8 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import FeaturePyramidNetwork
 
-from pneumonia.architectures import ARCHITECTURES, Architecture, architecture, build_network
-from pneumonia.errors import PneumoniaError
+from pneumonia.core.architectures import ARCHITECTURES, Architecture, architecture, build_network
+from pneumonia.core.errors import PneumoniaError
 
 STRIDE = 8  # input pixels per cell of the output grid
 HEATMAP_PRIOR = 0.01  # initial centre probability everywhere (RetinaNet's prior): stable early focal loss

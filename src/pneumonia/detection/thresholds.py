@@ -10,7 +10,7 @@ candidates and 0 (:func:`choose_thresholds`).
 
 The RSNA score depends on prevalence (an image without truth counts only when it gets a box, and then
 scores 0), so the best pair does too: with ``prevalence`` the score is val's reweighted to it
-(:func:`~pneumonia.localization.box_metrics.prevalence_weights`, ``detect.threshold_prevalence``; the
+(:func:`~pneumonia.evaluation.box_metrics.prevalence_weights`, ``detect.threshold_prevalence``; the
 train split's by default), an estimate of the score on images drawn at that prevalence.
 
 Why the gate sits at an operating point: ``benchmarks/prevalence_shift.json`` (val drawn at 35 %
@@ -31,8 +31,8 @@ from typing import Sequence
 import numpy as np
 
 from pneumonia.detection.detector import ImageDetections
-from pneumonia.localization.box_metrics import XYWH, prevalence_weights, rsna_score, target_prevalence
-from pneumonia.operating_points import threshold_for_sensitivity
+from pneumonia.evaluation.box_metrics import XYWH, prevalence_weights, rsna_score, target_prevalence
+from pneumonia.evaluation.operating_points import threshold_for_sensitivity
 
 __all__ = ["ThresholdChoice", "ThresholdRule", "choose_thresholds", "rsna_at", "target_prevalence"]
 
@@ -43,7 +43,7 @@ def rsna_at(
 ) -> float | None:
     """The RSNA score with the boxes kept at (image_threshold, box_threshold); boxes and truth in original pixels.
 
-    ``weights``: per image, as :func:`~pneumonia.localization.box_metrics.rsna_score` takes them.
+    ``weights``: per image, as :func:`~pneumonia.evaluation.box_metrics.rsna_score` takes them.
     """
     chosen = [d.kept(image_threshold, box_threshold) for d in detections]
     return rsna_score([b for b, _ in chosen], [s for _, s in chosen], truth, weights)
@@ -65,7 +65,7 @@ def choose_thresholds(
 
     ``prevalence``: the score is val's reweighted to it (:func:`prevalence_weights`); None = val's own.
     ``gate_sensitivity``: the gate is the image-probability threshold reaching this sensitivity on val
-    (:func:`~pneumonia.operating_points.threshold_for_sensitivity`) and only the box threshold is chosen
+    (:func:`~pneumonia.evaluation.operating_points.threshold_for_sensitivity`) and only the box threshold is chosen
     by the score; None = the gate too, among ``candidates`` and 0.
     """
     weights = prevalence_weights(truth, prevalence)

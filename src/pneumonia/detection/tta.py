@@ -27,12 +27,12 @@ from torchvision.ops import nms
 
 from pneumonia.detection.decode import ImageBoxes, decode
 from pneumonia.detection.network import RawDetections
-from pneumonia.errors import PneumoniaError
+from pneumonia.core.errors import PneumoniaError
 
 if TYPE_CHECKING:
     from pneumonia.detection.detector import LoadedDetector
     from pneumonia.detection.thresholds import ThresholdRule
-    from pneumonia.localization.box_metrics import XYWH
+    from pneumonia.evaluation.box_metrics import XYWH
 
 METHODS = ("nms", "wbf")  # in the order ties go: NMS keeps the detector's own boxes and scores
 

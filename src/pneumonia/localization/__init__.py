@@ -1,8 +1,8 @@
-"""Where and how large: box metrics shared by every localizer, and the class-activation-map baseline.
+"""Where and how large without box labels: the class-activation-map baseline the detector is compared with.
 
-- :mod:`pneumonia.localization.box_metrics`: IoU, IoBB, accuracies, the RSNA challenge score, size agreement;
-- :mod:`pneumonia.localization.cam`: class activation maps of the classifier turned into boxes (the baseline);
-- :mod:`pneumonia.localization.cam_stage`: the localize stage (metrics JSON, boxes CSV, overlays).
+- :mod:`pneumonia.localization.cam`: class activation maps of the classifier turned into boxes and sizes;
+- :mod:`pneumonia.localization.localize`: the localize stage (metrics JSON, boxes CSV, overlays).
 
-The detector trained on the boxes lives in :mod:`pneumonia.detection`.
+Both localizers are scored by :mod:`pneumonia.evaluation.box_metrics`; the detector trained on the
+boxes lives in :mod:`pneumonia.detection`.
 """

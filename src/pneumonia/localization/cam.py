@@ -9,7 +9,7 @@ RSNA), like the RSNA labels. A pixel ``(row, col)`` covers ``[col, col + 1)`` x
 
 The map of an image (Zhou et al. 2016, as ChestX-ray8 used it): the feature maps
 ``F_k`` of the network's last block (ResNet's ``layer4``, ``S/32`` x ``S/32`` for an
-``S`` x ``S`` input; each architecture's in :mod:`pneumonia.architectures`) weighted
+``S`` x ``S`` input; each architecture's in :mod:`pneumonia.core.architectures`) weighted
 by the single logit's head weights, ``ReLU(sum_k w_k F_k)``, in the logit's units. It is upsampled bilinearly to the
 original size, each cell placed where its receptive field peaks (see
 :func:`cell_centres`); regions are where it reaches ``cam_threshold`` times its maximum.
@@ -30,11 +30,11 @@ import torch
 from scipy import ndimage
 from torch import nn
 
-from pneumonia.architectures import architecture, feature_evidence
-from pneumonia.checkpoint import LoadedModel
-from pneumonia.data import as_batch, standardize
-from pneumonia.inference import check_image_size
-from pneumonia.localization.box_metrics import XYWH
+from pneumonia.core.architectures import architecture, feature_evidence
+from pneumonia.classification.classifier import LoadedModel
+from pneumonia.classification.data import as_batch, standardize
+from pneumonia.classification.inference import check_image_size
+from pneumonia.evaluation.box_metrics import XYWH
 
 @dataclass(frozen=True)
 class Region:
@@ -95,7 +95,7 @@ def class_activation_maps(
     """Probabilities (N,) and class activation maps (N, h, w) for standardized images (N, 1, S, S).
 
     One forward pass of the ``arch`` network (see
-    :func:`pneumonia.architectures.feature_evidence`). Probability =
+    :func:`pneumonia.core.architectures.feature_evidence`). Probability =
     sigmoid(logit / ``temperature``) (pass the checkpoint's). The map is
     ``ReLU(sum_k w_k F_k)``; ``relu=False`` returns the signed evidence before the
     ReLU (its mean plus the head's constant is the logit). That constant shifts the
@@ -114,7 +114,7 @@ def cell_centres(cells: int, input_size: int, original_size: int, arch: str) -> 
     (the peak of its receptive field), not 32j + 16, the middle of the 32-pixel
     block that a plain resize assumes. Ignoring that shifts the map by half a cell
     (an eighth of the image for a 4 x 4 map) to the right and down. Other
-    architectures' offsets are derived the same way in :mod:`pneumonia.architectures`.
+    architectures' offsets are derived the same way in :mod:`pneumonia.core.architectures`.
     """
     spec = architecture(arch)
     return (spec.stride * np.arange(cells) + spec.cell_offset) * original_size / input_size

@@ -1,0 +1,132 @@
+"""Loading the trained classifier from its model file, ``models/classifier.safetensors``.
+
+The file is a portable model file (:mod:`pneumonia.core.model_file`): the network's
+weights and a header with the architecture, image size (pixels), mean and std
+(of value/255 on the train split), the decision threshold and the logit
+temperature, and the ``windowing`` the training DICOMs were rendered with (a
+file without it is read as ``none``, the stored range). Safetensors holds tensors and text only, so loading runs no code.
+Every way a file can fail to be this project's classifier (missing, a Lightning
+checkpoint from before the model-file change, another format, a bad header,
+weights of another network) is one line of :class:`PneumoniaError` naming the file.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from pneumonia.core.errors import PneumoniaError
+from pneumonia.core.architectures import ARCHITECTURES, build_network
+from pneumonia.core.model_file import read_model
+from pneumonia.data.rendering import WINDOWING_MODES
+
+NETWORK_PREFIX = "network."  # the LightningModule's attribute holding the network, in its checkpoints
+HEADER_KEYS = ("arch", "image_size", "mean", "std", "threshold", "temperature", "windowing")
+_RETRAIN = "retrain it with `dvc repro train`"
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    network: nn.Module  # in eval mode; logits of shape (N, 1)
+    arch: str
+    image_size: int
+    mean: float
+    std: float
+    threshold: float
+    temperature: float  # probability = sigmoid(logit / temperature)
+    windowing: str = "none"  # how DICOMs are rendered (pneumonia.data.rendering); models from before it: "none"
+
+
+def classifier_header(hparams: Mapping[str, Any]) -> dict[str, Any]:
+    """What prediction needs from a :class:`~pneumonia.classification.model.PneumoniaClassifier`'s hyper-parameters."""
+    return {key: hparams[key] for key in HEADER_KEYS}
+
+
+def load_classifier(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
+    path = Path(path)
+    hparams, state = read_model(path, "classifier", _RETRAIN)
+    return build_classifier(path, hparams, state, device)
+
+
+def build_classifier(
+    path: Path, hparams: Mapping[str, Any], state: Mapping[str, torch.Tensor], device: str | torch.device = "cpu"
+) -> LoadedModel:
+    """The classifier of a model file's header and tensors (``path`` names the file in errors)."""
+    arch = hparams.get("arch")
+    if arch not in ARCHITECTURES:
+        raise PneumoniaError(
+            f"{path}: architecture {arch!r} is not one this project builds ({', '.join(ARCHITECTURES)}); {_RETRAIN}"
+        )
+    image_size = hparams.get("image_size")
+    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
+        raise PneumoniaError(f"{path}: header image_size {image_size!r} is not a positive integer; {_RETRAIN}")
+    mean = _number(path, hparams, "mean")
+    std = _number(path, hparams, "std", positive=True)
+    threshold = _number(path, hparams, "threshold", default=0.5)
+    if not 0 <= threshold <= 1:
+        raise PneumoniaError(f"{path}: header threshold {threshold!r} is not in [0, 1]; {_RETRAIN}")
+    temperature = _number(path, hparams, "temperature", default=1.0, positive=True)
+    windowing = hparams.get("windowing", "none")
+    if windowing not in WINDOWING_MODES:
+        raise PneumoniaError(
+            f"{path}: header windowing {windowing!r} is not one of {', '.join(WINDOWING_MODES)}; {_RETRAIN}"
+        )
+
+    network = build_network(arch)
+    _load_weights(path, network, arch, state)
+    return LoadedModel(
+        network=network.to(device).eval(),
+        arch=arch,
+        image_size=image_size,
+        mean=mean,
+        std=std,
+        threshold=threshold,
+        temperature=temperature,
+        windowing=windowing,
+    )
+
+
+def _number(path: Path, hparams: Mapping, key: str, default: float | None = None, positive: bool = False) -> float:
+    value = hparams.get(key, default)
+    if value is None:
+        raise PneumoniaError(f"{path}: header lacks {key!r}; {_RETRAIN}")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or (
+        positive and value <= 0
+    ):
+        kind = "a positive number" if positive else "a finite number"
+        raise PneumoniaError(f"{path}: header {key} {value!r} is not {kind}; {_RETRAIN}")
+    return float(value)
+
+
+def _load_weights(path: Path, network: nn.Module, arch: str, state: Mapping[str, torch.Tensor]) -> None:
+    """The model file's tensors into ``network``; any key or shape mismatch is refused."""
+    expected = network.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    reshaped = [
+        k for k in expected
+        if k in state and (not isinstance(state[k], torch.Tensor) or state[k].shape != expected[k].shape)
+    ]
+    if missing or unexpected or reshaped:
+        problems = []
+        if missing:
+            problems.append(f"{len(missing)} missing, e.g. {missing[0]}")
+        if unexpected:
+            problems.append(f"{len(unexpected)} unexpected, e.g. {unexpected[0]}")
+        if reshaped:
+            key = reshaped[0]
+            found = list(state[key].shape) if isinstance(state[key], torch.Tensor) else type(state[key]).__name__
+            problems.append(
+                f"{len(reshaped)} of another shape, e.g. {key} is {found}, not {list(expected[key].shape)}"
+            )
+        raise PneumoniaError(
+            f"{path}: its weights do not fit a {arch} classifier ({len(expected)} tensors expected; "
+            f"{'; '.join(problems)}); {_RETRAIN}"
+        )
+    network.load_state_dict(state)

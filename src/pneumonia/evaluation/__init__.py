@@ -1,0 +1,1 @@
+"""Scoring: classification metrics, bootstrap intervals, calibration, operating points, box metrics."""

@@ -1,0 +1,1 @@
+"""The predictor (classifier, detector, decision, OOD guard) and what `pneumonia predict` writes."""

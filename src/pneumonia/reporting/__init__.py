@@ -1,0 +1,1 @@
+"""What a person reads after `dvc repro`: the report, the model card, overlays and image grids."""
