@@ -35,7 +35,7 @@ from pneumonia.detection.detector import to_original
 from pneumonia.detection.evaluate_detection import average_precision
 from pneumonia.detection.network import build_detector
 from pneumonia.detection.targets import detection_loss
-from pneumonia.detection.thresholds import choose_thresholds
+from pneumonia.detection.thresholds import choose_box_thresholds
 from pneumonia.data.manifest import read_manifest, split_rows
 from pneumonia.core.architectures import build_network
 
@@ -100,7 +100,7 @@ def train_and_score(kind: str, train_set, val_set, val_rows, epochs: int, lr: fl
                     top = float(out["scores"].max()) if len(out["scores"]) else 0.0
                     found.append(ImageBoxes(out["boxes"], out["scores"], top))  # max box score as the image score
     detections = to_original(found, [(r.rows, r.columns) for r in val_rows], size)
-    choice = choose_thresholds(detections, [r.boxes for r in val_rows], THRESHOLDS)
+    choice = choose_box_thresholds(detections, [r.boxes for r in val_rows], THRESHOLDS)
     return {"cpu_seconds_training": cpu, "steps": steps, "cpu_seconds_per_step": cpu / steps,
             "val_rsna_score": choice.rsna_score, "image_threshold": choice.image_threshold,
             "box_threshold": choice.box_threshold,

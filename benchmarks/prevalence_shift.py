@@ -22,7 +22,7 @@ Strategies (all chosen on val only, except the oracle):
 
 Per-image scores are computed once per (image, box threshold) and combined by :func:`mean_image_score`, as
 :func:`rsna_score` combines them;
-the default case checks the result against :func:`pneumonia.detection.thresholds.choose_thresholds`.
+the default case checks the result against :func:`pneumonia.detection.thresholds.choose_box_thresholds`.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from pneumonia.detection.detector import detect_images, load_detector  # noqa: E402
-from pneumonia.detection.thresholds import choose_thresholds  # noqa: E402
+from pneumonia.detection.thresholds import choose_box_thresholds  # noqa: E402
 from pneumonia.evaluation.box_metrics import mean_image_score, prevalence_weights, rsna_image_score  # noqa: E402,E501
 from pneumonia.data.manifest import read_manifest, split_rows  # noqa: E402
 from pneumonia.evaluation.operating_points import threshold_for_sensitivity  # noqa: E402
@@ -70,13 +70,13 @@ class ScoreTable:
 
 
 def pairs(candidates: list[float]) -> list[tuple[float, float]]:
-    """(gate, box) in choose_thresholds' order, so that max() with its tie rule picks the same pair."""
+    """(gate, box) in choose_box_thresholds' order, so that max() with its tie rule picks the same pair."""
     return [(g, b) for g in sorted({0.0, *candidates}) for b in sorted(candidates)]
 
 
 def best_pair(table: ScoreTable, index, grid, weights) -> tuple[float, float]:
     scored = [(table.score(index, g, b, weights), g, b) for g, b in grid]
-    _, g, b = max(scored)  # ties to the higher thresholds, as choose_thresholds
+    _, g, b = max(scored)  # ties to the higher thresholds, as choose_box_thresholds
     return g, b
 
 
@@ -163,7 +163,7 @@ def main() -> int:
     everything = (np.arange(len(val.positive)), np.arange(len(test.positive)))
     default = evaluate_case(val, test, *everything, grid, train_prevalence, target_sensitivity)
     for name, prevalence in (("val_own", None), ("train", train_prevalence)):  # the table agrees with the library
-        library = choose_thresholds(*decoded["val"], candidates, prevalence=prevalence)
+        library = choose_box_thresholds(*decoded["val"], candidates, prevalence=prevalence)
         mine = default["strategies"][name]
         assert (library.image_threshold, library.box_threshold) == (mine["image_threshold"], mine["box_threshold"]), \
             (name, library, mine)

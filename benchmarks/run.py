@@ -297,7 +297,8 @@ def bare_detect_rate(size: int, batch: int, steps: int, warmup: int = 2, arch: s
                      precision: str = "32-true") -> float:
     """The same detector, loss, batch and AdamW over images and targets already on the device."""
     from pneumonia.detection.network import build_detector
-    from pneumonia.detection.targets import boxes_to_input, detection_loss, encode_targets
+    from pneumonia.core.boxes import boxes_to_input
+    from pneumonia.detection.targets import detection_loss, encode_targets
 
     detect = load_params(ROOT / "params.yaml").detect
     encoded = [encode_targets(boxes_to_input(r.boxes, r.rows, r.columns, size), size) for r in _box_rows(batch, size)]

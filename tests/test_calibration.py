@@ -4,7 +4,7 @@ from scipy.special import expit
 from sklearn.metrics import brier_score_loss
 
 from pneumonia.evaluation.calibration import (
-    apply_temperature,
+    probability,
     binary_nll,
     brier_score,
     expected_calibration_error,
@@ -88,7 +88,7 @@ def test_fit_temperature_recovers_a_known_temperature(true_temperature):
     assert binary_nll(labels, logits / fitted) <= binary_nll(labels, logits)
     # Scaling improves calibration: ECE falls.
     before = expected_calibration_error(labels, expit(logits))
-    after = expected_calibration_error(labels, apply_temperature(logits, fitted))
+    after = expected_calibration_error(labels, probability(logits, fitted))
     assert after < before
 
 
@@ -109,11 +109,11 @@ def test_binary_nll_matches_the_log_formula():
 
 def test_temperature_one_is_identity_and_ranking_is_kept():
     logits = np.linspace(-8, 8, 33)
-    assert np.array_equal(apply_temperature(logits, 1.0), expit(logits))
-    scaled = apply_temperature(logits, 2.5)
+    assert np.array_equal(probability(logits, 1.0), expit(logits))
+    scaled = probability(logits, 2.5)
     assert np.all(np.diff(scaled) > 0)
     with pytest.raises(ValueError, match="> 0"):
-        apply_temperature(logits, 0.0)
+        probability(logits, 0.0)
 
 
 def test_fit_temperature_needs_both_classes():

@@ -15,7 +15,7 @@ from pipeline_repo import ROOT
 from pneumonia.core import scaling
 from pneumonia.detection import detect
 from pneumonia.detection.detector import detect_images, load_detector
-from pneumonia.detection.thresholds import choose_thresholds, target_prevalence
+from pneumonia.detection.thresholds import choose_box_thresholds, target_prevalence
 from pneumonia.detection.batch_augment import augment_batch, batch_box_augmentation, pad_boxes
 from pneumonia.data.manifest import read_manifest, split_rows, write_manifest
 from project_params import project_params
@@ -95,7 +95,7 @@ def test_ddp_on_two_cpu_processes_chooses_thresholds_on_the_whole_val_split(data
     detector = load_detector(out / "detector.safetensors")
     found = detect_images(detector, np.load(data / "processed" / "val.npy"), [(r.rows, r.columns) for r in rows], 4)
     prevalence = target_prevalence(params.threshold_prevalence, split_rows(read_manifest(data / "processed"), "train"))
-    choice = choose_thresholds(found, [r.boxes for r in rows], params.score_thresholds, prevalence=prevalence)
+    choice = choose_box_thresholds(found, [r.boxes for r in rows], params.score_thresholds, prevalence=prevalence)
     assert (choice.image_threshold, choice.box_threshold) == (chosen[0]["image_threshold"],
                                                               chosen[0]["box_threshold"])
     assert choice.rsna_score == pytest.approx(chosen[0]["val_rsna_score"], abs=1e-6)

@@ -14,8 +14,9 @@ from pneumonia.detection.data import DetectionDataset
 from pneumonia.detection.decode import decode
 from pneumonia.detection.detector import ImageDetections, area_fraction, detect_images, load_detector
 from pneumonia.detection.network import STRIDE, RawDetections
-from pneumonia.detection.targets import boxes_to_input, boxes_to_original, encode_targets, focal_heatmap_loss
-from pneumonia.detection.thresholds import choose_thresholds, rsna_at
+from pneumonia.core.boxes import boxes_to_input, boxes_to_original
+from pneumonia.detection.targets import encode_targets, focal_heatmap_loss
+from pneumonia.detection.thresholds import choose_box_thresholds, rsna_at
 from pneumonia.core.errors import DatasetError, PneumoniaError
 from pneumonia.data.manifest import ManifestRow, write_manifest
 from pneumonia.core.architectures import build_network
@@ -138,7 +139,7 @@ def test_thresholds_are_chosen_together_and_the_empty_rule_holds():
     # Without a gate the negative's box scores 0 for that image; the weak box halves the positive's score.
     assert rsna_at(detections, truth, 0.0, 0.2) == pytest.approx((0.5 + 0.0) / 2)
     assert rsna_at(detections, truth, 0.5, 0.5) == pytest.approx(1.0)  # only the positive image counts
-    choice = choose_thresholds(detections, truth, [0.2, 0.5, 0.95])
+    choice = choose_box_thresholds(detections, truth, [0.2, 0.5, 0.95])
     assert choice.rsna_score == 1.0 and choice.box_threshold == 0.5 and choice.image_threshold == 0.5
     assert len(choice.grid) == 4 * 3  # the gate also tries 0 (none)
 
@@ -176,7 +177,7 @@ def test_the_bootstrapped_ap50_is_torchmetrics_ap50_on_the_full_set():
         truth.append(true)
     everything = np.arange(len(truth))
     matched = [evaluate_detection._coco_matches(d, t) for d, t in zip(detections, truth)]
-    expected = evaluate_detection.average_precision(detections, truth)["ap50"]
+    expected = evaluate_detection.box_average_precision(detections, truth)["ap50"]
     assert evaluate_detection._ap_at(matched, [len(t) for t in truth], everything) == pytest.approx(expected, abs=1e-6)  # torchmetrics returns float32
     assert 0.1 < expected < 0.95  # neither trivial case
     ci = evaluate_detection.ap50_interval(detections, truth, resamples=200, seed=0)

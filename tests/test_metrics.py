@@ -27,9 +27,10 @@ def test_threshold_metrics_match_scikit_learn(predictions, threshold):
     assert got["f1"] == pytest.approx(sk.f1_score(labels, predicted, zero_division=0))
 
 
-def test_no_positive_prediction_gives_zero_precision_not_nan():
+def test_an_undefined_rate_is_none_not_zero_nor_nan():
     got = threshold_metrics(np.array([0, 1, 1]), np.array([0.1, 0.2, 0.3]), 0.99)
-    assert got["precision"] == 0.0 and got["recall"] == 0.0 and got["specificity"] == 1.0
+    assert got["precision"] is None and got["recall"] == 0.0 and got["specificity"] == 1.0
+    assert threshold_metrics(np.array([0, 0]), np.array([0.1, 0.2]), 0.5)["recall"] is None
 
 
 def test_ranking_metrics_match_scikit_learn(predictions):

@@ -9,7 +9,7 @@ import pytest
 from pneumonia.data import compute_stats
 from pneumonia.prediction.decide import choose_box_threshold
 from pneumonia.detection.detector import ImageDetections
-from pneumonia.detection.thresholds import choose_thresholds, rsna_at
+from pneumonia.detection.thresholds import choose_box_thresholds, rsna_at
 from pneumonia.evaluation.box_metrics import prevalence_weights, rsna_image_score, rsna_score
 from pipeline_repo import ROOT
 
@@ -49,12 +49,12 @@ def test_without_a_prevalence_the_scores_are_the_plain_mean_bit_for_bit():
         plain = float(np.mean([s for s in per_image if s is not None]))
         assert rsna_at(detections, truth, gate, box) == plain  # exactly: the unweighted path is unchanged
     candidates = [0.1, 0.3, 0.5, 0.7]
-    unweighted = choose_thresholds(detections, truth, candidates)
-    assert unweighted == choose_thresholds(detections, truth, candidates, prevalence=None)
+    unweighted = choose_box_thresholds(detections, truth, candidates)
+    assert unweighted == choose_box_thresholds(detections, truth, candidates, prevalence=None)
     assert [g["rsna_score"] for g in unweighted.grid] == [
         rsna_at(detections, truth, g["image_threshold"], g["box_threshold"]) or 0.0 for g in unweighted.grid]
     # reweighting to val's own prevalence is the same score (weights all 1), up to rounding
-    own = choose_thresholds(detections, truth, candidates, prevalence=sum(map(bool, truth)) / len(truth))
+    own = choose_box_thresholds(detections, truth, candidates, prevalence=sum(map(bool, truth)) / len(truth))
     assert [g["rsna_score"] for g in own.grid] == pytest.approx([g["rsna_score"] for g in unweighted.grid], abs=1e-12)
 
 
@@ -74,10 +74,10 @@ def test_reweighting_picks_the_thresholds_that_are_best_at_the_target_prevalence
     val, val_truth = _gate_case(8, 8)  # 50 % positive
     test, test_truth = _gate_case(2, 18)  # 10 % positive
     candidates = [0.2, 0.5, 0.8]
-    best_on_test = choose_thresholds(test, test_truth, candidates)
+    best_on_test = choose_box_thresholds(test, test_truth, candidates)
     assert best_on_test.image_threshold == 0.5  # 1/2 against gate 0.2's 2/11
-    assert choose_thresholds(val, val_truth, candidates).image_threshold == 0.2  # val's own: 8/12 against 4/8
-    reweighted = choose_thresholds(val, val_truth, candidates, prevalence=0.1)
+    assert choose_box_thresholds(val, val_truth, candidates).image_threshold == 0.2  # val's own: 8/12 against 4/8
+    reweighted = choose_box_thresholds(val, val_truth, candidates, prevalence=0.1)
     assert (reweighted.image_threshold, reweighted.box_threshold) == (best_on_test.image_threshold,
                                                                        best_on_test.box_threshold)
     assert reweighted.rsna_score == pytest.approx(best_on_test.rsna_score)  # the weighting estimates test's score

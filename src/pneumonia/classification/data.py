@@ -7,11 +7,20 @@ with the train split's mean and std from compute_stats.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.transforms import v2
+
+
+# The reference recipe's random affine, the one home of its ranges: the classifier's augmentation and both of the
+# detector's (per sample with torchvision, per batch on the device with kornia) use these.
+AFFINE_DEGREES = 5  # rotation within +-5 degrees
+AFFINE_TRANSLATE = (0, 0.05)  # the reference's translate: no horizontal shift, vertical up to 5 % of the size
+AFFINE_SCALE = (0.9, 1.1)
+CLASSIFIER_CROP_SCALE = (0.35, 1)  # the classifier's RandomResizedCrop: fraction of the area kept (the detector keeps more)
 
 
 def standardize(values: torch.Tensor, mean: float, std: float) -> torch.Tensor:
@@ -24,6 +33,16 @@ def as_batch(images: np.ndarray, device: torch.device | str = "cpu") -> torch.Te
     return torch.from_numpy(np.asarray(images, dtype=np.float32)).to(device).unsqueeze(1)
 
 
+def batches(
+    images: np.ndarray, batch_size: int, device: torch.device | str = "cpu"
+) -> Iterator[tuple[slice, torch.Tensor]]:
+    """Every inference loop's batching (the classifier, the CAM, the detector, the ONNX backend): ``N x S x S``
+    uint8 images in runs of ``batch_size``, each as :func:`as_batch` gives it, with its slice of ``images``."""
+    for start in range(0, len(images), batch_size):
+        where = slice(start, start + batch_size)
+        yield where, as_batch(images[where], device)
+
+
 def reference_augmentation(image_size: int) -> v2.Compose:
     """The reference recipe, applied after standardization (so the affine fill is the mean).
 
@@ -33,8 +52,8 @@ def reference_augmentation(image_size: int) -> v2.Compose:
     """
     return v2.Compose(
         [
-            v2.RandomAffine(degrees=(-5, 5), translate=(0, 0.05), scale=(0.9, 1.1)),
-            v2.RandomResizedCrop((image_size, image_size), scale=(0.35, 1), antialias=True),
+            v2.RandomAffine(degrees=(-AFFINE_DEGREES, AFFINE_DEGREES), translate=AFFINE_TRANSLATE, scale=AFFINE_SCALE),
+            v2.RandomResizedCrop((image_size, image_size), scale=CLASSIFIER_CROP_SCALE, antialias=True),
         ]
     )
 

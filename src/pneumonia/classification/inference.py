@@ -11,8 +11,9 @@ import torch
 
 from pneumonia.core.architectures import architecture
 from pneumonia.classification.classifier import LoadedModel
-from pneumonia.classification.data import as_batch, standardize
+from pneumonia.classification.data import batches, standardize
 from pneumonia.core.errors import DatasetError
+from pneumonia.evaluation.calibration import probability
 
 
 def default_device() -> torch.device:
@@ -38,9 +39,8 @@ def classifier_outputs(model: LoadedModel, images: np.ndarray, batch_size: int) 
     captured: list[torch.Tensor] = []
     hook = model.network.get_submodule(spec.features).register_forward_hook(lambda m, i, out: captured.append(out))
     try:
-        for start in range(0, len(images), batch_size):
-            batch = standardize(as_batch(images[start : start + batch_size], device), model.mean, model.std)
-            logits.append(model.network(batch).squeeze(1).float().cpu())
+        for _, batch in batches(images, batch_size, device):
+            logits.append(model.network(standardize(batch, model.mean, model.std)).squeeze(1).float().cpu())
             cells = captured.pop().float()
             features.append((torch.relu(cells) if spec.features_relu else cells).mean(dim=(2, 3)).cpu())
     finally:
@@ -55,8 +55,4 @@ def predict_logits(model: LoadedModel, images: np.ndarray, batch_size: int) -> n
 
 def predict_probabilities(model: LoadedModel, images: np.ndarray, batch_size: int) -> np.ndarray:
     """Probabilities, sigmoid(logit / the checkpoint's temperature)."""
-    return sigmoid(predict_logits(model, images, batch_size) / model.temperature)
-
-
-def sigmoid(x: np.ndarray) -> np.ndarray:
-    return 0.5 * (1.0 + np.tanh(0.5 * x))  # overflow-free
+    return probability(predict_logits(model, images, batch_size), model.temperature)

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from pneumonia.core.boxes import to_array_pixels
 from pneumonia.data import rsna
 from pneumonia.core.atomic import atomic_dir
 from pneumonia.data.dicom import NOT_CHEST, DicomInfo, check_chest, read_dicom
@@ -230,11 +231,6 @@ def _save_samples(path: Path, processed: Path, manifest: list[ManifestRow], n: i
         path,
         images=[np.array(array[r.row]) for r in sample],
         captions=[f"{r.label} {r.detailed_class.replace('No Lung Opacity / ', '')}" for r in sample],
-        boxes=[[_scale_box(box, size / r.columns, size / r.rows) for box in r.boxes] for r in sample],
+        boxes=[[to_array_pixels(box, r.rows, r.columns, size) for box in r.boxes] for r in sample],
     )
 
-
-def _scale_box(box, sx: float, sy: float) -> tuple[float, float, float, float]:
-    """(x, y, width, height) from original pixels to array pixels."""
-    x, y, w, h = box
-    return (x * sx, y * sy, w * sx, h * sy)

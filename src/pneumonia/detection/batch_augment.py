@@ -4,7 +4,7 @@
 batch is warped on the device it trains on. The ranges are the per-sample path's
 (:func:`pneumonia.detection.data.box_augmentation`): a random affine (rotation +-5 degrees, vertical
 shift <= 5 %, scale 0.9-1.1, nearest resampling as torchvision's default) then a random crop of
-:data:`CROP_SCALE` of the area with aspect :data:`CROP_RATIO`, resized back.
+:data:`DETECTOR_CROP_SCALE` of the area with aspect :data:`DETECTOR_CROP_RATIO`, resized back.
 
 kornia, not torchvision: torchvision's v2 transforms draw one set of parameters per call, so a batch
 would share one warp; kornia's ``AugmentationSequential`` draws them per image on the device and
@@ -20,8 +20,10 @@ from typing import Sequence
 
 import torch
 
-CROP_SCALE = (0.5, 1.0)  # fraction of the area kept by the crop: shared with the per-sample path
-CROP_RATIO = (0.8, 1.25)  # aspect ratio range of the crop
+from pneumonia.classification.data import AFFINE_DEGREES, AFFINE_SCALE, AFFINE_TRANSLATE
+
+DETECTOR_CROP_SCALE = (0.5, 1.0)  # fraction of the area kept by the crop: shared with the per-sample path
+DETECTOR_CROP_RATIO = (0.8, 1.25)  # aspect ratio range of the crop
 MIN_SIDE = 1.0  # input pixels: boxes thinner than this after the warp are dropped
 
 
@@ -30,8 +32,9 @@ def batch_box_augmentation(image_size: int) -> torch.nn.Module:
     import kornia.augmentation as K  # only the device path needs it
 
     return K.AugmentationSequential(
-        K.RandomAffine(degrees=5.0, translate=(0.0, 0.05), scale=(0.9, 1.1), resample="nearest", p=1.0),
-        K.RandomResizedCrop((image_size, image_size), scale=CROP_SCALE, ratio=CROP_RATIO, p=1.0),
+        K.RandomAffine(degrees=float(AFFINE_DEGREES), translate=AFFINE_TRANSLATE, scale=AFFINE_SCALE,
+                       resample="nearest", p=1.0),
+        K.RandomResizedCrop((image_size, image_size), scale=DETECTOR_CROP_SCALE, ratio=DETECTOR_CROP_RATIO, p=1.0),
         data_keys=["input", "bbox_xyxy"],
     )
 

@@ -20,9 +20,10 @@ from torch.utils.data import Dataset, Sampler
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from pneumonia.classification.data import epoch_seed, standardize
-from pneumonia.detection.batch_augment import CROP_RATIO, CROP_SCALE, pad_boxes
-from pneumonia.detection.targets import boxes_to_input, encode_targets
+from pneumonia.classification.data import AFFINE_DEGREES, AFFINE_SCALE, AFFINE_TRANSLATE, epoch_seed, standardize
+from pneumonia.detection.batch_augment import DETECTOR_CROP_RATIO, DETECTOR_CROP_SCALE, pad_boxes
+from pneumonia.core.boxes import boxes_to_input
+from pneumonia.detection.targets import encode_targets
 from pneumonia.data.manifest import ManifestRow
 
 
@@ -30,8 +31,9 @@ def box_augmentation(image_size: int) -> v2.Compose:
     """The train augmentation on ``{"image", "boxes", "labels"}`` (boxes: ``tv_tensors.BoundingBoxes`` XYXY)."""
     return v2.Compose(
         [
-            v2.RandomAffine(degrees=(-5, 5), translate=(0, 0.05), scale=(0.9, 1.1)),
-            v2.RandomResizedCrop((image_size, image_size), scale=CROP_SCALE, ratio=CROP_RATIO, antialias=True),
+            v2.RandomAffine(degrees=(-AFFINE_DEGREES, AFFINE_DEGREES), translate=AFFINE_TRANSLATE, scale=AFFINE_SCALE),
+            v2.RandomResizedCrop((image_size, image_size), scale=DETECTOR_CROP_SCALE, ratio=DETECTOR_CROP_RATIO,
+                                 antialias=True),
             v2.ClampBoundingBoxes(),
             v2.SanitizeBoundingBoxes(min_size=1.0),
         ]

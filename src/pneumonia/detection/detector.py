@@ -18,11 +18,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from pneumonia.classification.data import as_batch, standardize
+from pneumonia.classification.data import batches, standardize
 from pneumonia.detection.data import resize_images
 from pneumonia.detection.decode import ImageBoxes, decode
 from pneumonia.detection.network import DETECTOR_ARCHITECTURES, NECKS, STRIDE, RawDetections, build_detector
-from pneumonia.detection.targets import boxes_to_original
+from pneumonia.core.boxes import boxes_to_original
 from pneumonia.detection.tta import FlipMerge, merged_boxes, mirror_images
 from pneumonia.core.errors import PneumoniaError
 from pneumonia.evaluation.box_metrics import union_area
@@ -137,11 +137,9 @@ def detect_images(
     """Detect in ``N x S x S`` uint8 images (any S; resized to the model's); ``sizes[i]`` = original (rows, columns)."""
     device = next(detector.network.parameters()).device
     results = []
-    for start in range(0, len(images), batch_size):
-        batch = as_batch(images[start : start + batch_size], device)
+    for where, batch in batches(images, batch_size, device):
         batch = standardize(resize_images(batch, detector.image_size), detector.mean, detector.std)
-        results.extend(to_original(detector_boxes(detector, batch), sizes[start : start + batch_size],
-                                   detector.image_size))
+        results.extend(to_original(detector_boxes(detector, batch), sizes[where], detector.image_size))
     return results
 
 

@@ -32,6 +32,7 @@ from torchmetrics.detection import MeanAveragePrecision
 from torchvision.ops import box_convert, box_iou
 
 from pneumonia.core.atomic import atomic_dir, atomic_path, write_json
+from pneumonia.core.boxes import to_array_pixels
 from pneumonia.evaluation.bootstrap import auroc, bootstrap_ci, percentile_interval, resample_indices
 from pneumonia.detection.detector import ImageDetections, area_fraction
 from pneumonia.core.errors import DatasetError
@@ -47,7 +48,7 @@ SPLITS = ("val", "test")
 Kept = list[tuple[np.ndarray, np.ndarray]]  # per image: the boxes predict gives and their scores
 
 
-def average_precision(detections: Sequence[ImageDetections], truth: Sequence[Sequence[XYWH]]) -> dict[str, float]:
+def box_average_precision(detections: Sequence[ImageDetections], truth: Sequence[Sequence[XYWH]]) -> dict[str, float]:
     """COCO AP at IoU 0.5 and over 0.5:0.95 (torchmetrics) of every decoded box, ranked by score."""
     metric = MeanAveragePrecision(box_format="xywh", iou_type="bbox", backend="pycocotools")
     as_tensor = lambda boxes: torch.as_tensor(np.asarray(boxes, np.float32).reshape(-1, 4))  # noqa: E731
@@ -102,7 +103,7 @@ def ap50_interval(detections: Sequence[ImageDetections], truth: Sequence[Sequenc
 
     Matching is per image, so it is done once (:func:`_coco_matches`) and each resample only re-ranks the
     drawn images' boxes; the AP is COCO's 101-point interpolated precision, as torchmetrics' ``map_50`` computes it
-    (tests check the full set against :func:`average_precision`). By hand because re-running torchmetrics for each
+    (tests check the full set against :func:`box_average_precision`). By hand because re-running torchmetrics for each
     of 1,000 resamples would cost minutes.
     """
     matched = [_coco_matches(d, t) for d, t in zip(detections, truth)]
@@ -143,7 +144,7 @@ def box_metrics(detections: Sequence[ImageDetections], kept: Kept, rows: Sequenc
         "gt_boxes": int(sum(len(r.boxes) for r in rows)),
         "predicted_boxes": int(sum(len(b) for b in boxes)),
         "rsna_score": rsna_of(kept, truth),
-        **average_precision(detections, truth),
+        **box_average_precision(detections, truth),
         "recall_iou0p50": at_half.accuracy,
         "false_positives_per_image": at_half.false_positives_per_image,
         "size_true_positives": size_agreement(estimated, true),
@@ -171,7 +172,7 @@ def threshold_sweep(
         kept = boxes_under(detections, positive, t)
         gated = [ImageDetections(b, s, d.image_probability, d.rows, d.columns) for (b, s), d in zip(kept, detections)]
         sweep.append({"box_threshold": t, "rsna_score": rsna_of(kept, truth) or 0.0,
-                      "ap50": average_precision(gated, truth)["ap50"]})
+                      "ap50": box_average_precision(gated, truth)["ap50"]})
     return sweep
 
 
@@ -310,8 +311,7 @@ def _write_plots(plots_dir: Path, sweep: list[dict], headline: tuple, overlays: 
         for role, ranked in roles.items():
             for rank, (_, i) in enumerate(sorted(ranked)[:overlays], start=1):
                 r, (boxes, scores) = rows[i], kept[i]
-                sx, sy = size / r.columns, size / r.rows
-                scale = lambda b: (b[0] * sx, b[1] * sy, b[2] * sx, b[3] * sy)  # noqa: E731 original -> array pixels
+                scale = lambda b: to_array_pixels(b, r.rows, r.columns, size)  # noqa: E731
                 draw_overlay(
                     np.asarray(images[i]), np.zeros((size, size), np.float32), [scale(b) for b in boxes],
                     [scale(b) for b in r.boxes], float(probability[i]), tmp / overlay_file(role, rank),

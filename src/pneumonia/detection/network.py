@@ -2,7 +2,7 @@
 
 Input: ``N x 1 x S x S`` standardized images (``(value/255 - mean) / std``), S a multiple of 32.
 Outputs (:class:`RawDetections`), on the stride-8 grid of ``S/8 x S/8`` cells whose cell (i, j)
-sits at input pixel ``((j + 0.5) * 8, (i + 0.5) * 8)`` (:func:`cell_centres`):
+sits at input pixel ``((j + 0.5) * 8, (i + 0.5) * 8)``:
 
 - ``heatmap``: logits of "a box centre is here" (CenterNet's centre heatmap), ``N x 1 x h x w``;
 - ``distances``: from the cell centre to the box's left, top, right and bottom edges, in input
@@ -112,8 +112,3 @@ def build_detector(arch: str, width: int, neck: str = "topdown", init: str = "sc
     if neck not in NECKS:
         raise PneumoniaError(f"unknown detector neck {neck!r}; known: {', '.join(NECKS)}")
     return CenterNet(arch, width, neck, init)
-
-
-def cell_centres(cells: int, device: torch.device | str = "cpu") -> torch.Tensor:
-    """Input-pixel coordinate of the centre of each of ``cells`` grid cells along one axis: (j + 0.5) * STRIDE."""
-    return (torch.arange(cells, device=device, dtype=torch.float32) + 0.5) * STRIDE

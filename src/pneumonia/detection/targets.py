@@ -12,8 +12,6 @@ Targets of one image on the ``h x w`` stride-8 grid, for boxes ``(x0, y0, x1, y1
 
 from __future__ import annotations
 
-from typing import Sequence
-
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -101,17 +99,3 @@ def detection_loss(
     image = F.binary_cross_entropy_with_logits(raw.image_logit.float(), labels.float())
     total = heat + BOX_LOSS_WEIGHT * box + IMAGE_LOSS_WEIGHT * image
     return {"loss": total, "heatmap": heat.detach(), "box": box.detach(), "image": image.detach()}
-
-
-def boxes_to_input(boxes: Sequence[Sequence[float]], rows: int, columns: int, image_size: int) -> np.ndarray:
-    """(x, y, width, height) boxes in ORIGINAL pixels -> ``B x 4`` (x0, y0, x1, y1) in input pixels."""
-    b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
-    sx, sy = image_size / columns, image_size / rows
-    return np.stack([b[:, 0] * sx, b[:, 1] * sy, (b[:, 0] + b[:, 2]) * sx, (b[:, 1] + b[:, 3]) * sy], axis=1)
-
-
-def boxes_to_original(boxes: np.ndarray, rows: int, columns: int, image_size: int) -> np.ndarray:
-    """``B x 4`` (x0, y0, x1, y1) in input pixels -> ``B x 4`` (x, y, width, height) in ORIGINAL pixels."""
-    b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
-    sx, sy = columns / image_size, rows / image_size
-    return np.stack([b[:, 0] * sx, b[:, 1] * sy, (b[:, 2] - b[:, 0]) * sx, (b[:, 3] - b[:, 1]) * sy], axis=1)

@@ -6,7 +6,7 @@ detectors with an image-level classifier in this way. :class:`ThresholdRule` say
 chooses the pair: the gate at the image-probability threshold that reaches ``evaluate.target_sensitivity``
 on val (``gate_sensitivity``), the box threshold among ``detect.score_thresholds`` by the best val RSNA
 score under that gate. Without ``gate_sensitivity`` the gate is chosen by the score too, among the same
-candidates and 0 (:func:`choose_thresholds`).
+candidates and 0 (:func:`choose_box_thresholds`).
 
 The RSNA score depends on prevalence (an image without truth counts only when it gets a box, and then
 scores 0), so the best pair does too: with ``prevalence`` the score is val's reweighted to it
@@ -34,7 +34,7 @@ from pneumonia.detection.detector import ImageDetections
 from pneumonia.evaluation.box_metrics import XYWH, prevalence_weights, rsna_score, target_prevalence
 from pneumonia.evaluation.operating_points import threshold_for_sensitivity
 
-__all__ = ["ThresholdChoice", "ThresholdRule", "choose_thresholds", "rsna_at", "target_prevalence"]
+__all__ = ["ThresholdChoice", "ThresholdRule", "choose_box_thresholds", "rsna_at", "target_prevalence"]
 
 
 def rsna_at(
@@ -57,7 +57,7 @@ class ThresholdChoice:
     grid: list[dict]  # every candidate pair: {"image_threshold", "box_threshold", "rsna_score"}
 
 
-def choose_thresholds(
+def choose_box_thresholds(
     detections: Sequence[ImageDetections], truth: Sequence[Sequence[XYWH]], candidates: Sequence[float],
     prevalence: float | None = None, gate_sensitivity: float | None = None,
 ) -> ThresholdChoice:
@@ -87,11 +87,11 @@ def choose_thresholds(
 
 @dataclass(frozen=True)
 class ThresholdRule:
-    """How the detect stage chooses the detector's pair on val (the arguments of :func:`choose_thresholds`)."""
+    """How the detect stage chooses the detector's pair on val (the arguments of :func:`choose_box_thresholds`)."""
 
     candidates: tuple[float, ...]  # detect.score_thresholds
     prevalence: float | None = None  # detect.threshold_prevalence resolved (:func:`target_prevalence`)
     gate_sensitivity: float | None = None  # evaluate.target_sensitivity: the gate at that operating point
 
     def choose(self, detections: Sequence[ImageDetections], truth: Sequence[Sequence[XYWH]]) -> ThresholdChoice:
-        return choose_thresholds(detections, truth, self.candidates, self.prevalence, self.gate_sensitivity)
+        return choose_box_thresholds(detections, truth, self.candidates, self.prevalence, self.gate_sensitivity)

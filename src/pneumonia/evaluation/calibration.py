@@ -101,8 +101,13 @@ def fit_temperature(labels: np.ndarray, logits: np.ndarray) -> float:
     return float(np.exp(fit.x))
 
 
-def apply_temperature(logits: np.ndarray, temperature: float) -> np.ndarray:
-    """Probabilities sigmoid(logit / T) in [0, 1]; T = 1 leaves them unchanged."""
+def probability(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """Probabilities sigmoid(logit / T) in [0, 1], float64; T = 1 leaves them unchanged.
+
+    The one place a logit becomes a probability in numpy (scipy's ``expit``: no overflow): the classifier's
+    (with its fitted T), the detector's image logit, and the decision's calibrated score. Inside a network
+    on its device the same is ``torch.sigmoid`` (the CAM's probability, the detector's decoding).
+    """
     if not temperature > 0:
         raise ValueError(f"temperature {temperature} must be > 0")
     return expit(np.asarray(logits, dtype=np.float64) / temperature)

@@ -32,7 +32,8 @@ from pneumonia.core.atomic import atomic_path, write_json
 from pneumonia.evaluation.bootstrap import auroc, bootstrap_ci, bootstrap_metrics
 from pneumonia.evaluation.calibration import brier_score, expected_calibration_error, reliability_curve
 from pneumonia.core.errors import DatasetError
-from pneumonia.classification.inference import classifier_outputs, default_device, sigmoid
+from pneumonia.classification.inference import classifier_outputs, default_device
+from pneumonia.evaluation.calibration import probability
 from pneumonia.data.manifest import CLASS_NAMES, ManifestRow, read_manifest, split_rows
 from pneumonia.evaluation.metrics import pr_curve_points, ranking_metrics, roc_curve_points
 from pneumonia.prediction.ood import catch_rates, unlike_images
@@ -55,7 +56,7 @@ def sensitivity_key(params: EvaluateParams) -> str:
 def candidate_probabilities(predictor: Predictor, raw: RawOutputs) -> dict[str, np.ndarray]:
     """Each image score that was a candidate, as the probability it had before the decide stage, and the decision's."""
     classifier = classifier_probability(predictor.classifier, raw.classifier_logits)
-    detector = sigmoid(raw.detector_logits)
+    detector = probability(raw.detector_logits)
     return {"classifier": classifier, "detector": detector, "mean_of_both": (classifier + detector) / 2,
             "decision": predictor.decision.probability(raw.classifier_logits, raw.detector_logits)}
 
@@ -64,7 +65,7 @@ def uncalibrated(predictor: Predictor, candidates: dict[str, np.ndarray], raw: R
     """The chosen source's probability without any fitted map: sigmoid of its raw logit (stacked: the mean of both)."""
     source = predictor.decision.source
     if source == "classifier":
-        return sigmoid(raw.classifier_logits)
+        return probability(raw.classifier_logits)
     return candidates["detector"] if source == "detector" else candidates["mean_of_both"]
 
 

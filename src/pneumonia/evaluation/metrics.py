@@ -16,27 +16,28 @@ from torchmetrics.functional.classification import (
 )
 
 
-def _safe_ratio(numerator: int, denominator: int) -> float:
-    # 0/0 (e.g. precision with no positive prediction) is reported as 0, as scikit-learn's zero_division=0.
-    return numerator / denominator if denominator else 0.0
+def rate(numerator: int, denominator: int) -> float | None:
+    """A rate from confusion counts; ``None`` when it is undefined on these data (0/0: e.g. sensitivity with no
+    positive patient, PPV with no positive prediction), which the reports show as undefined. The one convention
+    for every rate (:mod:`pneumonia.evaluation.bootstrap`'s resampled rates are NaN where this is None)."""
+    return numerator / denominator if denominator else None
 
 
-def threshold_metrics(labels: np.ndarray, probs: np.ndarray, threshold: float) -> dict[str, float | int]:
-    """Confusion matrix and the rates derived from it at one threshold."""
+def threshold_metrics(labels: np.ndarray, probs: np.ndarray, threshold: float) -> dict[str, float | int | None]:
+    """Confusion matrix and the rates derived from it at one threshold (``None`` where undefined: :func:`rate`)."""
     labels = np.asarray(labels).astype(bool)
     predicted = np.asarray(probs) >= threshold
     tp = int(np.sum(predicted & labels))
     fp = int(np.sum(predicted & ~labels))
     tn = int(np.sum(~predicted & ~labels))
     fn = int(np.sum(~predicted & labels))
-    precision, recall = _safe_ratio(tp, tp + fp), _safe_ratio(tp, tp + fn)
     return {
         "threshold": float(threshold),
-        "accuracy": _safe_ratio(tp + tn, len(labels)),
-        "precision": precision,
-        "recall": recall,  # sensitivity
-        "specificity": _safe_ratio(tn, tn + fp),
-        "f1": _safe_ratio(2 * tp, 2 * tp + fp + fn),
+        "accuracy": rate(tp + tn, len(labels)),
+        "precision": rate(tp, tp + fp),
+        "recall": rate(tp, tp + fn),  # sensitivity
+        "specificity": rate(tn, tn + fp),
+        "f1": rate(2 * tp, 2 * tp + fp + fn),
         "tp": tp,
         "fp": fp,
         "tn": tn,

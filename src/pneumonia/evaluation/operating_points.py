@@ -11,12 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from pneumonia.core.errors import DatasetError
-from pneumonia.evaluation.metrics import threshold_metrics
-
-
-def _ratio(numerator: int, denominator: int) -> float | None:
-    # None, not 0, when a rate is undefined on these data (e.g. NPV with no negative prediction).
-    return numerator / denominator if denominator else None
+from pneumonia.evaluation.metrics import rate, threshold_metrics
 
 
 def _classes(labels: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -38,21 +33,20 @@ def _require(count: int, what: str, purpose: str) -> None:
 def operating_point(labels: np.ndarray, probs: np.ndarray, threshold: float) -> dict[str, float | int | None]:
     """Sensitivity, specificity, PPV, NPV, F1 and accuracy at ``threshold``, with the confusion matrix.
 
-    Rates are fractions in [0, 1]. Unlike :func:`pneumonia.evaluation.metrics.threshold_metrics`,
-    which reports 0/0 as 0, a rate whose denominator is zero here is ``None``:
-    sensitivity with no positive patient, specificity with no negative one, PPV
-    with no positive prediction, NPV with no negative prediction, F1 with neither
-    a positive patient nor a positive prediction. The caller reports it as undefined.
+    Rates are fractions in [0, 1]; a rate whose denominator is zero is ``None``
+    (:func:`pneumonia.evaluation.metrics.rate`): sensitivity with no positive patient,
+    specificity with no negative one, PPV with no positive prediction, NPV with no
+    negative prediction, F1 with neither a positive patient nor a positive prediction.
     """
     m = threshold_metrics(labels, probs, threshold)
     tp, fp, tn, fn = m["tp"], m["fp"], m["tn"], m["fn"]
     return {
         "threshold": float(threshold),
-        "sensitivity": _ratio(tp, tp + fn),
-        "specificity": _ratio(tn, tn + fp),
-        "ppv": _ratio(tp, tp + fp),
-        "npv": _ratio(tn, tn + fn),
-        "f1": _ratio(2 * tp, 2 * tp + fp + fn),
+        "sensitivity": m["recall"],
+        "specificity": m["specificity"],
+        "ppv": m["precision"],
+        "npv": rate(tn, tn + fn),
+        "f1": m["f1"],
         "accuracy": m["accuracy"],
         "tp": tp,
         "fp": fp,

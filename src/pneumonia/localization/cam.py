@@ -32,7 +32,7 @@ from torch import nn
 
 from pneumonia.core.architectures import architecture, feature_evidence
 from pneumonia.classification.classifier import LoadedModel
-from pneumonia.classification.data import as_batch, standardize
+from pneumonia.classification.data import batches, standardize
 from pneumonia.classification.inference import check_image_size
 from pneumonia.evaluation.box_metrics import XYWH
 
@@ -235,12 +235,10 @@ def localize_images(
     check_image_size(model, images)
     device = next(model.network.parameters()).device
     results = []
-    for start in range(0, len(images), batch_size):
-        batch = standardize(as_batch(images[start : start + batch_size], device), model.mean, model.std)
-        probs, maps = class_activation_maps(model.network, batch, model.arch, model.temperature, relu=False)
-        for prob, evidence, (rows, columns, spacing) in zip(
-            probs.cpu().numpy(), maps.cpu().numpy(), sizes[start : start + batch_size]
-        ):
+    for where, batch in batches(images, batch_size, device):
+        probs, maps = class_activation_maps(model.network, standardize(batch, model.mean, model.std), model.arch,
+                                            model.temperature, relu=False)
+        for prob, evidence, (rows, columns, spacing) in zip(probs.cpu().numpy(), maps.cpu().numpy(), sizes[where]):
             results.append(
                 localize_map(
                     evidence, float(prob), threshold, model.image_size, rows, columns, spacing, cam_threshold,

@@ -9,6 +9,7 @@ from typing import Sequence
 import numpy as np
 
 from pneumonia.core.atomic import atomic_dir, atomic_path, write_json
+from pneumonia.core.boxes import to_array_pixels
 from pneumonia.classification.classifier import load_classifier
 from pneumonia.core.errors import DatasetError
 from pneumonia.classification.inference import default_device
@@ -181,8 +182,7 @@ def write_overlays(
         for role, indices in picked.items():
             for rank, i in enumerate(sorted(indices, key=lambda i: -results[i].probability), start=1):
                 row, result = rows[i], results[i]
-                sx, sy = size / row.columns, size / row.rows
-                scale = lambda b: (b[0] * sx, b[1] * sy, b[2] * sx, b[3] * sy)  # noqa: E731 original -> array pixels
+                scale = lambda b: to_array_pixels(b, row.rows, row.columns, size)  # noqa: E731
                 name = overlay_file(role, rank)
                 draw_overlay(
                     np.asarray(images[i]),

@@ -29,12 +29,12 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
-from scipy.special import expit, logit
+from scipy.special import logit
 from sklearn.isotonic import IsotonicRegression
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold
 
-from pneumonia.evaluation.calibration import binary_nll, fit_temperature
+from pneumonia.evaluation.calibration import binary_nll, fit_temperature, probability
 from pneumonia.core.errors import DatasetError
 
 CANDIDATES = ("classifier", "detector", "stacked")
@@ -65,7 +65,7 @@ class Decision:
         """Calibrated probabilities in [0, 1] (float64)."""
         z = self.scores(classifier_logits, detector_logits)
         if self.isotonic is None:
-            return expit(z)
+            return probability(z)
         # np.interp clips outside the knots: scikit-learn's out_of_bounds="clip"
         return np.interp(z, self.isotonic[0], self.isotonic[1])
 
@@ -175,4 +175,4 @@ def at_prevalence(probs: np.ndarray, trained_prevalence: float, prevalence: floa
     if not (0 < trained_prevalence < 1 and 0 < prevalence < 1):
         raise ValueError("prevalences must be in (0, 1)")
     shift = logit(prevalence) - logit(trained_prevalence)
-    return expit(logit(np.clip(np.asarray(probs, np.float64), 1e-12, 1 - 1e-12)) + shift)
+    return probability(logit(np.clip(np.asarray(probs, np.float64), 1e-12, 1 - 1e-12)) + shift)

@@ -39,7 +39,7 @@ import torch
 from torch import nn
 
 from pneumonia.classification.classifier import HEADER_KEYS, LoadedModel
-from pneumonia.classification.data import as_batch, standardize
+from pneumonia.classification.data import batches, standardize
 from pneumonia.prediction.decision import Decision
 from pneumonia.detection.data import resize_images
 from pneumonia.detection.detector import LoadedDetector, detector_boxes, to_original
@@ -181,12 +181,11 @@ def raw_outputs(
     if not len(images):
         return RawOutputs(np.zeros(0), np.zeros((0, 0)), [])
     logits, features, detections = [], [], []
-    for start in range(0, len(images), batch_size):
-        batch = as_batch(images[start : start + batch_size])
+    for where, batch in batches(images, batch_size):
         logit, pooled = classifier.network(standardize(batch, classifier.mean, classifier.std))
         logits.append(logit.double().numpy())
         features.append(pooled.double().numpy())
         found = detector_boxes(detector, standardize(resize_images(batch, detector.image_size), detector.mean,
                                                      detector.std))
-        detections.extend(to_original(found, sizes[start : start + batch_size], detector.image_size))
+        detections.extend(to_original(found, sizes[where], detector.image_size))
     return RawOutputs(np.concatenate(logits), np.concatenate(features), detections)

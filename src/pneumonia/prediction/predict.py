@@ -23,6 +23,7 @@ import numpy as np
 from tqdm import tqdm
 
 from pneumonia.core.atomic import atomic_path
+from pneumonia.core.boxes import to_array_pixels
 from pneumonia.detection.detector import area_fraction
 from pneumonia.data.dicom import DicomInfo, chest_problem, read_dicom_sizes
 from pneumonia.core.errors import DicomReadError, PneumoniaError
@@ -187,11 +188,10 @@ def caption_notes(prediction: FilePrediction, predictor: Predictor) -> list[str]
 def _draw(prediction: FilePrediction, image: np.ndarray, predictor: Predictor, info: DicomInfo, out: Path) -> None:
     """The image as read at ``OVERLAY_SIZE`` with the boxes and the caption (no truth is known here)."""
     answer = prediction.answer
-    sx, sy = OVERLAY_SIZE / info.columns, OVERLAY_SIZE / info.rows
     draw_overlay(
         image,
         np.zeros(image.shape, np.float32),
-        [(x * sx, y * sy, w * sx, h * sy) for x, y, w, h in answer.boxes],
+        [to_array_pixels(box, info.rows, info.columns, OVERLAY_SIZE) for box in answer.boxes],
         None,
         answer.probability,
         out,

@@ -26,7 +26,8 @@ from pneumonia.classification.classifier import LoadedModel, build_classifier
 from pneumonia.prediction.decision import Decision
 from pneumonia.detection.detector import ImageDetections, LoadedDetector, build_detector_from, detect_images
 from pneumonia.core.errors import PneumoniaError
-from pneumonia.classification.inference import classifier_outputs, sigmoid
+from pneumonia.classification.inference import classifier_outputs
+from pneumonia.evaluation import calibration
 from pneumonia.core.model_file import read_model, save_model
 from pneumonia.prediction.ood import OodGuard, reason
 
@@ -137,7 +138,7 @@ def classifier_probability(classifier: LoadedModel, logits: np.ndarray) -> np.nd
 
     The formula of :func:`pneumonia.classification.inference.predict_probabilities`, which runs the network itself.
     """
-    return sigmoid(np.asarray(logits, np.float64) / classifier.temperature)
+    return calibration.probability(logits, classifier.temperature)
 
 
 def raw_outputs(
