@@ -45,10 +45,17 @@ def threshold_metrics(labels: np.ndarray, probs: np.ndarray, threshold: float) -
     }
 
 
+def auroc(labels: np.ndarray, probs: np.ndarray) -> float:
+    """The AUROC every report gives (torchmetrics); :func:`pneumonia.evaluation.bootstrap.auroc` is the same number
+    vectorised over thousands of resamples, for the intervals only."""
+    p, t = torch.as_tensor(probs, dtype=torch.float64), torch.as_tensor(labels, dtype=torch.long)
+    return float(binary_auroc(p, t))
+
+
 def ranking_metrics(labels: np.ndarray, probs: np.ndarray) -> dict[str, float]:
     """Threshold-free metrics: AUROC and average precision."""
     p, t = torch.as_tensor(probs, dtype=torch.float64), torch.as_tensor(labels, dtype=torch.long)
-    return {"auroc": float(binary_auroc(p, t)), "average_precision": float(binary_average_precision(p, t))}
+    return {"auroc": auroc(labels, probs), "average_precision": float(binary_average_precision(p, t))}
 
 
 def roc_curve_points(labels: np.ndarray, probs: np.ndarray) -> list[dict[str, float]]:
