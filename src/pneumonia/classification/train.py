@@ -20,7 +20,6 @@ from __future__ import annotations
 import csv
 import json
 import shutil
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +28,7 @@ import torch
 from dvclive.lightning import DVCLiveLogger
 from pytorch_lightning.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
 from pytorch_lightning.utilities import rank_zero_only
+from torch.utils.data import DataLoader
 
 from pneumonia.evaluation.calibration import fit_temperature
 from pneumonia.classification.classifier import NETWORK_PREFIX, classifier_header, load_classifier
@@ -40,8 +40,8 @@ from pneumonia.data.manifest import CLASS_NAMES, read_manifest, split_labels
 from pneumonia.classification.model import PneumoniaClassifier
 from pneumonia.core.model_file import save_model
 from pneumonia.core.params import TrainParams
-from pneumonia.core.scaling import (SeedEachEpoch, augment_on_device, fingerprint, loader_workers, prepare_checkpoints,
-                               resume_checkpoint)
+from pneumonia.core.scaling import (SeedEachEpoch, augment_on_device, fingerprint, fit, loader_workers, make_trainer,
+                                    prepare_checkpoints, resume_checkpoint)
 
 MONITOR = "val/auroc"
 
@@ -63,35 +63,11 @@ def run(
     """
     pl.seed_everything(seed, workers=True)
     stats = json.loads(Path(stats_json).read_text())
-    manifest = read_manifest(processed_dir)
-    train_labels, val_labels = split_labels(manifest, "train"), split_labels(manifest, "val")
-    for name, labels in (("train", train_labels), ("val", val_labels)):
-        if len(np.unique(labels)) < 2:
-            raise DatasetError(f"the {name} split has a single class; both are needed to train and to compute AUROC")
-
     on_device = params.augment and augment_on_device(params)
-    train_set = XrayDataset(processed_dir / "train.npy", train_labels, stats["mean"], stats["std"],
-                            augment=params.augment and not on_device)
-    val_set = XrayDataset(processed_dir / "val.npy", val_labels, stats["mean"], stats["std"])
-    pos_weight = params.pos_weight
-    if params.class_balance == "weighted_loss":
-        pos_weight *= float((train_labels == 0).sum() / (train_labels == 1).sum())
-
-    model = PneumoniaClassifier(
-        image_size=train_set.image_size, mean=stats["mean"], std=stats["std"], lr=params.lr, pos_weight=pos_weight,
-        arch=params.arch, windowing=windowing, init=params.init, optimizer=params.optimizer,
-        weight_decay=params.weight_decay, lr_schedule=params.lr_schedule, warmup_epochs=params.warmup_epochs,
-        augment_on_device=on_device,
-    )
+    data = XrayDataModule(Path(processed_dir), stats, params, seed, on_device)
+    model = _model(params, data, stats, windowing, on_device)
     if grid_path is not None and rank_zero_only.rank == 0:
-        _save_augmented(grid_path, train_set, params.grid_images, seed, model.batch_augment)
-
-    workers = loader_workers(params, on_device)
-    train_loader = make_loader(
-        train_set, params.batch_size, workers, shuffle=True,
-        oversample=params.class_balance == "oversample", seed=seed,
-    )
-    val_loader = make_loader(val_set, params.batch_size, workers, shuffle=False)
+        _save_augmented(grid_path, data.train_set, params.grid_images, seed, model.batch_augment)
 
     model_path = Path(model_path)
     model_path.parent.mkdir(parents=True, exist_ok=True)
@@ -103,37 +79,67 @@ def run(
     if resume is not None and rank_zero_only.rank == 0:
         _trim_live(live_dir, global_step)
     best = ModelCheckpoint(dirpath=str(ckpt_dir), filename="best", monitor=MONITOR, mode="max", save_top_k=1)
-    extra = [EarlyStopping(MONITOR, mode="max", patience=params.early_stopping_patience)] * bool(
-        params.early_stopping_patience
-    )
-    if params.lr_schedule != "constant" or params.warmup_epochs:  # dvclive/plots/metrics/train/lr.tsv
-        extra.append(LearningRateMonitor(logging_interval="step"))
-    trainer = pl.Trainer(
-        max_epochs=params.max_epochs,
+    trainer = make_trainer(
+        params, ckpt_dir, [best, resume_checkpoint(ckpt_dir), SeedEachEpoch(seed), *_optional_callbacks(params)],
         # None is Lightning's "every batch" without its info line about 1.0
         limit_train_batches=None if params.limit_train_batches == 1.0 else params.limit_train_batches,
-        accelerator=params.accelerator,
-        devices=params.devices,
-        num_nodes=params.num_nodes,
-        strategy=params.strategy,
-        precision=params.precision,
-        deterministic=True,
         logger=DVCLiveLogger(dir=str(live_dir), save_dvc_exp=False, dvcyaml=False, resume=resume is not None),
-        callbacks=[best, resume_checkpoint(ckpt_dir), SeedEachEpoch(seed), *extra],
         log_every_n_steps=1,
-        num_sanity_val_steps=0,
-        enable_model_summary=False,
-        default_root_dir=str(ckpt_dir),
     )
-    with warnings.catch_warnings():
-        # The folder holds the fingerprint (and, resuming, the checkpoints): expected here.
-        warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
-        trainer.fit(model, train_loader, val_loader, ckpt_path=resume)
+    fit(trainer, model, datamodule=data, ckpt_path=resume)
     if trainer.is_global_zero:
-        _export(Path(best.best_model_path), model_path, processed_dir, val_labels, params)
+        _export(Path(best.best_model_path), model_path, processed_dir, data.val_labels, params)
         # Finished: nothing to resume. (A failed or killed run keeps the folder for the next try.)
         shutil.rmtree(ckpt_dir, ignore_errors=True)
     return {k: float(v) for k, v in trainer.callback_metrics.items()} | {"best_" + MONITOR: float(best.best_model_score)}
+
+
+class XrayDataModule(pl.LightningDataModule):
+    """The train and val splits' datasets and loaders (train augmented on the CPU unless the batch path runs)."""
+
+    def __init__(self, processed_dir: Path, stats: dict, params: TrainParams, seed: int, on_device: bool):
+        super().__init__()
+        manifest = read_manifest(processed_dir)
+        self.train_labels, self.val_labels = split_labels(manifest, "train"), split_labels(manifest, "val")
+        for name, labels in (("train", self.train_labels), ("val", self.val_labels)):
+            if len(np.unique(labels)) < 2:
+                raise DatasetError(f"the {name} split has a single class; both are needed to train and to compute "
+                                   "AUROC")
+        self.train_set = XrayDataset(processed_dir / "train.npy", self.train_labels, stats["mean"], stats["std"],
+                                     augment=params.augment and not on_device)
+        self.val_set = XrayDataset(processed_dir / "val.npy", self.val_labels, stats["mean"], stats["std"])
+        self.params, self.seed, self.on_device = params, seed, on_device
+
+    def train_dataloader(self) -> DataLoader:
+        return make_loader(self.train_set, self.params.batch_size, loader_workers(self.params, self.on_device),
+                           shuffle=True, oversample=self.params.class_balance == "oversample", seed=self.seed)
+
+    def val_dataloader(self) -> DataLoader:
+        return make_loader(self.val_set, self.params.batch_size, loader_workers(self.params, self.on_device),
+                           shuffle=False)
+
+
+def _model(params: TrainParams, data: XrayDataModule, stats: dict, windowing: str, on_device: bool
+           ) -> PneumoniaClassifier:
+    pos_weight = params.pos_weight
+    if params.class_balance == "weighted_loss":
+        pos_weight *= float((data.train_labels == 0).sum() / (data.train_labels == 1).sum())
+    return PneumoniaClassifier(
+        image_size=data.train_set.image_size, mean=stats["mean"], std=stats["std"], lr=params.lr,
+        pos_weight=pos_weight, arch=params.arch, windowing=windowing, init=params.init, optimizer=params.optimizer,
+        weight_decay=params.weight_decay, lr_schedule=params.lr_schedule, warmup_epochs=params.warmup_epochs,
+        augment_on_device=on_device,
+    )
+
+
+def _optional_callbacks(params: TrainParams) -> list[pl.Callback]:
+    """Early stopping when asked, and the learning rate's curve (dvclive/plots/metrics/train/lr.tsv) when it moves."""
+    extra: list[pl.Callback] = [EarlyStopping(MONITOR, mode="max", patience=params.early_stopping_patience)] * bool(
+        params.early_stopping_patience
+    )
+    if params.lr_schedule != "constant" or params.warmup_epochs:
+        extra.append(LearningRateMonitor(logging_interval="step"))
+    return extra
 
 
 def _trim_live(live_dir: Path, global_step: int) -> None:

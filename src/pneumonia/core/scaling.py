@@ -15,6 +15,7 @@ import json
 import os
 import random
 import shutil
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 
@@ -98,6 +99,33 @@ def resume_checkpoint(ckpt_dir: Path) -> ModelCheckpoint:
     """Saves ``resume.ckpt`` after validation, at the very end of each epoch: what a resumed run starts from."""
     return ModelCheckpoint(dirpath=str(ckpt_dir), filename=RESUME.removesuffix(".ckpt"), save_top_k=1,
                            save_on_train_epoch_end=True, enable_version_counter=False)
+
+
+def make_trainer(params, ckpt_dir: Path, callbacks: list, **options) -> pl.Trainer:
+    """The Trainer of both training stages: ``params``' scale-out settings, deterministic, no sanity check, its
+    root in ``ckpt_dir``; ``callbacks`` in order (with :func:`resume_checkpoint`); ``options`` the stage's own."""
+    return pl.Trainer(
+        max_epochs=params.max_epochs,
+        accelerator=params.accelerator,
+        devices=params.devices,
+        num_nodes=params.num_nodes,
+        strategy=params.strategy,
+        precision=params.precision,
+        deterministic=True,
+        callbacks=callbacks,
+        num_sanity_val_steps=0,
+        enable_model_summary=False,
+        default_root_dir=str(ckpt_dir),
+        **options,
+    )
+
+
+def fit(trainer: pl.Trainer, module: pl.LightningModule, *loaders, **kwargs) -> None:
+    """``trainer.fit`` without Lightning's warning about the checkpoint folder, which holds the resume
+    fingerprint (and, resuming, the checkpoints) by design."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
+        trainer.fit(module, *loaders, **kwargs)
 
 
 def rng_states() -> dict:

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import warnings
 from dataclasses import asdict
 from pathlib import Path
 
@@ -44,8 +43,8 @@ from pneumonia.detection.thresholds import ThresholdRule, target_prevalence
 from pneumonia.core.errors import DatasetError
 from pneumonia.data.manifest import ManifestRow, read_manifest, split_rows
 from pneumonia.core.params import DetectParams
-from pneumonia.core.scaling import (augment_on_device, fingerprint, loader_workers, prepare_checkpoints, resume_checkpoint,
-                               rng_states, set_rng_states)
+from pneumonia.core.scaling import (augment_on_device, fingerprint, fit, loader_workers, make_trainer,
+                                    prepare_checkpoints, resume_checkpoint, rng_states, set_rng_states)
 
 MONITOR = "val/rsna_score"
 
@@ -170,6 +169,53 @@ def run(
     pl.seed_everything(seed, workers=True)
     processed_dir = Path(processed_dir)
     stats = json.loads(Path(stats_json).read_text())
+    train_rows, val_rows, sets = _datasets(processed_dir, params, stats, on_device)
+    rule = ThresholdRule(params.score_thresholds, target_prevalence(params.threshold_prevalence, train_rows),
+                         gate_sensitivity)
+    module = DetectorModule(params, val_rows, rule, on_device)
+    model_path = Path(model_path)
+    model_path.parent.mkdir(parents=True, exist_ok=True)
+    ckpt_dir = model_path.parent / f".{model_path.stem}-checkpoints"
+    # the rule too: the epochs' history, which a resumed run keeps, was chosen under it
+    stamp = fingerprint(params, seed, stats, processed_dir) | {"threshold_rule": asdict(rule)}
+    resume, _ = prepare_checkpoints(ckpt_dir, stamp, "detect", params.max_epochs)
+    best = pl.callbacks.ModelCheckpoint(dirpath=str(ckpt_dir), filename="best", monitor=MONITOR, mode="max",
+                                        save_top_k=1)
+    trainer = make_trainer(params, ckpt_dir, [best, resume_checkpoint(ckpt_dir)], logger=False,
+                           enable_progress_bar=False)
+    # Lightning's deterministic mode also fills every new tensor with NaN (12 % of a CPU step here): results do
+    # not depend on it, since no op of this network reads memory before writing it.
+    torch.utils.deterministic.fill_uninitialized_memory = False
+    workers = loader_workers(params, on_device)
+    loader = lambda dataset, sampler, collate=None: DataLoader(  # noqa: E731
+        dataset, batch_size=params.batch_size, sampler=sampler, num_workers=workers,
+        persistent_workers=workers > 0, generator=torch.Generator().manual_seed(seed), collate_fn=collate,
+    )
+    # Under DDP Lightning wraps the sampler in a DistributedSamplerWrapper: every rank draws the same
+    # (seed, epoch) order, shuffled again by PL_GLOBAL_SEED and epoch, and takes its share of it.
+    sampler = BalancedEpochSampler([r.label for r in train_rows], params.negative_ratio, seed)
+    fit(trainer, module, loader(sets["train"], sampler, collate_boxes if on_device else None),
+        loader(IndexedImages(sets["val"]), None), ckpt_path=resume)
+    chosen = max(module.history, key=lambda h: (h["val_rsna_score"], -h["epoch"]))
+    if not trainer.is_global_zero:
+        return chosen
+    detector = _best_detector(Path(best.best_model_path), params, stats, chosen)
+    network = detector.network  # what is saved, whatever the flip's choice wraps around it
+    if params.tta == "hflip":  # the kept epoch's val boxes with and without the mirror's: the merge chosen on val
+        detector, chosen = tta.choose_on_val(detector, loader(sets["val"], None), val_rows, rule,
+                                             params.tta_merge_ious, chosen, trainer.strategy.root_device)
+    save_detector(model_path, network, detector, epoch=chosen["epoch"], val_rsna_score=chosen["val_rsna_score"])
+    if history_json is not None:
+        write_json(history_json, module.history)
+    # Finished: nothing to resume. (A failed or killed run keeps the folder for the next try.)
+    shutil.rmtree(ckpt_dir, ignore_errors=True)
+    return chosen
+
+
+def _datasets(processed_dir: Path, params: DetectParams, stats: dict, on_device: bool
+              ) -> tuple[list[ManifestRow], list[ManifestRow], dict[str, DetectionDataset]]:
+    """The train and val rows (each split needs boxes) and their datasets (train augmented on the CPU unless the
+    batch path runs; its targets encoded after the transfer then)."""
     manifest = read_manifest(processed_dir)
     train_rows, val_rows = split_rows(manifest, "train"), split_rows(manifest, "val")
     for name, rows in (("train", train_rows), ("val", val_rows)):
@@ -182,65 +228,16 @@ def run(
                                encode=not (on_device and name == "train"))
         for name, rows in (("train", train_rows), ("val", val_rows))
     }
-    rule = ThresholdRule(params.score_thresholds, target_prevalence(params.threshold_prevalence, train_rows),
-                         gate_sensitivity)
-    module = DetectorModule(params, val_rows, rule, on_device)
-    model_path = Path(model_path)
-    model_path.parent.mkdir(parents=True, exist_ok=True)
-    ckpt_dir = model_path.parent / f".{model_path.stem}-checkpoints"
-    # the rule too: the epochs' history, which a resumed run keeps, was chosen under it
-    stamp = fingerprint(params, seed, stats, processed_dir) | {"threshold_rule": asdict(rule)}
-    resume, _ = prepare_checkpoints(ckpt_dir, stamp, "detect", params.max_epochs)
-    best = pl.callbacks.ModelCheckpoint(dirpath=str(ckpt_dir), filename="best", monitor=MONITOR, mode="max",
-                                        save_top_k=1)
-    trainer = pl.Trainer(
-        max_epochs=params.max_epochs,
-        accelerator=params.accelerator,
-        devices=params.devices,
-        num_nodes=params.num_nodes,
-        strategy=params.strategy,
-        precision=params.precision,
-        deterministic=True,
-        logger=False,
-        callbacks=[best, resume_checkpoint(ckpt_dir)],
-        num_sanity_val_steps=0,
-        enable_model_summary=False,
-        enable_progress_bar=False,
-        default_root_dir=str(ckpt_dir),
-    )
-    # Lightning's deterministic mode also fills every new tensor with NaN (12 % of a CPU step here): results do
-    # not depend on it, since no op of this network reads memory before writing it.
-    torch.utils.deterministic.fill_uninitialized_memory = False
-    workers = loader_workers(params, on_device)
-    loader = lambda dataset, sampler, collate=None: DataLoader(  # noqa: E731
-        dataset, batch_size=params.batch_size, sampler=sampler, num_workers=workers,
-        persistent_workers=workers > 0, generator=torch.Generator().manual_seed(seed), collate_fn=collate,
-    )
-    # Under DDP Lightning wraps the sampler in a DistributedSamplerWrapper: every rank draws the same
-    # (seed, epoch) order, shuffled again by PL_GLOBAL_SEED and epoch, and takes its share of it.
-    sampler = BalancedEpochSampler([r.label for r in train_rows], params.negative_ratio, seed)
-    with warnings.catch_warnings():
-        # The folder holds the fingerprint (and, resuming, the checkpoints): expected here.
-        warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
-        trainer.fit(module, loader(sets["train"], sampler, collate_boxes if on_device else None),
-                    loader(IndexedImages(sets["val"]), None), ckpt_path=resume)
-    chosen = max(module.history, key=lambda h: (h["val_rsna_score"], -h["epoch"]))
-    if not trainer.is_global_zero:
-        return chosen
-    state = torch.load(best.best_model_path, map_location="cpu", weights_only=True)["state_dict"]
+    return train_rows, val_rows, sets
+
+
+def _best_detector(best_ckpt: Path, params: DetectParams, stats: dict, chosen: dict) -> LoadedDetector:
+    """The kept epoch's network from Lightning's checkpoint, with the thresholds chosen with it."""
+    state = torch.load(best_ckpt, map_location="cpu", weights_only=True)["state_dict"]
     network = build_detector(params.arch, params.width, params.neck)
     network.load_state_dict({k.removeprefix("network."): v for k, v in state.items()})
-    detector = LoadedDetector(
+    return LoadedDetector(
         network=network, arch=params.arch, neck=params.neck, width=params.width, image_size=params.image_size,
         mean=stats["mean"], std=stats["std"], image_threshold=chosen["image_threshold"],
         box_threshold=chosen["box_threshold"], nms_iou=params.nms_iou, max_boxes=params.max_boxes,
     )
-    if params.tta == "hflip":  # the kept epoch's val boxes with and without the mirror's: the merge chosen on val
-        detector, chosen = tta.choose_on_val(detector, loader(sets["val"], None), val_rows, rule,
-                                             params.tta_merge_ious, chosen, trainer.strategy.root_device)
-    save_detector(model_path, network, detector, epoch=chosen["epoch"], val_rsna_score=chosen["val_rsna_score"])
-    if history_json is not None:
-        write_json(history_json, module.history)
-    # Finished: nothing to resume. (A failed or killed run keeps the folder for the next try.)
-    shutil.rmtree(ckpt_dir, ignore_errors=True)
-    return chosen

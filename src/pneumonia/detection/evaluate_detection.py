@@ -215,7 +215,7 @@ def run(
     Returns the report (what ``report_json`` holds).
     """
     processed_dir = Path(processed_dir)
-    detector, classifier, decision = predictor.detector, predictor.classifier, predictor.decision
+    detector, decision = predictor.detector, predictor.decision
     splits = scored_splits(processed_dir)
     report: dict = {
         "headline_split": splits[-1],
@@ -229,31 +229,8 @@ def run(
     }
     kept_by_split: dict[str, tuple] = {}
     for split in splits:
-        rows, images = _split_data(processed_dir, split)
-        labels = np.array([int(bool(r.boxes)) for r in rows])
-        if len(np.unique(labels)) < 2:
-            raise DatasetError(f"the {split} split has a single class: AUROC is undefined; use a larger split")
-        sizes = [(r.rows, r.columns) for r in rows]
-        raw = raw_outputs(classifier, detector, images, sizes, batch_size)
-        probability = decision.probability(raw.classifier_logits, raw.detector_logits)
-        positive = probability >= decision.threshold
-        kept = boxes_under(raw.detections, positive, predictor.box_threshold)
-        scores = {"decision": probability, "detector": np.array([d.image_probability for d in raw.detections]),
-                  "max_box_score": np.array([d.max_box_score for d in raw.detections]),
-                  "classifier": classifier_probability(classifier, raw.classifier_logits)}
-        cam_threshold = localize.threshold if localize.threshold is not None else classifier.threshold
-        cams = localize_images(classifier, np.asarray(images), [(r.rows, r.columns, r.pixel_spacing_mm) for r in rows],
-                               cam_threshold, localize.cam_threshold, localize.min_area, batch_size)
-        report[split] = {
-            "model_selected_on_this_split": split == "val",
-            "detector": box_metrics(raw.detections, kept, rows) | {
-                "rsna_score_ci95": rsna_interval(kept, [r.boxes for r in rows], params.bootstrap_resamples, seed),
-                "ap50_ci95": ap50_interval(raw.detections, [r.boxes for r in rows], params.bootstrap_resamples, seed)},
-            "boxes_under_negative_labels": int(sum(len(b) for (b, _), p in zip(kept, positive) if not p)),
-            "image_auroc": image_aurocs(labels, scores, params.bootstrap_resamples, seed),
-            "cam_baseline": localization_metrics(cams, [r.boxes for r in rows], sizes),
-        }
-        kept_by_split[split] = (rows, images, raw.detections, kept, positive, probability)
+        report[split], kept_by_split[split] = _score_split(processed_dir, split, predictor, params, localize, seed,
+                                                           batch_size)
     report["image_score"] = {
         "gate": "decision",
         "why": "boxes belong to images whose image-level decision (the calibrated probability predict prints) "
@@ -267,6 +244,40 @@ def run(
     write_json(report_json, report)
     _write_markdown(Path(report_md), report, Path(plots_dir))
     return report
+
+
+def _score_split(
+    processed_dir: Path, split: str, predictor: Predictor, params: EvaluateDetectionParams, localize: LocalizeParams,
+    seed: int, batch_size: int,
+) -> tuple[dict, tuple]:
+    """One split's block of the report, and what the plots need of it (rows, images, detections, kept boxes, the
+    decision and its probability)."""
+    detector, classifier, decision = predictor.detector, predictor.classifier, predictor.decision
+    rows, images = _split_data(processed_dir, split)
+    labels = np.array([int(bool(r.boxes)) for r in rows])
+    if len(np.unique(labels)) < 2:
+        raise DatasetError(f"the {split} split has a single class: AUROC is undefined; use a larger split")
+    sizes = [(r.rows, r.columns) for r in rows]
+    raw = raw_outputs(classifier, detector, images, sizes, batch_size)
+    probability = decision.probability(raw.classifier_logits, raw.detector_logits)
+    positive = probability >= decision.threshold
+    kept = boxes_under(raw.detections, positive, predictor.box_threshold)
+    scores = {"decision": probability, "detector": np.array([d.image_probability for d in raw.detections]),
+              "max_box_score": np.array([d.max_box_score for d in raw.detections]),
+              "classifier": classifier_probability(classifier, raw.classifier_logits)}
+    cam_threshold = localize.threshold if localize.threshold is not None else classifier.threshold
+    cams = localize_images(classifier, np.asarray(images), [(r.rows, r.columns, r.pixel_spacing_mm) for r in rows],
+                           cam_threshold, localize.cam_threshold, localize.min_area, batch_size)
+    block = {
+        "model_selected_on_this_split": split == "val",
+        "detector": box_metrics(raw.detections, kept, rows) | {
+            "rsna_score_ci95": rsna_interval(kept, [r.boxes for r in rows], params.bootstrap_resamples, seed),
+            "ap50_ci95": ap50_interval(raw.detections, [r.boxes for r in rows], params.bootstrap_resamples, seed)},
+        "boxes_under_negative_labels": int(sum(len(b) for (b, _), p in zip(kept, positive) if not p)),
+        "image_auroc": image_aurocs(labels, scores, params.bootstrap_resamples, seed),
+        "cam_baseline": localization_metrics(cams, [r.boxes for r in rows], sizes),
+    }
+    return block, (rows, images, raw.detections, kept, positive, probability)
 
 
 def headline(report: dict) -> dict:

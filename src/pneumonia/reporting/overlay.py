@@ -72,12 +72,7 @@ def draw_overlay(
     scale = display_size / width
     size = (display_size, max(1, round(height * scale)))
 
-    peak = float(cam.max(initial=0.0))
-    heat = cam / peak if peak > 0 else np.zeros_like(cam)
-    alpha = (MAX_OPACITY * heat)[..., None]
-    grey = np.repeat(image.astype(np.float32)[..., None], 3, axis=-1)
-    blended = (1 - alpha) * grey + alpha * heat_colours(heat).astype(np.float32)
-    canvas = Image.fromarray(blended.round().astype(np.uint8)).resize(size, Image.BILINEAR)
+    canvas = _heat_canvas(image, cam).resize(size, Image.BILINEAR)
 
     draw = ImageDraw.Draw(canvas)
     line = max(2, display_size // 256)
@@ -96,10 +91,27 @@ def draw_overlay(
     for note in notes:
         _label(draw, (6, top), note, (255, 230, 120), small)
         top = draw.textbbox((6, top), note, font=small)[3] + 7
-    bottom = size[1] - 6
-    x = 6
     legend = [("predicted", PREDICTED_COLOUR)] + ([("ground truth", TRUTH_COLOUR)] if gt_boxes is not None else [])
-    for name, colour in legend:
+    _legend(draw, legend, size[1] - 6, line, font)
+
+    with atomic_path(path) as tmp:
+        canvas.save(tmp, format="PNG")
+
+
+def _heat_canvas(image: np.ndarray, cam: np.ndarray) -> Image.Image:
+    """The greyscale image with the map, divided by its maximum, blended over it as heat (at the image's size)."""
+    peak = float(cam.max(initial=0.0))
+    heat = cam / peak if peak > 0 else np.zeros_like(cam)
+    alpha = (MAX_OPACITY * heat)[..., None]
+    grey = np.repeat(image.astype(np.float32)[..., None], 3, axis=-1)
+    blended = (1 - alpha) * grey + alpha * heat_colours(heat).astype(np.float32)
+    return Image.fromarray(blended.round().astype(np.uint8))
+
+
+def _legend(draw: ImageDraw.ImageDraw, entries: list[tuple[str, tuple]], bottom: int, line: int, font) -> None:
+    """A box outline and a name per entry, left to right along the bottom edge."""
+    x = 6
+    for name, colour in entries:
         text_box = draw.textbbox((0, 0), name, font=font)
         text_height = text_box[3] - text_box[1]
         top = bottom - text_height - 6
@@ -107,9 +119,6 @@ def draw_overlay(
         draw.rectangle([x, top + 1, x + 24, bottom - 4], outline=colour, width=line)
         draw.text((x + 30, top - text_box[1]), name, fill=colour, font=font)
         x += 24 + 6 + text_box[2] + 16
-
-    with atomic_path(path) as tmp:
-        canvas.save(tmp, format="PNG")
 
 
 def _label(draw: ImageDraw.ImageDraw, xy: tuple[int, int], text: str, colour, font) -> None:

@@ -83,6 +83,19 @@ def classification_section(report: dict) -> list[str]:
             ["average precision", block["average_precision"], interval(block["ci95"]["average_precision"])],
         ],
     )
+    lines += _operating_points(block)
+    lines += _calibration(report, block)
+    lines += ["### Candidates for the answer (AUROC, bootstrap 95 % CI)", ""]
+    lines += table(["score", "AUROC", "95 % CI"],
+                    [[name.replace("_", " "), c["auroc"], interval(c["ci95"])]
+                     for name, c in block["candidates_auroc"].items()])
+    lines += ood_section(report, split)
+    lines += _subgroups(block)
+    return lines
+
+
+def _operating_points(block: dict) -> list[str]:
+    lines: list[str] = []
     lines += ["### Operating points", ""]
     rows = []
     for name, p in block["operating_points"].items():
@@ -97,6 +110,12 @@ def classification_section(report: dict) -> list[str]:
          "TP / FP / TN / FN"],
         rows,
     )
+    return lines
+
+
+def _calibration(report: dict, block: dict) -> list[str]:
+    decision = report["decision"]
+    lines: list[str] = []
     cal = block["calibration"]
     lines += ["### Calibration", ""]
     lines += table(
@@ -114,11 +133,11 @@ def classification_section(report: dict) -> list[str]:
               f"pneumonia. This split's prevalence is {cal['prevalence']:.2f} and its mean probability "
               f"{cal['mean_probability']:.2f}. Where pneumonia is rarer or commoner, the probability is off by the "
               "ratio of the odds (`pneumonia.prediction.decision.at_prevalence` corrects it).", ""]
-    lines += ["### Candidates for the answer (AUROC, bootstrap 95 % CI)", ""]
-    lines += table(["score", "AUROC", "95 % CI"],
-                    [[name.replace("_", " "), c["auroc"], interval(c["ci95"])]
-                     for name, c in block["candidates_auroc"].items()])
-    lines += ood_section(report, split)
+    return lines
+
+
+def _subgroups(block: dict) -> list[str]:
+    lines: list[str] = []
     sub = block["subgroups"]
     lines += [f"### Subgroups (at threshold {sub['at_threshold']:.3f}, chosen on val)", ""]
     rows = []
