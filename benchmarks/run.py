@@ -27,7 +27,8 @@ import numpy as np
 import psutil
 import torch
 
-from pneumonia.data import phantom, rsna
+from pneumonia.data import rsna
+from pneumonia.data.phantom.dataset import generate
 from pneumonia.classification.classifier import load_classifier
 from pneumonia.classification.data import XrayDataset, make_loader
 from pneumonia.classification.inference import predict_probabilities
@@ -44,7 +45,7 @@ def dataset(patients: int) -> Path:
     raw = CACHE / f"phantom_{patients}"
     if not (raw / rsna.LABELS_CSV).exists():
         print(f"generating {patients} phantom DICOMs (once) ...", flush=True)
-        phantom.generate(raw, patients=patients, size=1024, seed=7)
+        generate(raw, patients=patients, size=1024, seed=7)
     return raw
 
 

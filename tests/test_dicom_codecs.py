@@ -222,7 +222,9 @@ BEFORE_PLUGINS_SHA256 = "10af90104cf0ab0f1527264c44a443629da167c073a7244831193e7
 
 
 def phantom_files(folder):
-    from pneumonia.data.phantom import draw_patients, render, write_dicom
+    from pneumonia.data.phantom.dicom_writer import write_dicom
+    from pneumonia.data.phantom.patients import draw_patients
+    from pneumonia.data.phantom.render import render
 
     paths = []
     for i, patient in enumerate(draw_patients(4, seed=7)):

@@ -24,7 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Protocol
 
-from pneumonia.data import phantom, rsna
+from pneumonia.data import rsna
+from pneumonia.data.phantom.dataset import generate
 from pneumonia.core.atomic import atomic_dir
 from pneumonia.core.errors import CredentialsError, DatasetError, PneumoniaError
 from pneumonia.core.params import DownloadParams
@@ -71,7 +72,7 @@ def run(params: DownloadParams, seed: int, raw_dir: Path = Path("data/raw")) -> 
     if params.source == "synthetic":
         with _scratch_dir(raw_dir) as scratch:
             generated = scratch / "phantom"
-            phantom.generate(generated, patients=params.phantom.patients, size=params.phantom.size, seed=seed)
+            generate(generated, patients=params.phantom.patients, size=params.phantom.size, seed=seed)
             return install(generated, raw_dir, source="synthetic")
 
     if params.source == "kaggle":
