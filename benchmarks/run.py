@@ -377,7 +377,7 @@ def predict_backend_rates(files: list[str], batch: int, repeats: int) -> dict:
     images/s; the backends alternate which goes first, each repeat's ONNX Runtime / PyTorch ratio is paired,
     and the medians are kept. The same for the networks alone (the backends' forward on the images read once)."""
     from pneumonia.prediction import predict
-    from pneumonia.data.dicom import read_dicom_sizes
+    from pneumonia.data.dicom.read import read_dicom_sizes
     from pneumonia.prediction.onnx_export import export_onnx
 
     with tempfile.TemporaryDirectory(dir=CACHE) as tmp:

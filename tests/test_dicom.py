@@ -9,7 +9,7 @@ import pytest
 from simd import baseline_environment, files_of, run_python
 
 from pneumonia.data.phantom.dataset import generate
-from pneumonia.data.dicom import read_dicom
+from pneumonia.data.dicom.read import read_dicom
 from pneumonia.core.errors import DicomReadError
 from pneumonia.data.phantom.dicom_writer import write_dicom
 
@@ -389,7 +389,7 @@ def test_a_1_bit_segmentation_is_not_a_single_greyscale_image_not_corrupt():
 
 @pytest.mark.parametrize("jpeg", [True, False])
 def test_several_sizes_from_one_read_are_each_sizes_own_image(tmp_path, jpeg):
-    from pneumonia.data.dicom import read_dicom_sizes
+    from pneumonia.data.dicom.read import read_dicom_sizes
 
     path = tmp_path / "x.dcm"
     pixels = np.random.default_rng(0).integers(0, 256, (512, 512), dtype=np.uint8)

@@ -20,7 +20,8 @@ from pydicom.pixels import apply_modality_lut, apply_voi_lut, get_decoder
 from pydicom.uid import ExplicitVRLittleEndian, JPEGBaseline8Bit, JPEGExtended12Bit, JPEGLossless, RLELossless, UID
 
 from dicom_writer import LOSSLESS, SYNTAX_BITS, film, write_test_dicom
-from pneumonia.data.dicom import chest_problem, read_dicom
+from pneumonia.data.dicom.chest import chest_problem
+from pneumonia.data.dicom.read import read_dicom
 from pneumonia.core.errors import DicomReadError
 
 

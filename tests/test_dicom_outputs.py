@@ -27,7 +27,7 @@ from pneumonia.data.phantom.dicom_writer import write_dicom
 from pneumonia.data.phantom.patients import draw_patients
 from pneumonia.data.phantom.render import render
 from pneumonia.__main__ import main
-from pneumonia.data.dicom import read_dicom
+from pneumonia.data.dicom.read import read_dicom
 from pneumonia.prediction.dicom_outputs import NOT_CLINICAL, PNEUMONIA, ModelIdentity, build_outputs, source_header
 from pneumonia.core.errors import PneumoniaError
 from pneumonia.prediction.predict import FilePrediction, area_mm2

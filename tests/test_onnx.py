@@ -26,7 +26,7 @@ from pneumonia.classification.data import as_batch, standardize
 from pneumonia.detection.data import resize_images
 from pneumonia.detection.detector import detect_images
 from pneumonia.detection.tta import FlipMerge
-from pneumonia.data.dicom import read_dicom_sizes
+from pneumonia.data.dicom.read import read_dicom_sizes
 from pneumonia.classification.inference import classifier_outputs
 from pneumonia.core.model_file import read_model, save_model
 from pneumonia.prediction.onnx_backend import load_onnx_predictor, predictor_settings
