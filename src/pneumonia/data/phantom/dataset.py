@@ -1,4 +1,4 @@
-"""The phantom dataset in RSNA's layout (:func:`generate`), a contact sheet to tune it by eye, and chests without lungs."""
+"""The phantom dataset in RSNA's layout (:func:`generate`), a sheet to tune it by eye, and chests without lungs."""
 
 from __future__ import annotations
 

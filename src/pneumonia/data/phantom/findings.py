@@ -1,4 +1,4 @@
-"""What the phantom draws besides the anatomy: pneumonia opacities and their boxes, a nodule's place, tubes and leads."""
+"""What the phantom draws besides the anatomy: pneumonia opacities and their boxes, a nodule's place, devices."""
 
 from __future__ import annotations
 
@@ -86,7 +86,10 @@ def bounding_box(cloud: np.ndarray, size: int) -> Box:
 
 
 def draw_devices(rng: np.random.Generator, pose: Pose, size: int) -> np.ndarray:
-    """Tubes, lines and ECG leads: thin bright lines drawn at full resolution, uint8 (255: :data:`~pneumonia.data.phantom.film.DEVICE_ATTENUATION`)."""
+    """Tubes, lines and ECG leads: thin bright lines drawn at full resolution, uint8.
+
+    255 stands for :data:`~pneumonia.data.phantom.film.DEVICE_ATTENUATION`.
+    """
     overlay = Image.new("L", (size, size))
     draw = ImageDraw.Draw(overlay)
     line = max(1, round(size * 0.004))
