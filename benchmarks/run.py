@@ -27,7 +27,8 @@ import numpy as np
 import psutil
 import torch
 
-from pneumonia.data import phantom, rsna
+from pneumonia.data import rsna
+from pneumonia.data.phantom.dataset import generate
 from pneumonia.classification.classifier import load_classifier
 from pneumonia.classification.data import XrayDataset, make_loader
 from pneumonia.classification.inference import predict_probabilities
@@ -44,7 +45,7 @@ def dataset(patients: int) -> Path:
     raw = CACHE / f"phantom_{patients}"
     if not (raw / rsna.LABELS_CSV).exists():
         print(f"generating {patients} phantom DICOMs (once) ...", flush=True)
-        phantom.generate(raw, patients=patients, size=1024, seed=7)
+        generate(raw, patients=patients, size=1024, seed=7)
     return raw
 
 
@@ -377,7 +378,7 @@ def predict_backend_rates(files: list[str], batch: int, repeats: int) -> dict:
     images/s; the backends alternate which goes first, each repeat's ONNX Runtime / PyTorch ratio is paired,
     and the medians are kept. The same for the networks alone (the backends' forward on the images read once)."""
     from pneumonia.prediction import predict
-    from pneumonia.data.dicom import read_dicom_sizes
+    from pneumonia.data.dicom.read import read_dicom_sizes
     from pneumonia.prediction.onnx_export import export_onnx
 
     with tempfile.TemporaryDirectory(dir=CACHE) as tmp:

@@ -22,7 +22,7 @@ from pydicom.uid import (
     JPEGExtended12Bit, JPEGLossless, JPEGLosslessSV1, JPEGLSLossless, JPEGLSNearLossless, RLELossless,
 )
 
-from pneumonia.data.phantom import write_dicom
+from pneumonia.data.phantom.dicom_writer import write_dicom
 
 # transfer syntax -> the stored bit depths it is tested with
 SYNTAX_BITS: dict[UID, tuple[int, ...]] = {

@@ -20,7 +20,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from pneumonia.classification import inference
-from pneumonia.data import phantom
+from pneumonia.data.phantom.dicom_writer import write_dicom
 from pneumonia.__main__ import main
 from pneumonia.classification.classifier import classifier_header, load_classifier
 from pneumonia.core.errors import DatasetError, PneumoniaError
@@ -112,7 +112,7 @@ def test_file_mode_follows_the_umask(tmp_path):
 @pytest.fixture(scope="module")
 def dicom(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("dicom") / "chest.dcm"
-    phantom.write_dicom(path, np.full((64, 64), 90, np.uint8), patient_id="p1", jpeg=False)
+    write_dicom(path, np.full((64, 64), 90, np.uint8), patient_id="p1", jpeg=False)
     return path
 
 

@@ -8,10 +8,10 @@ import pydicom
 import pytest
 from simd import baseline_environment, files_of, run_python
 
-from pneumonia.data import phantom
-from pneumonia.data.dicom import read_dicom
+from pneumonia.data.phantom.dataset import generate
+from pneumonia.data.dicom.read import read_dicom
 from pneumonia.core.errors import DicomReadError
-from pneumonia.data.phantom import write_dicom
+from pneumonia.data.phantom.dicom_writer import write_dicom
 
 
 def gradient(size=64, high=255, dtype=np.uint8):
@@ -75,7 +75,8 @@ def test_dicom_without_pixel_data(tmp_path):
 
 
 def test_fast_jpeg_path_stays_within_one_grey_level_of_the_plain_path(tmp_path):
-    from pneumonia.data.phantom import render, draw_patients
+    from pneumonia.data.phantom.patients import draw_patients
+    from pneumonia.data.phantom.render import render
 
     # RSNA's 1024 films at the sizes people train on, and 512 films down to the 8x DCT limit.
     cases = [(1024, (224, 128, 64)), (512, (256, 128, 64))]
@@ -283,7 +284,8 @@ def test_corrupt_jpeg_huffman_table_is_refused(tmp_path):
 
 
 def render_film(size=128):
-    from pneumonia.data.phantom import draw_patients, render
+    from pneumonia.data.phantom.patients import draw_patients
+    from pneumonia.data.phantom.render import render
 
     return render(draw_patients(1, seed=2)[0], size).pixels
 
@@ -387,7 +389,7 @@ def test_a_1_bit_segmentation_is_not_a_single_greyscale_image_not_corrupt():
 
 @pytest.mark.parametrize("jpeg", [True, False])
 def test_several_sizes_from_one_read_are_each_sizes_own_image(tmp_path, jpeg):
-    from pneumonia.data.dicom import read_dicom_sizes
+    from pneumonia.data.dicom.read import read_dicom_sizes
 
     path = tmp_path / "x.dcm"
     pixels = np.random.default_rng(0).integers(0, 256, (512, 512), dtype=np.uint8)
@@ -413,7 +415,7 @@ for image_size in (128, 300):  # from 512: the JPEG fast path (at most half the 
 def test_conversion_is_bit_identical_whatever_the_simd_path(tmp_path):
     """dicom_to_npy writes the same arrays and manifest under this CPU's best SIMD path and under the x86-64 baseline."""
     limited = baseline_environment()
-    phantom.generate(tmp_path / "raw", patients=12, size=512, seed=6, workers=1)
+    generate(tmp_path / "raw", patients=12, size=512, seed=6, workers=1)
     tests = Path(__file__).parent
     run_python(CONVERT, tmp_path / "raw", tmp_path / "default", tests)
     run_python(CONVERT, tmp_path / "raw", tmp_path / "baseline", tests, env=limited)

@@ -20,7 +20,8 @@ from pydicom.pixels import apply_modality_lut, apply_voi_lut, get_decoder
 from pydicom.uid import ExplicitVRLittleEndian, JPEGBaseline8Bit, JPEGExtended12Bit, JPEGLossless, RLELossless, UID
 
 from dicom_writer import LOSSLESS, SYNTAX_BITS, film, write_test_dicom
-from pneumonia.data.dicom import chest_problem, read_dicom
+from pneumonia.data.dicom.chest import chest_problem
+from pneumonia.data.dicom.read import read_dicom
 from pneumonia.core.errors import DicomReadError
 
 
@@ -222,7 +223,9 @@ BEFORE_PLUGINS_SHA256 = "10af90104cf0ab0f1527264c44a443629da167c073a7244831193e7
 
 
 def phantom_files(folder):
-    from pneumonia.data.phantom import draw_patients, render, write_dicom
+    from pneumonia.data.phantom.dicom_writer import write_dicom
+    from pneumonia.data.phantom.patients import draw_patients
+    from pneumonia.data.phantom.render import render
 
     paths = []
     for i, patient in enumerate(draw_patients(4, seed=7)):

@@ -24,9 +24,12 @@ from hypothesis import strategies as st
 from pydicom.uid import JPEG2000Lossless, JPEGLossless, JPEGLSLossless, RLELossless
 
 from dicom_writer import write_test_dicom
-from pneumonia.data.dicom import DicomInfo, read_dicom
+from pneumonia.data.dicom.header import DicomInfo
+from pneumonia.data.dicom.read import read_dicom
 from pneumonia.core.errors import DicomReadError
-from pneumonia.data.phantom import draw_patients, render, write_dicom
+from pneumonia.data.phantom.dicom_writer import write_dicom
+from pneumonia.data.phantom.patients import draw_patients
+from pneumonia.data.phantom.render import render
 
 TIME_LIMIT_S = 10
 

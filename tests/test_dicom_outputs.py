@@ -23,9 +23,11 @@ from pydicom.uid import ComprehensiveSRStorage, GrayscaleSoftcopyPresentationSta
 import pneumonia
 from pneumonia import __version__
 from pneumonia.prediction import dicom_outputs
-from pneumonia.data import phantom
+from pneumonia.data.phantom.dicom_writer import write_dicom
+from pneumonia.data.phantom.patients import draw_patients
+from pneumonia.data.phantom.render import render
 from pneumonia.__main__ import main
-from pneumonia.data.dicom import read_dicom
+from pneumonia.data.dicom.read import read_dicom
 from pneumonia.prediction.dicom_outputs import NOT_CLINICAL, PNEUMONIA, ModelIdentity, build_outputs, source_header
 from pneumonia.core.errors import PneumoniaError
 from pneumonia.prediction.predict import FilePrediction, area_mm2
@@ -56,9 +58,9 @@ def scans(tmp_path_factory):
     """Scored: a phantom JPEG with spacing (and its copy in a subfolder, the same stem), a 12-bit MONOCHROME1 film
     128 rows x 96 columns without spacing, a film without StudyInstanceUID; not scored: an abdomen, a broken file."""
     folder = tmp_path_factory.mktemp("scans")
-    patient = next(p for p in phantom.draw_patients(10, seed=3) if p.opacities)
-    phantom.write_dicom(folder / "a.dcm", phantom.render(patient, 128).pixels, patient_id=patient.patient_id,
-                        pixel_spacing=SPACING)
+    patient = next(p for p in draw_patients(10, seed=3) if p.opacities)
+    write_dicom(folder / "a.dcm", render(patient, 128).pixels, patient_id=patient.patient_id,
+                pixel_spacing=SPACING)
     (folder / "nested").mkdir()
     shutil.copy(folder / "a.dcm", folder / "nested" / "a.dcm")
     write_test_dicom(folder / "b.dcm", film(128, 12)[:, :96], bits_stored=12, photometric="MONOCHROME1",

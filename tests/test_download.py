@@ -14,6 +14,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
 from pneumonia.data import download, rsna
+from pneumonia.data.kaggle_source import check_kaggle_credentials
 from pneumonia.core.errors import CredentialsError, DatasetError, PneumoniaError
 from project_params import project_params
 
@@ -245,17 +246,17 @@ def test_kaggle_missing_credentials(tmp_path, no_kaggle_credentials):
 
 def test_kaggle_credentials_found(no_kaggle_credentials, monkeypatch):
     (no_kaggle_credentials / "kaggle.json").write_text('{"username": "u", "key": "secret-key"}')
-    download.check_kaggle_credentials()
+    check_kaggle_credentials()
     (no_kaggle_credentials / "kaggle.json").unlink()
     monkeypatch.setenv("KAGGLE_USERNAME", "u")
     monkeypatch.setenv("KAGGLE_KEY", "secret-key")
-    download.check_kaggle_credentials()
+    check_kaggle_credentials()
 
 
 def test_kaggle_broken_json_not_echoed(no_kaggle_credentials):
     (no_kaggle_credentials / "kaggle.json").write_text('{"username": "u", "key": "secret-key"')
     with pytest.raises(CredentialsError) as info:
-        download.check_kaggle_credentials()
+        check_kaggle_credentials()
     assert "secret-key" not in str(info.value) and "kaggle.json" in str(info.value)
 
 

@@ -82,5 +82,5 @@ def test_every_stage_depends_on_check_params(name):
 
 
 def test_the_check_fails_when_a_module_is_missing():
-    """The closure finds a module imported two steps away: the decide stage reaches rendering.py via dicom.py."""
-    assert "src/pneumonia/data/rendering.py" in stage_modules(ROOT / "stages/decide.py")
+    """The closure finds a module imported two steps away: decide reaches dicom/rendering.py via dicom/read.py."""
+    assert "src/pneumonia/data/dicom/rendering.py" in stage_modules(ROOT / "stages/decide.py")

@@ -3,7 +3,7 @@
 import shutil
 import zipfile
 
-from pneumonia.data import phantom
+from pneumonia.data.phantom.dataset import generate
 from pipeline_repo import TINY_PARAMS, commit, make_repo, run
 
 
@@ -13,7 +13,7 @@ def status(repo) -> str:
 
 def test_a_change_in_the_users_folder_reruns_download(tmp_path):
     data = tmp_path / "hospital" / "rsna"  # outside the repository, as a user's data usually is
-    phantom.generate(data, patients=6, size=64, seed=1, workers=1)
+    generate(data, patients=6, size=64, seed=1, workers=1)
     repo = make_repo(tmp_path / "repo", {**TINY_PARAMS, "download": {"source": "local", "path": str(data)}})
     run(["dvc", "repro", "download"], repo)
     commit(repo, "downloaded")
@@ -35,7 +35,7 @@ def test_a_change_in_the_users_folder_reruns_download(tmp_path):
 
 def test_a_replaced_archive_reruns_download(tmp_path):
     folder = tmp_path / "rsna"
-    phantom.generate(folder, patients=6, size=64, seed=1, workers=1)
+    generate(folder, patients=6, size=64, seed=1, workers=1)
     archive = tmp_path / "rsna.zip"
 
     def pack() -> None:
@@ -49,7 +49,7 @@ def test_a_replaced_archive_reruns_download(tmp_path):
     run(["dvc", "repro", "download"], repo)
     commit(repo, "downloaded")
     assert "up to date" in status(repo)
-    phantom.generate(folder, patients=7, size=64, seed=2, workers=1)  # a new release of the archive
+    generate(folder, patients=7, size=64, seed=2, workers=1)  # a new release of the archive
     pack()
     assert "changed deps" in status(repo)
     run(["dvc", "repro", "download"], repo)

@@ -11,7 +11,9 @@ from PIL import Image
 from pneumonia.evaluation import box_metrics
 from pneumonia.localization import localize
 from pneumonia.localization import cam as loc
-from pneumonia.data import phantom, compute_stats
+from pneumonia.data import compute_stats
+from pneumonia.data.phantom.patients import NORMAL, draw_patients
+from pneumonia.data.phantom.render import render
 from pneumonia.classification import train
 from pneumonia.core.errors import DatasetError
 from pneumonia.data.manifest import ManifestRow, read_manifest, split_rows, write_manifest
@@ -127,15 +129,15 @@ def localized(tmp_path_factory):
     root = tmp_path_factory.mktemp("localize")
     processed = root / "processed"
     processed.mkdir()
-    patients = phantom.draw_patients(600, seed=3)
+    patients = draw_patients(600, seed=3)
     positives = [p for p in patients if p.opacities][:100]
-    normals = [p for p in patients if p.class_name == phantom.NORMAL][:100]
+    normals = [p for p in patients if p.class_name == NORMAL][:100]
     chosen = [p for pair in zip(positives, normals) for p in pair]
     n_train = int(0.6 * len(chosen))
     arrays, rows = {"train": [], "val": []}, []
     for i, patient in enumerate(chosen):
         split = "train" if i < n_train else "val"
-        rendering = phantom.render(patient, ORIGINAL, opacity_contrast=OPACITY_CONTRAST)
+        rendering = render(patient, ORIGINAL, opacity_contrast=OPACITY_CONTRAST)
         image = Image.fromarray(rendering.pixels).resize((IMAGE_SIZE, IMAGE_SIZE), Image.BILINEAR)
         arrays[split].append(np.asarray(image))
         rows.append(

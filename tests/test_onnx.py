@@ -17,14 +17,16 @@ import onnx
 import pytest
 import torch
 
-from pneumonia.data import phantom
+from pneumonia.data.phantom.dicom_writer import write_dicom
+from pneumonia.data.phantom.patients import draw_patients
+from pneumonia.data.phantom.render import render
 from pneumonia.__main__ import main
 from pneumonia.core.architectures import build_network
 from pneumonia.classification.data import as_batch, standardize
 from pneumonia.detection.data import resize_images
 from pneumonia.detection.detector import detect_images
 from pneumonia.detection.tta import FlipMerge
-from pneumonia.data.dicom import read_dicom_sizes
+from pneumonia.data.dicom.read import read_dicom_sizes
 from pneumonia.classification.inference import classifier_outputs
 from pneumonia.core.model_file import read_model, save_model
 from pneumonia.prediction.onnx_backend import load_onnx_predictor, predictor_settings
@@ -62,10 +64,10 @@ def between(values, index):
 def dicoms(tmp_path_factory):
     """Eight phantom DICOMs of two sizes, JPEG and uncompressed, positives and negatives."""
     folder = tmp_path_factory.mktemp("dicoms")
-    for i, patient in enumerate(phantom.draw_patients(8, seed=4)):
+    for i, patient in enumerate(draw_patients(8, seed=4)):
         side = 128 if i % 2 else 192
-        phantom.write_dicom(folder / f"{i}.dcm", phantom.render(patient, side).pixels,
-                            patient_id=patient.patient_id, pixel_spacing=0.5, jpeg=i % 3 != 0)
+        write_dicom(folder / f"{i}.dcm", render(patient, side).pixels,
+                    patient_id=patient.patient_id, pixel_spacing=0.5, jpeg=i % 3 != 0)
     return folder
 
 

@@ -14,8 +14,13 @@ from pydicom.uid import ExplicitVRLittleEndian, JPEGBaseline8Bit
 from simd import baseline_environment, files_of, run_python
 from sklearn.metrics import roc_auc_score
 
-from pneumonia.data import phantom
-from pneumonia.data.phantom import LUNG_OPACITY, NORMAL, NOT_NORMAL
+from pneumonia.data.phantom import dataset, film
+from pneumonia.data.phantom.anatomy import support
+from pneumonia.data.phantom.dataset import generate, preview
+from pneumonia.data.phantom.dicom_writer import CR_IMAGE_STORAGE, write_dicom
+from pneumonia.data.phantom.exact_math import blur
+from pneumonia.data.phantom.patients import LUNG_OPACITY, NORMAL, NOT_NORMAL, NOT_NORMAL_FINDINGS, Patient, draw_patients
+from pneumonia.data.phantom.render import Rendering, render
 
 SIZE = 256  # pixels; small, for speed
 PATIENTS = 40
@@ -25,15 +30,15 @@ UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12
 @pytest.fixture(scope="module")
 def raw_dir(tmp_path_factory) -> Path:
     raw = tmp_path_factory.mktemp("phantom") / "raw"
-    phantom.generate(raw, patients=PATIENTS, size=SIZE, seed=5, workers=2)
+    generate(raw, patients=PATIENTS, size=SIZE, seed=5, workers=2)
     return raw
 
 
 @pytest.fixture(scope="module")
-def positives() -> list[tuple[phantom.Patient, phantom.Rendering]]:
+def positives() -> list[tuple[Patient, Rendering]]:
     """Rendered opacity patients, drawn from enough patients to have a few dozen."""
-    patients = [p for p in phantom.draw_patients(160, seed=9) if p.class_name == LUNG_OPACITY]
-    return [(p, phantom.render(p, SIZE)) for p in patients]
+    patients = [p for p in draw_patients(160, seed=9) if p.class_name == LUNG_OPACITY]
+    return [(p, render(p, SIZE)) for p in patients]
 
 
 def read_rows(path: Path) -> list[dict[str, str]]:
@@ -45,8 +50,8 @@ def read_rows(path: Path) -> list[dict[str, str]]:
 
 
 def test_generate_is_deterministic_whatever_the_workers(raw_dir, tmp_path):
-    phantom.generate(tmp_path / "one_worker", patients=PATIENTS, size=SIZE, seed=5, workers=1)
-    phantom.generate(tmp_path / "other_seed", patients=PATIENTS, size=SIZE, seed=6, workers=2)
+    generate(tmp_path / "one_worker", patients=PATIENTS, size=SIZE, seed=5, workers=1)
+    generate(tmp_path / "other_seed", patients=PATIENTS, size=SIZE, seed=6, workers=2)
 
     same = files_of(tmp_path / "one_worker")
     assert same == files_of(raw_dir)
@@ -58,9 +63,9 @@ def test_generate_is_deterministic_whatever_the_workers(raw_dir, tmp_path):
 GENERATE = """
 import sys
 from pathlib import Path
-from pneumonia.data import phantom
+from pneumonia.data.phantom.dataset import generate
 for size in (512, 300):  # anatomy enlarged 2x (as at 1024: a whole multiple), and by 300/256
-    phantom.generate(Path(sys.argv[1]) / str(size), patients=12, size=size, seed=6, workers=1)
+    generate(Path(sys.argv[1]) / str(size), patients=12, size=size, seed=6, workers=1)
 """
 
 
@@ -76,9 +81,9 @@ def test_generate_is_bit_identical_whatever_the_simd_path(tmp_path):
     assert len(default) == 2 * (12 + 2)
     differ = sorted(name for name in default if default[name] != baseline.get(name))
     assert not differ, f"{len(differ)} of {len(default)} files depend on the SIMD path: {differ[:4]}"
-    findings = {f for p in phantom.draw_patients(12, seed=6) for f in p.findings}
-    assert findings == set(phantom.NOT_NORMAL_FINDINGS)
-    assert any(p.class_name == LUNG_OPACITY for p in phantom.draw_patients(12, seed=6))
+    findings = {f for p in draw_patients(12, seed=6) for f in p.findings}
+    assert findings == set(NOT_NORMAL_FINDINGS)
+    assert any(p.class_name == LUNG_OPACITY for p in draw_patients(12, seed=6))
 
 
 def test_layout_and_label_files(raw_dir):
@@ -95,7 +100,7 @@ def test_layout_and_label_files(raw_dir):
 
     labels = read_rows(raw_dir / "stage_2_train_labels.csv")
     classes = read_rows(raw_dir / "stage_2_detailed_class_info.csv")
-    patients = phantom.draw_patients(PATIENTS, seed=5)
+    patients = draw_patients(PATIENTS, seed=5)
     assert len(labels) == len(classes) == sum(max(1, p.opacities) for p in patients)
     # Rows in patient order, one per box, and the class file row for row alongside.
     assert [row["patientId"] for row in labels] == [p.patient_id for p in patients for _ in range(max(1, p.opacities))]
@@ -117,7 +122,7 @@ def test_layout_and_label_files(raw_dir):
 
 
 def test_dicom_headers_like_rsna(raw_dir):
-    patients = {p.patient_id: p for p in phantom.draw_patients(PATIENTS, seed=5)}
+    patients = {p.patient_id: p for p in draw_patients(PATIENTS, seed=5)}
     uids = set()
     for path in sorted((raw_dir / "stage_2_train_images").iterdir()):
         ds = pydicom.dcmread(path)
@@ -146,7 +151,7 @@ def test_generate_replaces_raw_dir_whole(tmp_path):
     raw = tmp_path / "raw"
     raw.mkdir()
     (raw / "stale.txt").write_text("from an older run")
-    phantom.generate(raw, patients=4, size=64, seed=1, workers=1)
+    generate(raw, patients=4, size=64, seed=1, workers=1)
     assert not (raw / "stale.txt").exists()
     assert len(list((raw / "stage_2_train_images").iterdir())) == 4
     assert [p.name for p in tmp_path.iterdir()] == ["raw"]  # no temporary folder left behind
@@ -161,10 +166,10 @@ def test_crash_leaves_no_half_dataset(tmp_path, monkeypatch):
             raise RuntimeError("disk full")
         return real_render(patient, size)
 
-    real_render = phantom.render
-    monkeypatch.setattr(phantom, "render", failing_render)
+    real_render = render
+    monkeypatch.setattr(dataset, "render", failing_render)
     with pytest.raises(RuntimeError, match="disk full"):
-        phantom.generate(tmp_path / "raw", patients=6, size=64, seed=1, workers=1)
+        generate(tmp_path / "raw", patients=6, size=64, seed=1, workers=1)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -172,7 +177,7 @@ def test_crash_leaves_no_half_dataset(tmp_path, monkeypatch):
 
 
 def test_patient_statistics_match_rsna():
-    patients = phantom.draw_patients(2000, seed=3)
+    patients = draw_patients(2000, seed=3)
     n = len(patients)
     classes = Counter(p.class_name for p in patients)
     assert classes[LUNG_OPACITY] / n == pytest.approx(0.225, abs=0.03)
@@ -199,8 +204,8 @@ def test_patient_statistics_match_rsna():
 
 
 def test_draw_patients_is_a_stable_prefix():
-    assert phantom.draw_patients(30, seed=3) == phantom.draw_patients(100, seed=3)[:30]
-    assert phantom.draw_patients(30, seed=3) != phantom.draw_patients(30, seed=4)
+    assert draw_patients(30, seed=3) == draw_patients(100, seed=3)[:30]
+    assert draw_patients(30, seed=3) != draw_patients(30, seed=4)
 
 
 # --------------------------------------------------------------------------- images
@@ -225,9 +230,9 @@ def test_boxes_are_where_the_opacities_are(positives):
     Drawn at a fixed contrast, so the test does not depend on the tuned default.
     """
     for patient, _ in positives:
-        rendering = phantom.render(patient, SIZE, opacity_contrast=0.5)
-        clear = phantom.render(patient, SIZE, opacity_contrast=0.0)
-        assert rendering.boxes == clear.boxes == phantom.render(patient, SIZE).boxes
+        rendering = render(patient, SIZE, opacity_contrast=0.5)
+        clear = render(patient, SIZE, opacity_contrast=0.0)
+        assert rendering.boxes == clear.boxes == render(patient, SIZE).boxes
         added = rendering.pixels.astype(float) - clear.pixels
         in_boxes = np.zeros(added.shape, bool)
         for box in rendering.boxes:
@@ -239,8 +244,8 @@ def test_boxes_are_where_the_opacities_are(positives):
 
 
 def test_mean_brightness_does_not_separate_the_classes():
-    patients = phantom.draw_patients(300, seed=11)
-    brightness = [phantom.render(p, 128).pixels.mean() for p in patients]
+    patients = draw_patients(300, seed=11)
+    brightness = [render(p, 128).pixels.mean() for p in patients]
     positive = [p.class_name == LUNG_OPACITY for p in patients]
     assert 0.3 < roc_auc_score(positive, brightness) < 0.7
 
@@ -249,15 +254,15 @@ def test_mean_brightness_does_not_separate_the_classes():
 @pytest.mark.parametrize("rows, columns", [(slice(0, 64),) * 2, (slice(10, 30), slice(40, 64)), (slice(3, 5), slice(0, 1))])
 def test_blur_on_a_window_is_the_whole_blur_there_bit_for_bit(sigma, rows, columns):
     image = np.random.default_rng(0).random((64, 64), dtype=np.float32)
-    part, whole = phantom._blur(image, sigma, (rows, columns)), phantom._blur(image, sigma)[rows, columns]
+    part, whole = blur(image, sigma, (rows, columns)), blur(image, sigma)[rows, columns]
     assert np.array_equal(part.view(np.uint32), whole.view(np.uint32))
 
 
 def test_support_holds_every_nonzero_pixel():
     mask = np.zeros((8, 9))
-    assert phantom._support(mask) == (slice(0, 0), slice(0, 0))
+    assert support(mask) == (slice(0, 0), slice(0, 0))
     mask[2, 7] = mask[5, 3] = 0.5
-    assert phantom._support(mask) == (slice(2, 6), slice(3, 8))
+    assert support(mask) == (slice(2, 6), slice(3, 8))
 
 
 @pytest.mark.parametrize("n, size", [(16, 64), (16, 96), (16, 40), (16, 16)])
@@ -265,15 +270,15 @@ def test_enlarge_interpolates_a_plane_exactly_and_clamps_the_edges(n, size):
     """A linear ramp enlarged (x4; x6, weights unevenly spaced; another ratio; none) is the ramp at each centre, +-1."""
     rows, columns = np.mgrid[0:n, 0:n]
     levels = (300 * rows + 70 * columns).astype(np.int32)
-    enlarged = np.concatenate([values.copy() for _, values in phantom._enlarge(levels, size, band=8)])
+    enlarged = np.concatenate([values.copy() for _, values in film._enlarge(levels, size, band=8)])
     centres = np.clip((np.arange(size) + 0.5) * n / size - 0.5, 0, n - 1)  # in source pixels, clamped
     assert enlarged.shape == (size, size)
     assert np.abs(enlarged - (300 * centres[:, None] + 70 * centres[None, :])).max() <= 1
 
 
 def test_render_is_deterministic():
-    patient = phantom.draw_patients(3, seed=2)[2]
-    first, second = phantom.render(patient, 96), phantom.render(patient, 96)
+    patient = draw_patients(3, seed=2)[2]
+    first, second = render(patient, 96), render(patient, 96)
     assert np.array_equal(first.pixels, second.pixels) and first.boxes == second.boxes
     assert first.pixels.shape == (96, 96) and first.pixels.dtype == np.uint8
 
@@ -290,7 +295,7 @@ def gradient() -> np.ndarray:
 
 def test_write_dicom_uncompressed_is_exact(tmp_path, gradient):
     path = tmp_path / "a.dcm"
-    phantom.write_dicom(path, gradient, patient_id="p1", sex="F", age=7, view="AP", pixel_spacing=0.168, jpeg=False)
+    write_dicom(path, gradient, patient_id="p1", sex="F", age=7, view="AP", pixel_spacing=0.168, jpeg=False)
     ds = pydicom.dcmread(path)
     assert ds.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
     assert np.array_equal(ds.pixel_array, gradient)
@@ -300,19 +305,19 @@ def test_write_dicom_uncompressed_is_exact(tmp_path, gradient):
 
 def test_write_dicom_jpeg_is_close(tmp_path, gradient):
     path = tmp_path / "a.dcm"
-    phantom.write_dicom(path, gradient, patient_id="p1")
+    write_dicom(path, gradient, patient_id="p1")
     ds = pydicom.dcmread(path)
     assert ds.file_meta.TransferSyntaxUID == JPEGBaseline8Bit
     assert ds.pixel_array.shape == gradient.shape and ds.pixel_array.dtype == np.uint8
     assert np.abs(ds.pixel_array.astype(int) - gradient).mean() < 2  # grey levels
     again = tmp_path / "b.dcm"
-    phantom.write_dicom(again, gradient, patient_id="p1")
+    write_dicom(again, gradient, patient_id="p1")
     assert again.read_bytes() == path.read_bytes()
 
 
 def test_write_dicom_monochrome1(tmp_path, gradient):
     path = tmp_path / "a.dcm"
-    phantom.write_dicom(path, gradient, patient_id="p1", photometric="MONOCHROME1")
+    write_dicom(path, gradient, patient_id="p1", photometric="MONOCHROME1")
     ds = pydicom.dcmread(path)
     assert ds.PhotometricInterpretation == "MONOCHROME1"
     assert np.abs(ds.pixel_array.astype(int) - gradient).mean() < 2  # stored as given, not inverted
@@ -321,7 +326,7 @@ def test_write_dicom_monochrome1(tmp_path, gradient):
 def test_write_dicom_12_bit(tmp_path):
     pixels = np.arange(64 * 64, dtype=np.uint16).reshape(64, 64)  # 0..4095
     path = tmp_path / "a.dcm"
-    phantom.write_dicom(path, pixels, patient_id="p1", jpeg=False, bits_stored=12)
+    write_dicom(path, pixels, patient_id="p1", jpeg=False, bits_stored=12)
     ds = pydicom.dcmread(path)
     assert (ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation) == (16, 12, 11, 0)
     assert ds.pixel_array.dtype == np.uint16
@@ -343,14 +348,14 @@ def written_by_pydicom(path: Path, pixels: np.ndarray, *, patient_id: str, sex: 
         return generate_uid(entropy_srcs=[patient_id, kind])
 
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = phantom.CR_IMAGE_STORAGE
+    meta.MediaStorageSOPClassUID = CR_IMAGE_STORAGE
     meta.MediaStorageSOPInstanceUID = uid("instance")
     meta.TransferSyntaxUID = JPEGBaseline8Bit if jpeg else ExplicitVRLittleEndian
     ds = pydicom.Dataset()
     ds.file_meta = meta
     ds.preamble = b"\0" * 128
     ds.SpecificCharacterSet = "ISO_IR 100"
-    ds.SOPClassUID = phantom.CR_IMAGE_STORAGE
+    ds.SOPClassUID = CR_IMAGE_STORAGE
     ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
     ds.StudyDate, ds.StudyTime, ds.AccessionNumber = "19010101", "000000.00", ""
     ds.Modality, ds.ConversionType, ds.ReferringPhysicianName = "CR", "WSD", ""
@@ -395,7 +400,7 @@ def test_write_dicom_writes_what_pydicom_writes(tmp_path, shape, options):
     """write_dicom encodes its elements itself, for speed: byte for byte what pydicom's writer makes of them."""
     bits = options.get("bits_stored", 8)
     pixels = (np.arange(shape[0] * shape[1]) * 37 % 2**bits).reshape(shape).astype(np.uint8 if bits <= 8 else np.uint16)
-    phantom.write_dicom(tmp_path / "ours.dcm", pixels, **options)
+    write_dicom(tmp_path / "ours.dcm", pixels, **options)
     written_by_pydicom(tmp_path / "pydicom.dcm", pixels, **options)
     assert (tmp_path / "ours.dcm").read_bytes() == (tmp_path / "pydicom.dcm").read_bytes()
 
@@ -412,12 +417,12 @@ def test_write_dicom_writes_what_pydicom_writes(tmp_path, shape, options):
 )
 def test_write_dicom_refuses_what_it_cannot_write(tmp_path, pixels, options, message):
     with pytest.raises(ValueError, match=message):
-        phantom.write_dicom(tmp_path / "a.dcm", pixels, patient_id="p1", **options)
+        write_dicom(tmp_path / "a.dcm", pixels, patient_id="p1", **options)
 
 
 def test_preview_sheet(tmp_path):
     from PIL import Image
 
-    phantom.preview(tmp_path / "sheet.png", count=3, size=64, seed=1)
+    preview(tmp_path / "sheet.png", count=3, size=64, seed=1)
     with Image.open(tmp_path / "sheet.png") as sheet:
         assert sheet.size == (3 * 64, 64)

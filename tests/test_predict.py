@@ -5,7 +5,9 @@ import csv
 import numpy as np
 import pytest
 
-from pneumonia.data import phantom
+from pneumonia.data.phantom.dicom_writer import write_dicom
+from pneumonia.data.phantom.patients import draw_patients
+from pneumonia.data.phantom.render import render
 from pneumonia.classification import train
 from pneumonia.__main__ import main
 from pneumonia.prediction.predict import CSV_COLUMNS, FilePrediction, find_dicoms, write_predictions_csv, write_submission
@@ -46,7 +48,7 @@ def dicoms(tmp_path_factory):
     """Two JPEG and one uncompressed phantom DICOM (one in a subfolder), one broken .dcm and a stray text file."""
     folder = tmp_path_factory.mktemp("dicoms")
     (folder / "nested").mkdir()
-    patients = phantom.draw_patients(20, seed=2)
+    patients = draw_patients(20, seed=2)
     positive = next(p for p in patients if p.opacities)
     negatives = [p for p in patients if not p.opacities][:2]
     ids = {}
@@ -55,8 +57,8 @@ def dicoms(tmp_path_factory):
         (folder / "b.dcm", negatives[0], False),
         (folder / "nested" / "c.DCM", negatives[1], True),
     ):
-        phantom.write_dicom(
-            path, phantom.render(patient, SIDE).pixels, patient_id=patient.patient_id, pixel_spacing=0.5, jpeg=jpeg
+        write_dicom(
+            path, render(patient, SIDE).pixels, patient_id=patient.patient_id, pixel_spacing=0.5, jpeg=jpeg
         )
         ids[path.name] = patient.patient_id
     (folder / "broken.dcm").write_bytes(b"this is not a DICOM file")
@@ -128,7 +130,7 @@ def test_files_that_all_read_exit_zero(checkpoint, dicoms, tmp_path, capsys):
 
 def test_patient_id_falls_back_to_the_file_name(checkpoint, tmp_path):
     path = tmp_path / "anonymous.dcm"
-    phantom.write_dicom(path, np.full((64, 64), 90, np.uint8), patient_id="", jpeg=False)
+    write_dicom(path, np.full((64, 64), 90, np.uint8), patient_id="", jpeg=False)
     assert main(["predict", str(path), "--model", str(checkpoint),
                  "--out", str(tmp_path / "p.csv")]) == 0
     assert read_csv(tmp_path / "p.csv")[0]["patientId"] == "anonymous"

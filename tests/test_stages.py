@@ -8,7 +8,7 @@ import yaml
 
 from pipeline_repo import ROOT, run
 from project_params import merged
-from pneumonia.data.phantom import write_dicom
+from pneumonia.data.phantom.dicom_writer import write_dicom
 
 
 def stage(name, workdir, params, env_extra=None, monkeypatch=None):

@@ -24,7 +24,7 @@ from torch import nn
 from pneumonia.core.errors import PneumoniaError
 from pneumonia.core.architectures import ARCHITECTURES, build_network
 from pneumonia.core.model_file import read_model
-from pneumonia.data.rendering import WINDOWING_MODES
+from pneumonia.data.dicom.rendering import WINDOWING_MODES
 
 NETWORK_PREFIX = "network."  # the LightningModule's attribute holding the network, in its checkpoints
 HEADER_KEYS = ("arch", "image_size", "mean", "std", "threshold", "temperature", "windowing")

@@ -9,10 +9,10 @@ dataset size. Everything is built in a temporary folder that replaces
 output that looks complete.
 
 A file that cannot be read, or that is not a chest radiograph
-(:func:`pneumonia.data.dicom.chest_problem`: Modality not CR/DX/DR, or a
+(:func:`pneumonia.data.dicom.chest.chest_problem`: Modality not CR/DX/DR, or a
 BodyPartExamined that is not a chest), stops the stage (``on_error: fail``) or
 is left out and listed in ``failed.csv`` with its reason (``on_error: skip``).
-Pixels are rendered with ``windowing`` (see :mod:`pneumonia.data.rendering`).
+Pixels are rendered with ``windowing`` (see :mod:`pneumonia.data.dicom.rendering`).
 """
 
 from __future__ import annotations
@@ -31,7 +31,9 @@ from tqdm import tqdm
 from pneumonia.core.boxes import to_array_pixels
 from pneumonia.data import rsna
 from pneumonia.core.atomic import atomic_dir
-from pneumonia.data.dicom import NOT_CHEST, DicomInfo, check_chest, read_dicom
+from pneumonia.data.dicom.chest import NOT_CHEST, check_chest
+from pneumonia.data.dicom.header import DicomInfo
+from pneumonia.data.dicom.read import read_dicom
 from pneumonia.core.errors import DatasetError, DicomReadError, NotChestError
 from pneumonia.reporting.grid import save_grid
 from pneumonia.data.manifest import MANIFEST, ManifestRow, write_manifest

@@ -124,7 +124,7 @@ def run(
 
 def _unlike_set(predictor: Predictor, processed_dir: Path, params: EvaluateParams, seed: int) -> dict:
     """The guard on images unlike chest radiographs (:func:`pneumonia.prediction.ood.unlike_images`): the catch rate."""
-    from pneumonia.data.phantom import radiographs_without_lungs
+    from pneumonia.data.phantom.dataset import radiographs_without_lungs
 
     size = predictor.image_size
     val = np.load(processed_dir / "val.npy", mmap_mode="r")

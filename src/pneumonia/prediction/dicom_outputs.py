@@ -57,7 +57,7 @@ from pneumonia.core.errors import PneumoniaError
 from pneumonia.reporting.overlay import PREDICTED_COLOUR
 from pneumonia.prediction.predict import FilePrediction, area_mm2
 from pneumonia.prediction.predictor import Predictor
-from pneumonia.data.rendering import RenderingError, presentation_inverse
+from pneumonia.data.dicom.rendering import RenderingError, presentation_inverse
 
 ALGORITHM_NAME = "pneumonia"
 MANUFACTURER = "pneumonia (open-source project)"

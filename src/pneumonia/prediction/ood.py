@@ -108,7 +108,7 @@ def other_modality_images(size: int) -> Iterator[tuple[str, np.ndarray]]:
     from pydicom.data import get_testdata_file
     from pydicom.pixels import apply_color_lut
 
-    from pneumonia.data.dicom import read_dicom
+    from pneumonia.data.dicom.read import read_dicom
     from pneumonia.core.errors import DicomReadError
 
     for name in _PYDICOM_FILES:

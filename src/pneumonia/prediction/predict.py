@@ -25,7 +25,9 @@ from tqdm import tqdm
 from pneumonia.core.atomic import atomic_path
 from pneumonia.core.boxes import to_array_pixels
 from pneumonia.detection.detector import area_fraction
-from pneumonia.data.dicom import DicomInfo, chest_problem, read_dicom_sizes
+from pneumonia.data.dicom.chest import chest_problem
+from pneumonia.data.dicom.header import DicomInfo
+from pneumonia.data.dicom.read import read_dicom_sizes
 from pneumonia.core.errors import DicomReadError, PneumoniaError
 from pneumonia.classification.inference import default_device
 from pneumonia.reporting.overlay import draw_overlay
