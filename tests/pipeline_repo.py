@@ -8,7 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import yaml
 
@@ -132,18 +132,33 @@ def baseline_template(cache_root: Path) -> Path:
 
 
 def baseline_reads(cache_root: Path) -> dict[str, set[str]]:
-    """The files each stage script of the baseline run opened for reading, as ``{script: {path}}``.
+    """The files each stage script of the baseline run read as inputs, as ``{script: {path}}`` (see :func:`inputs`).
 
     Paths are relative to the repository (the hook keeps no other); scripts as the stage's cmd names
     them (``stages/train.py``). Processes a stage forked count as the stage.
     """
     template = os.path.realpath(baseline_template(cache_root))
-    reads: dict[str, set[str]] = {}
+    lines = []
     for log in sorted((cache_root / "baseline-reads").glob("*.reads")):
         for line in log.read_text().splitlines():
-            script, path = line.split("\t")
-            reads.setdefault(script, set()).add(os.path.relpath(os.path.realpath(path), template))
-    return reads
+            script, kind, path = line.split("\t")
+            lines.append((script, kind, os.path.relpath(os.path.realpath(path), template)))
+    return inputs(lines)
+
+
+def inputs(events: list[tuple[str, str, str]]) -> dict[str, set[str]]:
+    """``{script: {path}}`` of the ``(script, "r" or "w", path)`` events, in the order they happened, that
+    read a file the same script had not written before, itself or a folder above it (renamed into
+    place): reading back its own work (an atomic temporary, a checkpoint of this run) is no input."""
+    written: dict[str, set[str]] = {}
+    read: dict[str, set[str]] = {}
+    for script, kind, path in events:
+        own = written.setdefault(script, set())
+        if kind == "w":
+            own.add(path)
+        elif not any(str(folder) in own for folder in (PurePosixPath(path), *PurePosixPath(path).parents)):
+            read.setdefault(script, set()).add(path)
+    return read
 
 
 def commit(path: Path, message: str) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline_repo import ROOT, baseline_reads, baseline_template, session_folder
+from pipeline_repo import ROOT, baseline_reads, baseline_template, inputs, session_folder
 
 SRC = ROOT / "src"
 
@@ -92,8 +92,9 @@ def test_the_check_fails_when_a_module_is_missing():
 
 # --- files a stage reads ------------------------------------------------------------------------------
 
-# Not checked here: the code (the imports above are), params (declared by key), DVC's and git's own files.
-NOT_DATA = re.compile(r"^(\.git|\.dvc|src|stages)/|\.pyc$|^params\.yaml$")
+# Not checked here: the code (the imports above are), params (declared by key), DVC's and git's own files
+# (DVCLive, in train, opens the repository as DVC does: .dvc/config, .dvcignore, .git/).
+NOT_DATA = re.compile(r"^(\.git|\.dvc|src|stages)/|\.pyc$|^params\.yaml$|(^|/)\.(dvc|git)ignore$")
 
 
 def _path(entry: str | dict) -> str:
@@ -148,7 +149,7 @@ def test_the_read_check_accepts_deps_outs_their_contents_and_what_it_leaves_to_o
     reads = {"stages/prepare.py": {
         "data/raw/a/1.dcm", "notes.txt", "data/prepared/old.npy", "metrics/prepared.json",  # declared
         "stages/prepare.py", "src/pneumonia/core/params.py", "data/__pycache__/x.cpython-311.pyc", "params.yaml",
-        ".git/HEAD", ".dvc/config", "/usr/lib/python3.11/os.py", "../elsewhere.txt",  # another test's business
+        ".git/HEAD", ".dvc/config", ".dvcignore", "/usr/lib/python3.11/os.py", "../elsewhere.txt",  # not data
     }}
     assert undeclared_reads(reads, TOY_STAGES) == []
 
@@ -161,6 +162,16 @@ def test_the_read_check_names_the_stage_and_the_file():
     assert re.search(r"stages/orphan\.py.*no stage", problems[0])
     assert re.search(r"stage prepare reads data/rawer/2\.dcm.*deps", problems[1])  # a sibling, not inside data/raw
     assert re.search(r"stage prepare reads notes\.txt\.bak.*deps", problems[2])
+
+
+def test_a_file_the_stage_wrote_before_reading_it_is_no_input():
+    events = [("stages/train.py", "w", "models/.ckpt/best.ckpt"), ("stages/train.py", "r", "models/.ckpt/best.ckpt"),
+              ("stages/detect.py", "r", "models/.ckpt/best.ckpt"),  # another stage's
+              ("stages/train.py", "r", "models/.ckpt/last.ckpt"), ("stages/train.py", "w", "models/.ckpt/last.ckpt"),
+              ("stages/train.py", "w", "data/.tmp/staged"), ("stages/train.py", "r", "data/.tmp/staged/a.csv"),  # moved in
+              ("stages/train.py", "r", "data/.tmp/stage.csv")]
+    assert inputs(events) == {"stages/detect.py": {"models/.ckpt/best.ckpt"},
+                              "stages/train.py": {"models/.ckpt/last.ckpt", "data/.tmp/stage.csv"}}
 
 
 @pytest.fixture
