@@ -8,7 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import yaml
 
@@ -33,9 +33,9 @@ def environment() -> dict[str, str]:
     return dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", DVC_NO_ANALYTICS="1")
 
 
-def run(args: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
-    """Run a command in :func:`environment`, its output captured."""
-    result = subprocess.run(args, cwd=cwd, env=environment(), capture_output=True, text=True)
+def run(args: list[str], cwd: Path, check: bool = True, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Run a command in :func:`environment` (or ``env``), its output captured."""
+    result = subprocess.run(args, cwd=cwd, env=env or environment(), capture_output=True, text=True)
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
     return result
@@ -96,21 +96,69 @@ def baseline_repo(path: Path, cache_root: Path) -> Path:
     The pipeline runs once per test session: the first test to ask builds it under ``cache_root``
     (shared by pytest-xdist's workers, guarded by a file lock) and every test gets its own copy.
     """
+    shutil.copytree(baseline_template(cache_root), path, symlinks=True)
+    return path
+
+
+READ_AUDIT = Path(__file__).resolve().parent / "read_audit"  # its sitecustomize.py records what stages read
+
+
+def baseline_template(cache_root: Path) -> Path:
+    """The session's baseline repository itself, built on first use: read it, never change it (copy it instead).
+
+    Its `dvc repro` runs under tests/read_audit's hook: each stage's reads go to ``baseline-reads/``
+    beside it (see :func:`baseline_reads`).
+    """
     from filelock import FileLock  # DVC's own dependency
 
     template = cache_root / "baseline-repo"
     with FileLock(str(cache_root / "baseline-repo.lock")):
         if not (template / ".baseline-done").exists():
-            if template.exists():
-                shutil.rmtree(template)
+            reads = cache_root / "baseline-reads"
+            for folder in (template, reads):
+                if folder.exists():
+                    shutil.rmtree(folder)
             make_repo(template)
-            result = run(["dvc", "repro"], template)
+            reads.mkdir()
+            env = environment()
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(READ_AUDIT), env.get("PYTHONPATH")]))
+            env["PNEUMONIA_READ_LOG"] = str(reads)
+            result = run(["dvc", "repro"], template, env=env)
             (template / BASELINE_LOG).write_text(result.stdout + result.stderr)
             (template / ".git" / "info" / "exclude").write_text(f"{BASELINE_LOG}\n.baseline-done\n")
             commit(template, "baseline run")
             (template / ".baseline-done").touch()
-    shutil.copytree(template, path, symlinks=True)
-    return path
+    return template
+
+
+def baseline_reads(cache_root: Path) -> dict[str, set[str]]:
+    """The files each stage script of the baseline run read as inputs, as ``{script: {path}}`` (see :func:`inputs`).
+
+    Paths are relative to the repository (the hook keeps no other); scripts as the stage's cmd names
+    them (``stages/train.py``). Processes a stage forked count as the stage.
+    """
+    template = os.path.realpath(baseline_template(cache_root))
+    lines = []
+    for log in sorted((cache_root / "baseline-reads").glob("*.reads")):
+        for line in log.read_text().splitlines():
+            script, kind, path = line.split("\t")
+            lines.append((script, kind, os.path.relpath(os.path.realpath(path), template)))
+    return inputs(lines)
+
+
+def inputs(events: list[tuple[str, str, str]]) -> dict[str, set[str]]:
+    """``{script: {path}}`` of the ``(script, "r" or "w", path)`` events, in the order they happened, that
+    read a file the same script had not written before, itself or a folder above it (renamed into
+    place): reading back its own work (an atomic temporary, a checkpoint of this run) is no input."""
+    written: dict[str, set[str]] = {}
+    read: dict[str, set[str]] = {}
+    for script, kind, path in events:
+        own = written.setdefault(script, set())
+        if kind == "w":
+            own.add(path)
+        elif not any(str(folder) in own for folder in (PurePosixPath(path), *PurePosixPath(path).parents)):
+            read.setdefault(script, set()).add(path)
+    return read
 
 
 def commit(path: Path, message: str) -> None:

@@ -20,6 +20,8 @@ import yaml
 
 from pipeline_repo import commit, make_repo
 
+pytestmark = pytest.mark.slow  # the real `dvc repro download` in temporary repositories
+
 USER = "fake-user-7f3a"
 KEY = "f4k3k3y0123456789abcdef"
 # The forms the key could take in output: itself, and the HTTP Basic Authorization header's value.

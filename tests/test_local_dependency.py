@@ -3,8 +3,12 @@
 import shutil
 import zipfile
 
+import pytest
+
 from pneumonia.data.phantom.dataset import generate
 from pipeline_repo import TINY_PARAMS, commit, make_repo, run
+
+pytestmark = pytest.mark.slow  # the real `dvc repro download` in temporary repositories
 
 
 def status(repo) -> str:

@@ -48,6 +48,7 @@ def make(tmp_path):
     return repo
 
 
+@pytest.mark.slow  # the real dvc (init, params and metrics diff) in a temporary repository
 def test_report_marks_changes_against_the_base_interval_and_stays_short(tmp_path):
     repo = make(tmp_path)
     commit_state(repo, {"lr": 0.0001}, auroc=0.81, ap=0.70, message="base")
@@ -74,6 +75,7 @@ def test_report_marks_changes_against_the_base_interval_and_stays_short(tmp_path
     assert "reports/report.md" in report
 
 
+@pytest.mark.slow  # the real dvc (init, params and metrics diff) in a temporary repository
 def test_no_change_says_so(tmp_path):
     repo = make(tmp_path)
     commit_state(repo, {"lr": 0.0001}, auroc=0.81, ap=0.70, message="base")
@@ -88,6 +90,7 @@ def test_unknown_base_is_a_one_line_error(tmp_path):
     assert result.stderr.strip().splitlines() == ["pr_report: error: 'no-such-branch' is not a commit here; fetch it first"]
 
 
+@pytest.mark.slow  # the real dvc (init, params and metrics diff) in a temporary repository
 def test_the_seed_spread_widens_the_interval_in_the_pr_report(tmp_path):
     repo = make(tmp_path)
     commit_state(repo, {"lr": 0.0001}, auroc=0.81, ap=0.70, message="base")
@@ -103,6 +106,7 @@ def test_the_seed_spread_widens_the_interval_in_the_pr_report(tmp_path):
     assert "within noise" in auroc, report  # outside the bootstrap's 0.78-0.84, inside the seeds' band
 
 
+@pytest.mark.slow  # the real dvc (init, params and metrics diff) in a temporary repository
 def test_make_compare_judges_every_headline_metric_and_fails_outside(tmp_path):
     repo = make(tmp_path)
     commit_state(repo, {"lr": 0.0001}, auroc=0.81, ap=0.70, message="committed run")
