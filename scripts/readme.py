@@ -204,6 +204,7 @@ def rehearsal_block(rehearsal_json: Path) -> str:
               f"({train['bare_loop_images_per_s']:g} images/s) measured right after; a full epoch of this split "
               f"({train['full_epoch_batches']} batches, then validation on {train['val_images']:,} images): about "
               f"{train['full_epoch_stage_estimate_s'] / 60:.0f} min on this machine."]
+    lines += rehearsal_plan(r)
     phantom_json = rehearsal_json.with_name("phantom_rehearsal.json")
     if phantom_json.exists():  # the phantom stage measured again alone, after its generator changed
         p = json.loads(phantom_json.read_text())
@@ -212,6 +213,32 @@ def rehearsal_block(rehearsal_json: Path) -> str:
                      f"load {d['load_1min_before']:g}): {d['seconds']:g} s, {d['cpu_seconds']:g} CPU seconds for "
                      f"{p['patients']:,} patients, {p['cpu_seconds_ratio']:g}× fewer CPU seconds than the row above.")
     return "\n".join(lines) + "\n"
+
+
+REFERENCE_EPOCHS = 35  # the reference recipe's classifier epochs on the real data
+
+
+def rehearsal_plan(r: dict, detect_epochs: int | None = None) -> list[str]:
+    """A full run of the real dataset on the rehearsal's machine, from its figures: the classifier's
+    :data:`REFERENCE_EPOCHS` epochs and the detector's ``detect.max_epochs`` (params.yaml's default) at the
+    rehearsal's one-epoch stage times, the other stages as measured. Empty for a rehearsal without the detector."""
+    seconds = {s["stage"]: s["seconds"] for s in r["stages"]}
+    if "detect" not in seconds:
+        return []
+    if detect_epochs is None:
+        detect_epochs = yaml.safe_load((ROOT / "params.yaml").read_text())["detect"]["max_epochs"]
+    data = sum(seconds.get(s, 0) for s in ("download", "dicom_to_npy", "compute_stats"))
+    train = REFERENCE_EPOCHS * r["train"]["full_epoch_stage_estimate_s"]
+    detect = detect_epochs * seconds["detect"]
+    rest = sum(seconds.get(s, 0) for s in ("decide", "evaluate", "localize", "evaluate_detection", "report"))
+    hours = lambda s: f"{s / 3600:.1f} h"  # noqa: E731
+    return [f"- Detector: one whole epoch of `detect` (every train image with boxes and as many without, then "
+            f"every val image decoded and the thresholds chosen) took {seconds['detect']:g} s here.",
+            f"- A full run of the real data on this machine, from these figures: the data stages "
+            f"{hours(data)}, the classifier's {REFERENCE_EPOCHS} reference epochs {hours(train)}, the detector's "
+            f"{detect_epochs} epochs (`detect.max_epochs`) {hours(detect)}, decide to report {hours(rest)}: about "
+            f"{hours(data + train + detect + rest)} on 2 CPU cores, almost all of it the two training stages, "
+            "the part a GPU shortens (not measured here: no GPU was lent to this project's sessions)."]
 
 
 def trust_block(reports: Path) -> str:

@@ -64,3 +64,15 @@ def test_main_fills_the_blocks_of_every_file(tmp_path, generated, monkeypatch):
 def test_an_unknown_block_is_refused_naming_its_file():
     with pytest.raises(SystemExit, match="docs/x.md has a block 'nope' that nothing generates"):
         readme.render("<!-- generated:nope -->\nx\n<!-- /generated:nope -->\n", {}, "docs/x.md")
+
+
+def test_the_full_run_plan_adds_the_rehearsal_stages_at_the_reference_epochs():
+    stages = [{"stage": name, "seconds": seconds} for name, seconds in
+              (("download", 1800), ("dicom_to_npy", 100), ("compute_stats", 20), ("train", 600), ("detect", 1200),
+               ("decide", 200), ("evaluate", 150), ("localize", 100), ("evaluate_detection", 300), ("report", 50))]
+    rehearsal = {"stages": stages, "train": {"full_epoch_stage_estimate_s": 3600}}
+    detector, plan = readme.rehearsal_plan(rehearsal, detect_epochs=10)
+    assert "1200 s" in detector
+    # data 1920 s, train 35 h, detect 10 x 1200 s, the rest 800 s: 126,000 + 12,000 + 2,720 s = 39.1 h
+    assert "0.5 h" in plan and "35.0 h" in plan and "3.3 h" in plan and "0.2 h" in plan and "about 39.1 h" in plan
+    assert readme.rehearsal_plan({"stages": stages[:4], "train": rehearsal["train"]}) == []
