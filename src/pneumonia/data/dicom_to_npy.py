@@ -103,33 +103,39 @@ def run(
             if failed:
                 _drop_rows(tmp, [t for _, t, _ in failed])
             _write_failed(tmp / FAILED, [(p.patient_id, t.path, reason) for p, t, reason in failed])
-            manifest, new_rows = [], {name: 0 for name in SPLITS}
-            for p, task, info in zip(patients, tasks, results):
-                if isinstance(info, str):
-                    continue
-                manifest.append(
-                    ManifestRow(
-                        patient_id=p.patient_id,
-                        split=task.split,
-                        row=new_rows[task.split],
-                        label=p.target,
-                        boxes=p.boxes,
-                        detailed_class=p.detailed_class,
-                        view=info.view,
-                        sex=info.sex,
-                        age=info.age,
-                        rows=info.rows,
-                        columns=info.columns,
-                        pixel_spacing_mm=info.pixel_spacing_mm,
-                        pixel_spacing_note=info.pixel_spacing_note,
-                    )
-                )
-                new_rows[task.split] += 1
+            manifest, new_rows = _manifest(patients, tasks, results)
             write_manifest(tmp / MANIFEST, manifest)
             if grid_path is not None:
                 _save_samples(grid_path, tmp, manifest, params.grid_images, seed)
     not_chest = sum(reason.startswith(NOT_CHEST) for _, _, reason in failed)
     return ConvertReport(counts=new_rows, image_size=size, failed=len(failed), not_chest=not_chest)
+
+
+def _manifest(patients: list, tasks: list[_Task], results: list) -> tuple[list[ManifestRow], dict[str, int]]:
+    """One row per converted patient, numbered within its split as the arrays hold them (failures left out)."""
+    manifest, new_rows = [], {name: 0 for name in SPLITS}
+    for p, task, info in zip(patients, tasks, results):
+        if isinstance(info, str):
+            continue
+        manifest.append(
+            ManifestRow(
+                patient_id=p.patient_id,
+                split=task.split,
+                row=new_rows[task.split],
+                label=p.target,
+                boxes=p.boxes,
+                detailed_class=p.detailed_class,
+                view=info.view,
+                sex=info.sex,
+                age=info.age,
+                rows=info.rows,
+                columns=info.columns,
+                pixel_spacing_mm=info.pixel_spacing_mm,
+                pixel_spacing_note=info.pixel_spacing_note,
+            )
+        )
+        new_rows[task.split] += 1
+    return manifest, new_rows
 
 
 def _worker_pool(workers: int):
