@@ -33,9 +33,7 @@ from torchvision.ops import box_convert, box_iou
 
 from pneumonia.core.atomic import atomic_dir, atomic_path, write_json
 from pneumonia.core.boxes import to_array_pixels
-from pneumonia.evaluation import bootstrap
-from pneumonia.evaluation.bootstrap import bootstrap_ci, percentile_interval, resample_indices
-from pneumonia.evaluation.metrics import auroc
+from pneumonia.evaluation.bootstrap import auroc, bootstrap_ci, percentile_interval, resample_indices
 from pneumonia.detection.detector import ImageDetections, area_fraction
 from pneumonia.core.errors import DatasetError
 from pneumonia.evaluation.box_metrics import XYWH, iou_accuracy, rsna_image_score, rsna_score, size_agreement
@@ -159,7 +157,7 @@ def box_metrics(detections: Sequence[ImageDetections], kept: Kept, rows: Sequenc
 def image_aurocs(labels: np.ndarray, scores: dict[str, np.ndarray], resamples: int, seed: int) -> dict:
     out = {}
     for name, values in scores.items():
-        low, high, used = bootstrap_ci(labels, values, bootstrap.auroc, resamples=resamples, seed=seed)
+        low, high, used = bootstrap_ci(labels, values, auroc, resamples=resamples, seed=seed)
         out[name] = {"auroc": auroc(labels, values), "ci95": {"low": low, "high": high, "resamples_used": used}}
     return out
 

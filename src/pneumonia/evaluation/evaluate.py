@@ -29,14 +29,13 @@ from pathlib import Path
 import numpy as np
 
 from pneumonia.core.atomic import atomic_path, write_json
-from pneumonia.evaluation import bootstrap
-from pneumonia.evaluation.bootstrap import bootstrap_ci, bootstrap_metrics
+from pneumonia.evaluation.bootstrap import auroc, bootstrap_ci, bootstrap_metrics
 from pneumonia.evaluation.calibration import brier_score, expected_calibration_error, reliability_curve
 from pneumonia.core.errors import DatasetError
 from pneumonia.classification.inference import classifier_outputs, default_device
 from pneumonia.evaluation.calibration import probability
 from pneumonia.data.manifest import CLASS_NAMES, ManifestRow, read_manifest, split_rows
-from pneumonia.evaluation.metrics import auroc, pr_curve_points, ranking_metrics, roc_curve_points
+from pneumonia.evaluation.metrics import pr_curve_points, ranking_metrics, roc_curve_points
 from pneumonia.prediction.ood import catch_rates, unlike_images
 from pneumonia.evaluation.operating_points import choose_thresholds, operating_points, threshold_name
 from pneumonia.core.params import EvaluateParams
@@ -169,7 +168,7 @@ def _report(predictor: Predictor, rows, labels, raw: RawOutputs, thresholds, par
     report["calibration"] = _calibration(labels, probs, uncalibrated(predictor, candidates, raw), params, seed)
     report["candidates_auroc"] = {}
     for name, values in candidates.items():
-        low, high, _ = bootstrap_ci(labels, values, bootstrap.auroc, resamples=params.bootstrap_resamples, seed=seed)
+        low, high, _ = bootstrap_ci(labels, values, auroc, resamples=params.bootstrap_resamples, seed=seed)
         report["candidates_auroc"][name] = {"auroc": auroc(labels, values), "ci95": {"low": low, "high": high}}
     flagged = predictor.guard.unlike(raw.features)
     report["out_of_distribution"] = {"flagged": int(flagged.sum()), "flagged_rate": float(flagged.mean()),

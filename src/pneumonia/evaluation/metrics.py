@@ -9,11 +9,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 from torchmetrics.functional.classification import (
-    binary_auroc,
     binary_average_precision,
     binary_precision_recall_curve,
     binary_roc,
 )
+
+from pneumonia.evaluation.bootstrap import auroc
 
 
 def rate(numerator: int, denominator: int) -> float | None:
@@ -45,15 +46,9 @@ def threshold_metrics(labels: np.ndarray, probs: np.ndarray, threshold: float) -
     }
 
 
-def auroc(labels: np.ndarray, probs: np.ndarray) -> float:
-    """The AUROC every report gives (torchmetrics); :func:`pneumonia.evaluation.bootstrap.auroc` is the same number
-    vectorised over thousands of resamples, for the intervals only."""
-    p, t = torch.as_tensor(probs, dtype=torch.float64), torch.as_tensor(labels, dtype=torch.long)
-    return float(binary_auroc(p, t))
-
-
 def ranking_metrics(labels: np.ndarray, probs: np.ndarray) -> dict[str, float]:
-    """Threshold-free metrics: AUROC and average precision."""
+    """Threshold-free metrics: AUROC (:func:`pneumonia.evaluation.bootstrap.auroc`, the one AUROC of every report)
+    and average precision (torchmetrics)."""
     p, t = torch.as_tensor(probs, dtype=torch.float64), torch.as_tensor(labels, dtype=torch.long)
     return {"auroc": auroc(labels, probs), "average_precision": float(binary_average_precision(p, t))}
 

@@ -155,7 +155,7 @@ def choose_decision(
             "cross-validation of the calibration; enlarge the val split or lower decide.folds"
         )
     from pneumonia.evaluation.calibration import expected_calibration_error  # one home for ECE
-    from pneumonia.evaluation.metrics import auroc
+    from pneumonia.evaluation.bootstrap import auroc
 
     compared = []
     for source in CANDIDATES:
