@@ -40,7 +40,7 @@ class LoadedModel:
     std: float
     threshold: float
     temperature: float  # probability = sigmoid(logit / temperature)
-    windowing: str = "none"  # how DICOMs are rendered (pneumonia.data.rendering); models from before it: "none"
+    windowing: str = "none"  # how DICOMs are rendered (pneumonia.data.dicom.rendering); models from before it: "none"
 
 
 def classifier_header(hparams: Mapping[str, Any]) -> dict[str, Any]:

@@ -2,7 +2,7 @@
 
 One model file, the predictor (``models/pneumonia.safetensors``, :mod:`pneumonia.prediction.predictor`), holds
 both networks and every number chosen on val. One answer per file, in this order: readable (a single
-greyscale image)? a chest radiograph by its header (:func:`pneumonia.data.dicom.chest_problem`; unless
+greyscale image)? a chest radiograph by its header (:func:`pneumonia.data.dicom.chest.chest_problem`; unless
 ``allow_non_chest``)? like the training images (the out-of-distribution guard; unless
 ``allow_unlike``)? then the decision's calibrated probability, its label at the threshold chosen on
 val, and the detector's boxes only under a positive label: (x, y, width, height) in pixels of each
