@@ -36,14 +36,14 @@ from pytorch_lightning.utilities import rank_zero_only
 from pneumonia.detection import detect
 from project_params import project_params
 
-root, out, detect, kill = Path(sys.argv[1]), Path(sys.argv[2]), json.loads(sys.argv[3]), sys.argv[4] == "kill"
+root, out, settings, kill = Path(sys.argv[1]), Path(sys.argv[2]), json.loads(sys.argv[3]), sys.argv[4] == "kill"
 if kill:
     def die(module, batch, batch_idx):
         if module.current_epoch == 1 and batch_idx == 1:
             os.kill(os.getpid(), signal.SIGKILL)
     detect.DetectorModule.on_train_batch_start = die
-chosen = detect.run(root / "processed", root / "dataset.json", project_params({"detect": detect}).detect, seed=3,
-                      model_path=out / "detector.safetensors", history_json=out / "epochs.json")
+chosen = detect.run(root / "processed", root / "dataset.json", project_params({"detect": settings}).detect, seed=3,
+                    model_path=out / "detector.safetensors", history_json=out / "epochs.json")
 (out / f"chosen-{rank_zero_only.rank}.json").write_text(json.dumps(chosen))
 """
 
@@ -65,15 +65,15 @@ def data(tmp_path_factory):
     return root
 
 
-def run_stage(data, out, detect, kill=False):
+def run_stage(data, out, settings, kill=False):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT / "tests")])}
-    return subprocess.run([sys.executable, str(data / "stage.py"), str(data), str(out), json.dumps(detect),
+    return subprocess.run([sys.executable, str(data / "stage.py"), str(data), str(out), json.dumps(settings),
                            "kill" if kill else "run"], env=env, capture_output=True, text=True, timeout=600)
 
 
 def run_here(data, out):
     return detect.run(data / "processed", data / "dataset.json", project_params({"detect": DETECT}).detect, seed=3,
-                        model_path=out / "detector.safetensors", history_json=out / "epochs.json")
+                      model_path=out / "detector.safetensors", history_json=out / "epochs.json")
 
 
 @pytest.mark.slow  # two processes starting Lightning: minutes on a busy machine
