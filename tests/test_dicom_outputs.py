@@ -20,7 +20,7 @@ import pytest
 from pydicom.sr.codedict import codes
 from pydicom.uid import ComprehensiveSRStorage, GrayscaleSoftcopyPresentationStateStorage
 
-import pneumonia
+import pneumonia.prediction
 from pneumonia import __version__
 from pneumonia.prediction import dicom_outputs
 from pneumonia.data.phantom.dicom_writer import write_dicom
@@ -239,7 +239,7 @@ def test_a_dicom_out_that_cannot_be_written_is_one_line_before_any_work(model, s
 def test_without_highdicom_dicom_out_is_one_line_naming_it(scans, tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "highdicom", None)  # what an install without highdicom gives on import
     monkeypatch.delitem(sys.modules, "pneumonia.prediction.dicom_outputs")
-    monkeypatch.delattr(pneumonia, "dicom_outputs")
+    monkeypatch.delattr(pneumonia.prediction, "dicom_outputs")
     assert main(["predict", str(scans / "a.dcm"), "--model", str(tmp_path / "none.safetensors"),
                  "--dicom-out", str(tmp_path / "dicom")]) == 1
     assert capsys.readouterr().err == ("pneumonia predict: error: --dicom-out needs highdicom, which is not "
