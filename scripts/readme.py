@@ -205,6 +205,7 @@ def rehearsal_block(rehearsal_json: Path) -> str:
               f"({train['full_epoch_batches']} batches, then validation on {train['val_images']:,} images): about "
               f"{train['full_epoch_stage_estimate_s'] / 60:.0f} min on this machine."]
     lines += rehearsal_plan(r)
+    lines += [f"- {note}" for note in r.get("annotations", [])]  # what happened to the run, added by hand
     phantom_json = rehearsal_json.with_name("phantom_rehearsal.json")
     if phantom_json.exists():  # the phantom stage measured again alone, after its generator changed
         p = json.loads(phantom_json.read_text())
