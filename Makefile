@@ -76,7 +76,7 @@ bench: $(BENCH_STAMP)
 	python benchmarks/run.py
 
 # The pipeline at the real dataset's size (26,684 phantom patients, 224 px, a cut epoch), stage by stage;
-# writes benchmarks/rehearsal.json. About an hour on 2 cores; not part of `make test`.
+# writes benchmarks/rehearsal.json. Two to three hours on 2 cores (`--resume` goes on after an interruption); not part of `make test`.
 rehearsal: $(BENCH_STAMP)
 	python benchmarks/rehearsal.py
 

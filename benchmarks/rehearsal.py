@@ -7,8 +7,10 @@ cut to ``--batches`` batches and one whole epoch of the detector. Each stage run
 pipeline order, measured for wall seconds and peak memory of the whole process
 tree; then DVC's own overhead (`dvc status`, a no-op `dvc repro`) with every file
 in place, and the sizes on disk. Writes benchmarks/rehearsal.json and prints a table.
-Not part of `make test`: the full size takes about an hour on two cores; a quick
-end-to-end check is `python benchmarks/rehearsal.py --patients 300 --out /tmp/r.json`.
+Not part of `make test`: the full size takes two to three hours on two cores; a quick
+end-to-end check is `python benchmarks/rehearsal.py --patients 300 --out /tmp/r.json`. Progress is saved after
+every stage: ``--resume WORK`` goes on with an interrupted run (killed, or its machine taken back) in its
+folder, without running again the stages it finished.
 """
 
 from __future__ import annotations
@@ -153,25 +155,74 @@ def machine() -> dict:
     }
 
 
-def code_version() -> dict:
+PIPELINE_CODE = ("src", "stages", "dvc.yaml")  # what the throwaway copy's stages run
+
+
+def code_version(repo: Path) -> dict:
+    """This checkout's commit and, since a resumed rehearsal's stages run the copy made when it started, the
+    newest commit whose pipeline code is the copy's byte for byte (git's tree hashes compared)."""
     head = run(["git", "rev-parse", "HEAD"], ROOT).stdout.strip()
     paths = ["src", "stages", "dvc.yaml", "params.yaml", "benchmarks", "tests/pipeline_repo.py"]
     changed = run(["git", "status", "--porcelain", "--", *paths], ROOT).stdout.split("\n")
-    return {"commit": head, "uncommitted_changes": [line[3:] for line in changed if line and "rehearsal.json" not in line]}
+    copied = run(["git", "rev-parse", *(f"HEAD:{p}" for p in PIPELINE_CODE)], repo).stdout.split()
+    commits = run(["git", "log", "--format=%H", "-n", "500", "HEAD"], ROOT).stdout.split()
+    queries = "".join(f"{c}:{p}\n" for c in commits for p in PIPELINE_CODE)
+    hashes = subprocess.run(["git", "cat-file", "--batch-check=%(objectname)"], input=queries, cwd=ROOT,
+                            capture_output=True, text=True, check=True).stdout.split()
+    same = [c for i, c in enumerate(commits) if hashes[i * len(PIPELINE_CODE):(i + 1) * len(PIPELINE_CODE)] == copied]
+    return {"commit": head, "uncommitted_changes": [line[3:] for line in changed if line and "rehearsal.json" not in line],
+            "stages_ran_the_code_of": same[0] if same else "a version not in this checkout's last 500 commits"}
 
 
-def rehearse(args: argparse.Namespace, work: Path, logs: Path) -> dict:
-    params = rehearsal_params(args.patients, args.phantom_size, args.image_size, args.batches, args.batch_size)
-    repo = make_repo(work / "repo", params)
-    stages = []
+def bare_rate(args: argparse.Namespace) -> float:
+    """What this machine gives the bare training loop now (images/s), under whatever load there is."""
+    import run as bench  # benchmarks/run.py (`make bench`), which imports torch
+
+    return bench.bare_train_rate(args.image_size, args.batch_size, steps=args.bare_steps, warmup=1)
+
+
+def rows_from_printed_log(text: str) -> list[dict]:
+    """The stages an interrupted rehearsal finished, from what it printed ("dvc repro X ..." then "  S s, peak
+    RSS M MB"): the wall seconds and the peak memory; the other columns were never printed, so they are None."""
+    finished = re.findall(r"^dvc repro (\w+) \.\.\.\n  ([\d.]+) s, peak RSS (\d+) MB$", text, re.M)
+    if not finished:
+        raise SystemExit("no finished stage in the printed log: it should hold lines like "
+                         "'dvc repro download ...' followed by '  455.0 s, peak RSS 337 MB'")
+    columns = ("cpu_seconds", "command_seconds", "dvc_seconds", "peak_anon_mb", "peak_process_rss_mb",
+               "dvc_process_peak_rss_mb", "load_1min_before", "load_1min_after")
+    return [{"stage": stage, "seconds": float(seconds), **dict.fromkeys(columns), "peak_rss_mb": int(peak),
+             "from_printed_log": True} for stage, seconds, peak in finished]
+
+
+def run_stages(args: argparse.Namespace, repo: Path, logs: Path, progress: dict) -> tuple[list[dict], float]:
+    """Every stage not yet in ``progress`` (a resumed run's), saved to ``logs``/progress.json after each one, so
+    that an interrupted rehearsal can go on from where it stopped (--resume) instead of starting again."""
+    def save() -> None:
+        (logs / "progress.json").write_text(json.dumps(progress, indent=2) + "\n")
+
+    stages = progress.setdefault("stages", [])
+    done = {row["stage"] for row in stages}
     for stage in STAGES:
+        if stage in done:
+            continue
+        if "train" in done and "bare_loop_images_per_s" not in progress:  # resumed after train
+            progress["bare_loop_images_per_s"] = bare_rate(args)
+            progress["bare_loop_measured"] = "when the rehearsal was resumed, not right after train"
+            save()
         print(f"dvc repro {stage} ...", flush=True)
         stages.append(run_stage(repo, stage, logs / f"{stage}.log"))
+        done.add(stage)
         print(f"  {stages[-1]['seconds']} s, peak RSS {stages[-1]['peak_rss_mb']} MB", flush=True)
         if stage == "train":  # under the same load as the stage: what this machine gives a bare loop now
-            import run as bench  # benchmarks/run.py (`make bench`), which imports torch
+            progress["bare_loop_images_per_s"] = bare_rate(args)
+        save()
+    return stages, progress["bare_loop_images_per_s"]
 
-            bare = bench.bare_train_rate(args.image_size, args.batch_size, steps=args.bare_steps, warmup=1)
+
+def rehearse(args: argparse.Namespace, work: Path, logs: Path, progress: dict) -> dict:
+    params = rehearsal_params(args.patients, args.phantom_size, args.image_size, args.batches, args.batch_size)
+    repo = work / "repo" if args.resume else make_repo(work / "repo", params)
+    stages, bare = run_stages(args, repo, logs, progress)
 
     dvc = {
         # The whole pipeline's status, every stage in place.
@@ -211,7 +262,8 @@ def rehearse(args: argparse.Namespace, work: Path, logs: Path) -> dict:
     images_per_s = min(batches * args.batch_size, counts["train"]["total"]) / loop_s
     # Everything in the stage's script but the training loop: start-up, the augmented grid, validation
     # of every val image, the temperature fit (another pass over val) and the export.
-    other_s = train_stage["command_seconds"] - loop_s
+    # A stage read back from an interrupted run's printed log has no command seconds: DVC's few seconds count in.
+    other_s = (train_stage["command_seconds"] or train_stage["seconds"]) - loop_s
     full_batches = -(-counts["train"]["total"] // args.batch_size)
     train = {
         "batches": batches,
@@ -230,8 +282,11 @@ def rehearse(args: argparse.Namespace, work: Path, logs: Path) -> dict:
         # One full epoch as the train stage runs it: every train batch at the measured rate plus the rest as measured.
         "full_epoch_stage_estimate_s": round(full_batches * loop_s / batches + other_s),
     }
+    if "bare_loop_measured" in progress:
+        train["bare_loop_measured"] = progress["bare_loop_measured"]
     evaluate = json.loads((repo / "reports" / "classification.json").read_text())
     return {
+        "code": code_version(repo),
         "settings": params | {"patients": args.patients, "manifest_rows": manifest_lines, "counts": counts},
         "stages": stages,
         "dvc": dvc,
@@ -239,6 +294,24 @@ def rehearse(args: argparse.Namespace, work: Path, logs: Path) -> dict:
         "train": train,
         "evaluate_headline_split": evaluate["headline_split"],
     }
+
+
+def resumed_progress(args: argparse.Namespace, logs: Path) -> dict:
+    """The interrupted run's progress: its progress.json, else its printed log (--printed-log)."""
+    if not (args.resume / "repo" / "dvc.lock").is_file():
+        raise SystemExit(f"--resume {args.resume}: no repo/dvc.lock in it; pass the folder the interrupted run "
+                         "printed as 'rehearsal in ...' (kept only with --keep, or when it was killed)")
+    saved = logs / "progress.json"
+    if saved.is_file():
+        progress = json.loads(saved.read_text())
+    elif args.printed_log is None:
+        raise SystemExit(f"--resume: {saved} does not exist; pass the interrupted run's printed output as --printed-log")
+    else:
+        progress = {"stages": rows_from_printed_log(args.printed_log.read_text()), "load_average_before": [None] * 3,
+                    # mkdtemp made the folder as the run started
+                    "started": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(args.resume.stat().st_mtime))}
+    progress.setdefault("resumed", []).append(time.strftime("%Y-%m-%d %H:%M:%S"))
+    return progress
 
 
 def print_table(result: dict) -> None:
@@ -275,27 +348,38 @@ def main() -> None:
     parser.add_argument("--bare-steps", type=int, default=3, help="timed steps of the bare training loop")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "rehearsal.json")
     parser.add_argument("--keep", action="store_true", help="keep the throwaway repository (its path is printed)")
+    parser.add_argument("--resume", type=Path, metavar="WORK",
+                        help="go on with an interrupted rehearsal in its kept folder WORK (the printed "
+                             "'rehearsal in ...'): the stages it finished are not run again; the folder is kept")
+    parser.add_argument("--printed-log", type=Path,
+                        help="with --resume, when the interrupted run saved no progress.json: what it printed")
     args = parser.parse_args()
     CACHE.mkdir(parents=True, exist_ok=True)
-    logs = CACHE / f"rehearsal-logs-{args.patients}"
-    shutil.rmtree(logs, ignore_errors=True)
-    logs.mkdir()
-    work = Path(tempfile.mkdtemp(prefix="rehearsal-", dir=CACHE))
+    # The stage logs lie beside the work folder (both in the checkout's benchmarks/.cache that started the run).
+    logs = (args.resume.resolve().parent if args.resume else CACHE) / f"rehearsal-logs-{args.patients}"
+    if args.resume:
+        work, progress = args.resume, resumed_progress(args, logs)
+    else:
+        shutil.rmtree(logs, ignore_errors=True)
+        logs.mkdir()
+        work = Path(tempfile.mkdtemp(prefix="rehearsal-", dir=CACHE))
+        progress = {"started": time.strftime("%Y-%m-%d %H:%M:%S"), "load_average_before": os.getloadavg()}
     print(f"rehearsal in {work}; stage logs in {logs}", flush=True)
-    started, load_before = time.time(), os.getloadavg()
+    started = time.time()
     try:
-        result = rehearse(args, work, logs)
+        result = rehearse(args, work, logs, progress)
     finally:
-        if not args.keep:
+        if not (args.keep or args.resume):
             shutil.rmtree(work, ignore_errors=True)
     result = {
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
-        "started": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started)),
+        "started": progress["started"],
+        # With --resume: from the resumption on; the stages' own seconds are the figures to read.
         "total_s": round(time.time() - started),
-        "load_average_before": [round(x, 2) for x in load_before],
+        **({"resumed": progress["resumed"]} if "resumed" in progress else {}),
+        "load_average_before": [None if x is None else round(x, 2) for x in progress["load_average_before"]],
         "load_average_after": [round(x, 2) for x in os.getloadavg()],
         "machine": machine(),
-        "code": code_version(),
         "memory": ("peak_rss_mb: the sum of the resident sets of `dvc repro` and all its descendants, sampled every "
                    "0.1 s (shared pages count once per process: an upper bound); peak_anon_mb: the same without "
                    "file-backed and shared pages (memory-mapped arrays, forked workers' shared pages); "

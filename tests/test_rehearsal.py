@@ -2,6 +2,8 @@
 
 import sys
 
+import pytest
+
 from pipeline_repo import ROOT
 from project_params import project_params
 
@@ -37,3 +39,16 @@ def test_the_training_loop_is_read_from_either_progress_bar():
     tqdm = "Epoch 0:  50%|█████     | 15/30 [01:01<01:01,  0.25it/s]\rEpoch 0: 100%|██████████| 30/30 [1:02:03<00:00]\r"
     assert rehearsal.train_loop("Seed set to 42\n" + rich) == (30, 725)
     assert rehearsal.train_loop(tqdm) == (30, 3723)
+
+
+def test_an_interrupted_runs_printed_stages_are_read_back_without_inventing_the_unprinted_columns():
+    printed = ("rehearsal in /x/rehearsal-abc; stage logs in /x/rehearsal-logs-26684\n"
+               "dvc repro download ...\n  455.0 s, peak RSS 337 MB\n"
+               "dvc repro train ...\n  2442.6 s, peak RSS 3270 MB\n"
+               "dvc repro decide ...\n")  # killed during decide: not finished, so not read
+    rows = rehearsal.rows_from_printed_log(printed)
+    assert [(r["stage"], r["seconds"], r["peak_rss_mb"]) for r in rows] == [("download", 455.0, 337),
+                                                                            ("train", 2442.6, 3270)]
+    assert all(r["cpu_seconds"] is None and r["from_printed_log"] for r in rows)
+    with pytest.raises(SystemExit, match="no finished stage"):
+        rehearsal.rows_from_printed_log("dvc repro download ...\n")
