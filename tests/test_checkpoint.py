@@ -180,7 +180,7 @@ def test_a_detector_file_is_not_a_classifier(tmp_path):
 @pytest.mark.parametrize("arch", ["vgg16", "", None])
 def test_unknown_architecture_is_named(tmp_path, header, arch):
     path = model_file(tmp_path / "other.safetensors", header={**header, "arch": arch})
-    refused(path, f"architecture {arch!r} is not one this project builds (resnet18, resnet34, resnet50, ")
+    refused(path, f"header arch {arch!r} is not one this project builds (resnet18, resnet34, resnet50, ")
 
 
 def test_a_header_naming_another_known_architecture_than_its_weights_is_refused(tmp_path, header):
@@ -213,7 +213,8 @@ def test_bad_image_size_is_refused(tmp_path, header, image_size):
     ("mean", None, "header lacks 'mean'"),
     ("std", 0.0, "header std 0.0 is not a positive number"),
     ("mean", "0.4", "header mean '0.4' is not a finite number"),
-    ("threshold", 1.5, "header threshold 1.5 is not in [0, 1]"),
+    ("threshold", 1.5, "header threshold 1.5 is not a number in [0, 1]"),
+    ("windowing", "soft", "header windowing 'soft' is not auto or none"),
     ("temperature", -1.0, "header temperature -1.0 is not a positive number"),
 ])
 def test_bad_settings_are_refused(tmp_path, header, key, value, words):

@@ -19,6 +19,7 @@ from pneumonia.detection.detector import LoadedDetector, detect_images, load_det
 from pneumonia.detection.network import build_detector
 from pneumonia.detection.targets import detection_loss, encode_targets
 from pneumonia.core.errors import PneumoniaError
+from pneumonia.core.model_file import save_model
 from pneumonia.prediction.onnx_backend import DETECTOR_OUTPUTS, OnnxNetwork
 from pneumonia.prediction.onnx_export import export_network
 
@@ -120,3 +121,37 @@ def test_detect_init_from_a_classifiers_state_dict(tmp_path):
     torch.testing.assert_close(network.layer4[2].conv2.weight, classifier.layer4[2].conv2.weight)
     with pytest.raises(PneumoniaError, match=r"^detect\.init .*missing\.pt: no such file"):
         build_detector("resnet34", WIDTH, init=str(tmp_path / "missing.pt"))
+
+
+@pytest.mark.parametrize("change, words", [
+    ({"image_size": 100}, "header image_size 100 is not an integer >= 32 and a multiple of 32"),
+    ({"stride": 16}, "header stride 16 is not 8"),
+    ({"arch": "vgg16"}, "header arch 'vgg16' is not a backbone this project builds (resnet18, "),
+    ({"neck": "bifpn"}, "header neck 'bifpn' is not topdown or fpn"),
+    ({"std": 0}, "header std 0 is not a positive number"),
+    ({"width": 1.5}, "header width 1.5 is not an integer >= 1"),
+    ({"nms_iou": "high"}, "header nms_iou 'high' is not a finite number"),
+    ({"mean": None}, "header mean None is not a finite number"),
+    ({"max_boxes": None}, "header lacks 'max_boxes'"),  # None here: the key deleted
+])
+def test_a_bad_detector_header_is_one_line_naming_the_key(change, words, tmp_path):
+    network = build_detector("resnet18", WIDTH, "topdown")
+    header = tiny_detector(network, "resnet18", "topdown").header() | change
+    if change == {"max_boxes": None}:
+        del header["max_boxes"]
+    path = tmp_path / "detector.safetensors"
+    save_model(path, "detector", network.state_dict(), header)
+    with pytest.raises(PneumoniaError) as info:
+        load_detector(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: ") and words in message and "\n" not in message, message
+    assert message.endswith("retrain it with `dvc repro detect`")
+
+
+def test_a_detector_file_from_before_the_registry_names_its_backbone_centernet_resnet18(tmp_path):
+    network = build_detector("resnet18", WIDTH, "topdown")
+    header = tiny_detector(network, "resnet18", "topdown").header() | {"arch": "centernet_resnet18"}
+    del header["neck"]  # and had no neck: the top-down merge
+    save_model(tmp_path / "old.safetensors", "detector", network.state_dict(), header)
+    loaded = load_detector(tmp_path / "old.safetensors")
+    assert (loaded.arch, loaded.neck) == ("resnet18", "topdown")

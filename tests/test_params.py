@@ -1,8 +1,8 @@
-import dataclasses
-import typing
+import re
 
 import pytest
 import yaml
+from pydantic import BaseModel
 
 from pneumonia.core.errors import ParamsError
 from pneumonia.core.params import Params, load_params, parse_params
@@ -29,18 +29,15 @@ def test_every_key_is_required_so_params_yaml_is_the_one_source_of_defaults():
             assert str(info.value).startswith(f"params.yaml: missing key {section}.{key};"), info.value
 
 
-def test_no_dataclass_field_has_a_default():
+def test_no_setting_has_a_default():
     """A default written in Python as well as in params.yaml is a default that will disagree."""
     pending = [Params]
     while pending:
-        cls = pending.pop()
-        hints = typing.get_type_hints(cls)
-        for field in dataclasses.fields(cls):
-            assert field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING, (
-                f"{cls.__name__}.{field.name} has a default; defaults live in params.yaml only"
-            )
-            if dataclasses.is_dataclass(hints[field.name]):
-                pending.append(hints[field.name])
+        model = pending.pop()
+        for name, field in model.model_fields.items():
+            assert field.is_required(), f"{model.__name__}.{name} has a default; defaults live in params.yaml only"
+            if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+                pending.append(field.annotation)
 
 
 def test_int_accepted_where_float_expected():
@@ -76,6 +73,25 @@ def test_bad_setting_names_the_key(raw, key):
     message = str(info.value)
     assert key in message
     assert "\n" not in message
+
+
+@pytest.mark.parametrize(
+    "raw, words",
+    [
+        ({"train": {"lr": -1e-4}}, "train.lr must be a number > 0 and < 1, got -0.0001"),
+        ({"train": {"batch_size": True}}, "train.batch_size must be an integer >= 1, got True"),  # yes is no number
+        ({"train": {"lr": "1e-4"}}, "got '1e-4'"),  # YAML reads 1e-4 (no dot) as text
+        ({"train": {"num_workers": -1}}, "train.num_workers must be an integer >= 0 or auto"),
+        ({"detect": {"image_size": 100}}, "detect.image_size must be an integer >= 32 and a multiple of 32"),
+        ({"evaluate": {"thresholds": [0.5, 1.2]}}, "evaluate.thresholds has 1.2; every item must be a number > 0"),
+        ({"evaluate": {"thresholds": []}}, "evaluate.thresholds must be a list of at least 1 item"),
+        ({"train": {"weight_decay": 0.1}}, "train.weight_decay needs train.optimizer adamw"),  # across fields
+        ({"train": {"learning_rate": 0.1}}, "unknown key train.learning_rate; valid keys here: accelerator, arch"),
+    ],
+)
+def test_the_message_says_what_the_key_accepts(raw, words):
+    with pytest.raises(ParamsError, match=re.escape(words)):
+        parse_params(merged(raw))
 
 
 def test_unknown_source_lists_the_choices():

@@ -12,23 +12,38 @@ weights of another network) is one line of :class:`PneumoniaError` naming the fi
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
+from pydantic import Field
 from torch import nn
 
 from pneumonia.core.errors import PneumoniaError
 from pneumonia.core.architectures import ARCHITECTURES, build_network
-from pneumonia.core.model_file import read_model
+from pneumonia.core.model_file import parse_header, read_model
+from pneumonia.core.validation import FiniteNumber, Header, PositiveNumber
 from pneumonia.data.dicom.rendering import WINDOWING_MODES
 
 NETWORK_PREFIX = "network."  # the LightningModule's attribute holding the network, in its checkpoints
 HEADER_KEYS = ("arch", "image_size", "mean", "std", "threshold", "temperature", "windowing")
 _RETRAIN = "retrain it with `dvc repro train`"
+
+
+class ClassifierHeader(Header):
+    """What a classifier's model file must say; threshold, temperature and windowing came later (their defaults
+    read the files from before them as they were used)."""
+
+    arch: Literal[tuple(ARCHITECTURES)] = Field(
+        description=f"one this project builds ({', '.join(ARCHITECTURES)})")
+    image_size: int = Field(ge=1, description="a positive integer")
+    mean: FiniteNumber
+    std: PositiveNumber
+    threshold: float = Field(0.5, ge=0, le=1, description="a number in [0, 1]")
+    temperature: PositiveNumber = 1.0  # probability = sigmoid(logit / temperature)
+    windowing: Literal[WINDOWING_MODES] = "none"
 
 
 @dataclass(frozen=True)
@@ -58,50 +73,10 @@ def build_classifier(
     path: Path, hparams: Mapping[str, Any], state: Mapping[str, torch.Tensor], device: str | torch.device = "cpu"
 ) -> LoadedModel:
     """The classifier of a model file's header and tensors (``path`` names the file in errors)."""
-    arch = hparams.get("arch")
-    if arch not in ARCHITECTURES:
-        raise PneumoniaError(
-            f"{path}: architecture {arch!r} is not one this project builds ({', '.join(ARCHITECTURES)}); {_RETRAIN}"
-        )
-    image_size = hparams.get("image_size")
-    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
-        raise PneumoniaError(f"{path}: header image_size {image_size!r} is not a positive integer; {_RETRAIN}")
-    mean = _number(path, hparams, "mean")
-    std = _number(path, hparams, "std", positive=True)
-    threshold = _number(path, hparams, "threshold", default=0.5)
-    if not 0 <= threshold <= 1:
-        raise PneumoniaError(f"{path}: header threshold {threshold!r} is not in [0, 1]; {_RETRAIN}")
-    temperature = _number(path, hparams, "temperature", default=1.0, positive=True)
-    windowing = hparams.get("windowing", "none")
-    if windowing not in WINDOWING_MODES:
-        raise PneumoniaError(
-            f"{path}: header windowing {windowing!r} is not one of {', '.join(WINDOWING_MODES)}; {_RETRAIN}"
-        )
-
-    network = build_network(arch)
-    _load_weights(path, network, arch, state)
-    return LoadedModel(
-        network=network.to(device).eval(),
-        arch=arch,
-        image_size=image_size,
-        mean=mean,
-        std=std,
-        threshold=threshold,
-        temperature=temperature,
-        windowing=windowing,
-    )
-
-
-def _number(path: Path, hparams: Mapping, key: str, default: float | None = None, positive: bool = False) -> float:
-    value = hparams.get(key, default)
-    if value is None:
-        raise PneumoniaError(f"{path}: header lacks {key!r}; {_RETRAIN}")
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or (
-        positive and value <= 0
-    ):
-        kind = "a positive number" if positive else "a finite number"
-        raise PneumoniaError(f"{path}: header {key} {value!r} is not {kind}; {_RETRAIN}")
-    return float(value)
+    settings = parse_header(path, ClassifierHeader, hparams, _RETRAIN)
+    network = build_network(settings.arch)
+    _load_weights(path, network, settings.arch, state)
+    return LoadedModel(network=network.to(device).eval(), **settings.model_dump())
 
 
 def _load_weights(path: Path, network: nn.Module, arch: str, state: Mapping[str, torch.Tensor]) -> None:

@@ -18,14 +18,16 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
+from pydantic import ValidationError
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from pneumonia.core.atomic import atomic_path
 from pneumonia.core.errors import PneumoniaError
+from pneumonia.core.validation import Header, header_problem
 
 FORMAT = "pneumonia-model/1"
 _KEY = "pneumonia"
@@ -68,6 +70,17 @@ def read_model(path: str | Path, kind: str, retrain: str) -> tuple[dict[str, Any
     if meta.get("kind") != kind:
         raise PneumoniaError(f"{path}: holds a {meta.get('kind')!r} model, not a {kind}; give the {kind}'s model file")
     return meta["header"], tensors
+
+
+H = TypeVar("H", bound=Header)
+
+
+def parse_header(path: str | Path, model: type[H], header: Mapping[str, Any], retrain: str) -> H:
+    """``header`` as ``model`` (a pydantic model of the kind's header); a bad one is one line naming ``path``."""
+    try:
+        return model.model_validate(dict(header))
+    except ValidationError as exc:
+        raise PneumoniaError(f"{path}: header {header_problem(exc, model, dict(header))}; {retrain}") from None
 
 
 def _is_zip(path: Path) -> bool:

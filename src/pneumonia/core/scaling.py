@@ -16,7 +16,6 @@ import os
 import random
 import shutil
 import warnings
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -60,9 +59,9 @@ class SeedEachEpoch(pl.Callback):
 
 
 def fingerprint(params, seed: int, stats: dict, processed_dir: Path) -> dict:
-    """What a checkpoint must have been trained with to be resumed: params (a stage's dataclass), seed and data."""
+    """What a checkpoint must have been trained with to be resumed: params (a stage's section), seed and data."""
     manifest = hashlib.sha256((Path(processed_dir) / MANIFEST).read_bytes()).hexdigest()
-    return {"params": asdict(params), "seed": seed, "stats": stats, "manifest_sha256": manifest}
+    return {"params": params.model_dump(), "seed": seed, "stats": stats, "manifest_sha256": manifest}
 
 
 def resumable(ckpt_dir: Path, stamp: dict) -> tuple[str | None, tuple[int, int] | None]:

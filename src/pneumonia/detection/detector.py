@@ -9,13 +9,13 @@ when the flip test-time augmentation won on val, its merge (:mod:`.tta`; absent:
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Annotated, Any, Literal, Sequence
 
 import numpy as np
 import torch
+from pydantic import BeforeValidator, Field
 from torch import nn
 
 from pneumonia.classification.data import batches, standardize
@@ -26,10 +26,34 @@ from pneumonia.core.boxes import boxes_to_original
 from pneumonia.detection.tta import FlipMerge, merged_boxes, mirror_images
 from pneumonia.core.errors import PneumoniaError
 from pneumonia.evaluation.box_metrics import union_area
-from pneumonia.core.model_file import read_model, save_model
+from pneumonia.core.model_file import parse_header, read_model, save_model
+from pneumonia.core.validation import FiniteNumber, Header, PositiveNumber
 
 KIND = "detector"
 _RETRAIN = "retrain it with `dvc repro detect`"
+
+
+def _old_arch_name(arch: Any) -> Any:
+    # model files written before detect.arch named a registry backbone called this one centernet_resnet18
+    return {"centernet_resnet18": "resnet18"}.get(arch, arch) if isinstance(arch, str) else arch
+
+
+class DetectorHeader(Header):
+    """What a detector's model file must say (:meth:`LoadedDetector.header` writes it)."""
+
+    arch: Annotated[Literal[tuple(DETECTOR_ARCHITECTURES)], BeforeValidator(_old_arch_name)] = Field(
+        description=f"a backbone this project builds ({', '.join(DETECTOR_ARCHITECTURES)})")
+    neck: Literal[NECKS] = "topdown"  # files from before the FPN neck
+    width: int = Field(ge=1)
+    image_size: int = Field(ge=32, multiple_of=32)
+    mean: FiniteNumber
+    std: PositiveNumber
+    stride: Literal[STRIDE] = Field(description=f"{STRIDE}, this detector's")
+    image_threshold: FiniteNumber
+    box_threshold: FiniteNumber
+    nms_iou: FiniteNumber
+    max_boxes: int = Field(ge=1)
+    tta: Any = None  # FlipMerge.from_header reads it (the ONNX backend's settings hold the same value)
 
 
 @dataclass(frozen=True)
@@ -102,32 +126,15 @@ def build_detector_from(
     path: str | Path, header: dict[str, Any], tensors: dict[str, torch.Tensor], device: str | torch.device = "cpu"
 ) -> LoadedDetector:
     """The detector of a model file's header and tensors (``path`` names the file in errors)."""
-    # model files written before detect.arch named a registry backbone called this one centernet_resnet18
-    arch = {"centernet_resnet18": "resnet18"}.get(header.get("arch"), header.get("arch"))
-    neck = header.get("neck", "topdown")
-    if arch not in DETECTOR_ARCHITECTURES or neck not in NECKS:
-        raise PneumoniaError(f"{path}: detector architecture {arch!r} with neck {neck!r} is not one this project "
-                             f"builds ({', '.join(DETECTOR_ARCHITECTURES)}; {', '.join(NECKS)}); {_RETRAIN}")
-    values = {}
-    for key, kind in (("width", int), ("image_size", int), ("max_boxes", int), ("mean", float), ("std", float),
-                      ("image_threshold", float), ("box_threshold", float), ("nms_iou", float)):
-        value = header.get(key)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or (
-            kind is int and value != int(value)
-        ):
-            raise PneumoniaError(f"{path}: header {key} {value!r} is not a {kind.__name__}; {_RETRAIN}")
-        values[key] = kind(value)
-    if values["image_size"] % 32 or values["std"] <= 0 or header.get("stride") != STRIDE:
-        raise PneumoniaError(f"{path}: header image_size/std/stride {values['image_size']}/{values['std']}/"
-                             f"{header.get('stride')} do not fit this detector; {_RETRAIN}")
-    tta = FlipMerge.from_header(path, header.get("tta"), _RETRAIN)
-    network = build_detector(arch, values["width"], neck)
+    settings = parse_header(path, DetectorHeader, header, _RETRAIN)
+    tta = FlipMerge.from_header(path, settings.tta, _RETRAIN)
+    network = build_detector(settings.arch, settings.width, settings.neck)
     try:
         network.load_state_dict(tensors)
     except RuntimeError as exc:
-        raise PneumoniaError(f"{path}: its weights do not fit a {arch} detector with neck {neck} "
+        raise PneumoniaError(f"{path}: its weights do not fit a {settings.arch} detector with neck {settings.neck} "
                              f"({str(exc).splitlines()[0]}); {_RETRAIN}") from None
-    return LoadedDetector(network=network.to(device).eval(), arch=arch, neck=neck, tta=tta, **values)
+    return LoadedDetector(network=network.to(device).eval(), tta=tta, **settings.model_dump(exclude={"stride", "tta"}))
 
 
 @torch.inference_mode()

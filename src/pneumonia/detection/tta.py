@@ -23,11 +23,13 @@ from typing import TYPE_CHECKING, Any, Iterable, Literal, Sequence
 
 import numpy as np
 import torch
+from pydantic import Field, ValidationError
 from torchvision.ops import nms
 
 from pneumonia.detection.decode import ImageBoxes, decode
 from pneumonia.detection.network import RawDetections
 from pneumonia.core.errors import PneumoniaError
+from pneumonia.core.validation import Strict
 
 if TYPE_CHECKING:
     from pneumonia.detection.detector import LoadedDetector
@@ -35,6 +37,11 @@ if TYPE_CHECKING:
     from pneumonia.evaluation.box_metrics import XYWH
 
 METHODS = ("nms", "wbf")  # in the order ties go: NMS keeps the detector's own boxes and scores
+
+
+class _TtaHeader(Strict):
+    method: Literal[METHODS]
+    iou: float = Field(gt=0, lt=1)
 
 
 @dataclass(frozen=True)
@@ -52,12 +59,12 @@ class FlipMerge:
         """The header's ``tta`` value (None or absent: no TTA); a bad one is one line naming ``path`` and ``fix``."""
         if value is None:
             return None
-        method, iou = (value.get("method"), value.get("iou")) if isinstance(value, dict) else (None, None)
-        if (method not in METHODS or isinstance(iou, bool) or not isinstance(iou, (int, float))
-                or not 0 < iou < 1 or set(value) != {"method", "iou"}):
+        try:
+            merge = _TtaHeader.model_validate(value)
+        except ValidationError:
             raise PneumoniaError(f"{path}: header tta {value!r} is not null or {{\"method\": one of "
-                                 f"{', '.join(METHODS)}, \"iou\": in (0, 1)}}; {fix}")
-        return cls(method, float(iou))
+                                 f"{', '.join(METHODS)}, \"iou\": in (0, 1)}}; {fix}") from None
+        return cls(merge.method, merge.iou)
 
     def __str__(self) -> str:
         return f"hflip merged by {self.method.upper()} at IoU {self.iou}"
