@@ -488,7 +488,6 @@ def main() -> None:
 
     small, large = dataset(args.small), dataset(args.large)
     paths = dicom_paths(small)
-    rows = []
     stage_s, process_s, reference_s, bound_s, rss_small = [], [], [], [], []
     for _ in range(args.repeats):
         seconds, process_seconds, rss = run_convert_stage(small, args.size)

@@ -19,7 +19,7 @@ from pneumonia.detection.thresholds import choose_box_thresholds, target_prevale
 from pneumonia.detection.batch_augment import augment_batch, batch_box_augmentation, pad_boxes
 from pneumonia.data.manifest import read_manifest, split_rows, write_manifest
 from project_params import project_params
-from test_detection import _rectangles, _square_rows
+from box_data import rectangles, square_rows
 
 DETECT = {
     "arch": "resnet18", "width": 8, "image_size": 32, "max_epochs": 3, "lr": 0.003, "weight_decay": 0.0,
@@ -56,9 +56,9 @@ def data(tmp_path_factory):
     rng = np.random.default_rng(2)
     rows = []
     for split, n in (("train", 24), ("val", 11)):
-        images, boxes = _rectangles(n, 32, 256, rng)
+        images, boxes = rectangles(n, 32, 256, rng)
         np.save(root / "processed" / f"{split}.npy", images)
-        rows += _square_rows(images, boxes, split, 256)
+        rows += square_rows(images, boxes, split, 256)
     write_manifest(root / "processed" / "manifest.csv", rows)
     (root / "dataset.json").write_text(json.dumps({"mean": 0.2, "std": 0.3}))
     (root / "stage.py").write_text(SCRIPT)

@@ -13,17 +13,18 @@ from pneumonia.detection import evaluate_detection, detect
 from pneumonia.detection.data import DetectionDataset
 from pneumonia.detection.decode import decode
 from pneumonia.detection.detector import ImageDetections, area_fraction, detect_images, load_detector
-from pneumonia.detection.network import STRIDE, RawDetections
+from pneumonia.detection.network import RawDetections
 from pneumonia.core.boxes import boxes_to_input, boxes_to_original
 from pneumonia.detection.targets import encode_targets, focal_heatmap_loss
 from pneumonia.detection.thresholds import choose_box_thresholds, rsna_at
 from pneumonia.core.errors import DatasetError, PneumoniaError
-from pneumonia.data.manifest import ManifestRow, write_manifest
+from pneumonia.data.manifest import write_manifest
 from pneumonia.core.architectures import build_network
 from pneumonia.core.model_file import save_model
 from pneumonia.prediction.decision import Decision
 from pneumonia.prediction.ood import OodGuard
 from pneumonia.prediction.predictor import Predictor
+from box_data import rectangles, square_rows
 from project_params import project_params
 
 # --------------------------------------------------------------------------- coordinates, targets, loss
@@ -83,15 +84,6 @@ def test_decode_suppresses_overlapping_boxes_and_clips_to_the_image():
 # --------------------------------------------------------------------------- augmentation moves boxes with images
 
 
-def _square_rows(images: np.ndarray, boxes_per_image, split: str, original: int) -> list[ManifestRow]:
-    return [
-        ManifestRow(patient_id=f"{split}{i:03d}", split=split, row=i, label=int(bool(boxes)),
-                    boxes=tuple(tuple(map(float, b)) for b in boxes), detailed_class="", view="PA", sex="F", age=50,
-                    rows=original, columns=original, pixel_spacing_mm=0.5 if i % 2 else None)
-        for i, boxes in enumerate(boxes_per_image)
-    ]
-
-
 def _bright_boxes(image: torch.Tensor) -> list[float]:
     """The extent (x0, y0, x1, y1) of the bright pixels of a 1 x S x S image."""
     rows, cols = torch.nonzero(image[0] > image.mean() + 1.0, as_tuple=True)
@@ -108,7 +100,7 @@ def test_augmentation_transforms_boxes_with_the_image(tmp_path):
         images[i, y : y + 20, x : x + 16] = 230
         boxes.append([(x * 4, y * 4, 16 * 4, 20 * 4)])  # original pixels: 4x the array's
     np.save(tmp_path / "train.npy", images)
-    dataset = DetectionDataset(tmp_path / "train.npy", _square_rows(images, boxes, "train", original), size,
+    dataset = DetectionDataset(tmp_path / "train.npy", square_rows(images, boxes, "train", original), size,
                                mean=0.3, std=0.3, augment=True)
     torch.manual_seed(0)
     moved = 0
@@ -145,7 +137,7 @@ def test_thresholds_are_chosen_together_and_the_empty_rule_holds():
 
 
 def test_box_metrics_against_hand_computed_values():
-    rows = _square_rows(np.zeros((3, 8, 8)), [[(10, 10, 20, 20)], [(50, 50, 20, 20)], []], "val", 100)
+    rows = square_rows(np.zeros((3, 8, 8)), [[(10, 10, 20, 20)], [(50, 50, 20, 20)], []], "val", 100)
     detections = [
         _detections([(10, 10, 20, 20)], [0.9], 0.9),  # exact
         _detections([(50, 50, 20, 10)], [0.8], 0.9),  # IoU 0.5, half the area
@@ -200,22 +192,6 @@ DETECT = {
 }
 
 
-def _rectangles(n: int, size: int, original: int, rng) -> tuple[np.ndarray, list]:
-    """Dark noisy images; two thirds carry one bright rectangle (its box in original pixels), a third none."""
-    images = rng.integers(0, 60, size=(n, size, size)).astype(np.uint8)
-    boxes = []
-    for i in range(n):
-        if i % 3 == 2:
-            boxes.append([])
-            continue
-        w, h = rng.integers(10, 24, size=2)
-        x, y = rng.integers(0, size - w), rng.integers(0, size - h)
-        images[i, y : y + h, x : x + w] = 220
-        scale = original / size
-        boxes.append([(x * scale, y * scale, w * scale, h * scale)])
-    return images, boxes
-
-
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("detect")
@@ -224,9 +200,9 @@ def trained(tmp_path_factory):
     rng = np.random.default_rng(1)
     rows = []
     for split, n in (("train", 80), ("val", 30), ("test", 30)):
-        images, boxes = _rectangles(n, 64, 512, rng)
+        images, boxes = rectangles(n, 64, 512, rng)
         np.save(processed / f"{split}.npy", images)
-        rows += _square_rows(images, boxes, split, 512)
+        rows += square_rows(images, boxes, split, 512)
     write_manifest(processed / "manifest.csv", rows)
     (root / "dataset.json").write_text(json.dumps({"mean": 0.2, "std": 0.3}))
     params = project_params({"detect": DETECT}).detect
@@ -235,7 +211,7 @@ def trained(tmp_path_factory):
     return root, rows, chosen
 
 
-def test_a_tiny_detector_learns_rectangles(trained):
+def test_a_tiny_detector_learnsrectangles(trained):
     root, rows, chosen = trained
     history = json.loads((root / "epochs.json").read_text())
     assert [h["epoch"] for h in history] == list(range(DETECT["max_epochs"]))

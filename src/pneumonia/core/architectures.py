@@ -71,6 +71,10 @@ _REGISTRY = {
     )
 }
 ARCHITECTURES = tuple(_REGISTRY)
+# The detector's merges of the backbone's stride 8/16/32 features (pneumonia.detection.network builds them):
+# the small top-down merge, or torchvision's feature pyramid network. Here, beside the backbones, so that
+# params checking reads the names without importing torch.
+NECKS = ("topdown", "fpn")
 INITS = ("scratch", "imagenet")  # or a path to a state dict
 
 

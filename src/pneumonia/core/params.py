@@ -21,7 +21,7 @@ import yaml
 from annotated_types import Ge, Gt, Le, Lt
 from pydantic import Field, ValidationError, model_validator
 
-from pneumonia.core.architectures import ARCHITECTURES
+from pneumonia.core.architectures import ARCHITECTURES, NECKS
 from pneumonia.core.errors import ParamsError
 from pneumonia.core.validation import ListOf, Strict, first_problem, rule
 
@@ -29,7 +29,8 @@ Count = Annotated[int, Ge(0)]
 Positive = Annotated[int, Ge(1)]
 Fraction = Annotated[float, Gt(0), Lt(1)]  # in (0, 1)
 Architecture = Literal[tuple(ARCHITECTURES)]
-Workers = Union[Count, Literal["auto"]]  # or auto: half the cores (at most 8) when the augmentation runs on a GPU, else 0
+# auto: half the cores (at most 8) when the augmentation runs on a GPU, else 0
+Workers = Union[Count, Literal["auto"]]
 Devices = Union[Positive, Literal["auto"]]  # per node; DDP runs one process per device
 Init = Annotated[str, Field(min_length=1, description="scratch, imagenet or a path to a state dict")]
 
@@ -151,7 +152,7 @@ class LocalizeParams(Strict):
 class DetectParams(Strict):
     arch: Architecture  # the backbone: train.arch's registry
     init: Init  # as train.init: scratch, imagenet (torchvision's weights, RGB stem summed) or a state dict's path
-    neck: Literal["topdown", "fpn"]  # merge of the stride 8/16/32 features: the small top-down merge or torchvision's FPN
+    neck: Literal[NECKS]  # merge of the stride 8/16/32 features: the small top-down merge or torchvision's FPN
     width: int = Field(ge=8, le=512)  # channels of the merged stride-8 features and of the heads
     image_size: int = Field(ge=32, multiple_of=32)  # model input, pixels (the arrays are resized when they differ)
     max_epochs: Positive

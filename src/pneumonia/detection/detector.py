@@ -21,12 +21,13 @@ from torch import nn
 from pneumonia.classification.data import batches, standardize
 from pneumonia.detection.data import resize_images
 from pneumonia.detection.decode import ImageBoxes, decode
-from pneumonia.detection.network import DETECTOR_ARCHITECTURES, NECKS, STRIDE, RawDetections, build_detector
+from pneumonia.detection.network import DETECTOR_ARCHITECTURES, STRIDE, RawDetections, build_detector
 from pneumonia.core.boxes import boxes_to_original
 from pneumonia.detection.tta import FlipMerge, merged_boxes, mirror_images
 from pneumonia.core.errors import PneumoniaError
 from pneumonia.evaluation.box_metrics import union_area
 from pneumonia.core.model_file import parse_header, read_model, save_model
+from pneumonia.core.architectures import NECKS
 from pneumonia.core.validation import FiniteNumber, Header, PositiveNumber
 
 KIND = "detector"

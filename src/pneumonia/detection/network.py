@@ -26,13 +26,12 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import FeaturePyramidNetwork
 
-from pneumonia.core.architectures import ARCHITECTURES, Architecture, architecture, build_network
+from pneumonia.core.architectures import ARCHITECTURES, NECKS, Architecture, architecture, build_network
 from pneumonia.core.errors import PneumoniaError
 
 STRIDE = 8  # input pixels per cell of the output grid
 HEATMAP_PRIOR = 0.01  # initial centre probability everywhere (RetinaNet's prior): stable early focal loss
 DETECTOR_ARCHITECTURES = ARCHITECTURES  # every backbone of the registry
-NECKS = ("topdown", "fpn")
 
 
 class RawDetections(NamedTuple):

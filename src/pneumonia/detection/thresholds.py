@@ -31,7 +31,9 @@ from typing import Sequence
 import numpy as np
 
 from pneumonia.detection.detector import ImageDetections
-from pneumonia.evaluation.box_metrics import XYWH, prevalence_weights, rsna_score, target_prevalence
+from pneumonia.evaluation.box_metrics import (
+    XYWH, box_threshold_sweep, prevalence_weights, rsna_score, target_prevalence,
+)
 from pneumonia.evaluation.operating_points import threshold_for_sensitivity
 
 __all__ = ["ThresholdChoice", "ThresholdRule", "choose_box_thresholds", "rsna_at", "target_prevalence"]
@@ -75,12 +77,9 @@ def choose_box_thresholds(
         labels = np.array([int(len(boxes) > 0) for boxes in truth])
         gates = [threshold_for_sensitivity(labels, np.array([d.image_probability for d in detections]),
                                            gate_sensitivity)]
-    grid = []
-    for image_threshold in gates:
-        for box_threshold in sorted(candidates):
-            score = rsna_at(detections, truth, image_threshold, box_threshold, weights)
-            grid.append({"image_threshold": image_threshold, "box_threshold": box_threshold,
-                         "rsna_score": 0.0 if score is None else score})
+    grid = [{"image_threshold": gate, **row} for gate in gates
+            for row in box_threshold_sweep(lambda t, gate=gate: [d.kept(gate, t) for d in detections], truth,
+                                           candidates, weights)]
     best = max(grid, key=lambda g: (g["rsna_score"], g["image_threshold"], g["box_threshold"]))
     return ThresholdChoice(best["image_threshold"], best["box_threshold"], best["rsna_score"], grid)
 

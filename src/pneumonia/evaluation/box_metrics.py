@@ -174,6 +174,20 @@ def rsna_score(
     return mean_image_score(scores, weights)
 
 
+def box_threshold_sweep(
+    kept_at: Callable[[float], Sequence[tuple[Sequence[XYWH], Sequence[float]]]], truth: Sequence[Sequence[XYWH]],
+    candidates: Sequence[float], weights: Sequence[float] | None = None,
+) -> list[dict]:
+    """The RSNA score of the (boxes, scores) per image that ``kept_at(t)`` keeps, at each candidate ``t`` in
+    increasing order: ``[{"box_threshold", "rsna_score"}]``, no score (no image counted) as 0."""
+    sweep = []
+    for t in sorted(candidates):
+        kept = kept_at(t)
+        score = rsna_score([b for b, _ in kept], [s for _, s in kept], truth, weights)
+        sweep.append({"box_threshold": t, "rsna_score": 0.0 if score is None else score})
+    return sweep
+
+
 def mean_image_score(scores: Sequence[float | None], weights: Sequence[float] | None = None) -> float | None:
     """The mean of per-image scores over those not None (left out), weighted by ``weights`` when given."""
     if weights is None:

@@ -20,7 +20,7 @@ from pneumonia.classification.classifier import build_classifier
 from pneumonia.prediction.decision import choose_decision
 from pneumonia.detection.detector import build_detector_from
 from pneumonia.core.errors import DatasetError
-from pneumonia.evaluation.box_metrics import prevalence_weights, rsna_score, target_prevalence
+from pneumonia.evaluation.box_metrics import box_threshold_sweep, prevalence_weights, target_prevalence
 from pneumonia.data.manifest import read_manifest, split_rows
 from pneumonia.core.model_file import read_model
 from pneumonia.prediction.ood import fit_guard
@@ -40,11 +40,7 @@ def choose_box_threshold(
     Ties go to the higher threshold (fewer boxes).
     """
     weights = prevalence_weights(truth, prevalence)
-    sweep = []
-    for t in sorted(candidates):
-        kept = boxes_under(raw.detections, positive, t)
-        score = rsna_score([b for b, _ in kept], [s for _, s in kept], truth, weights)
-        sweep.append({"box_threshold": t, "rsna_score": 0.0 if score is None else score})
+    sweep = box_threshold_sweep(lambda t: boxes_under(raw.detections, positive, t), truth, candidates, weights)
     best = max(sweep, key=lambda row: (row["rsna_score"], row["box_threshold"]))
     return best["box_threshold"], sweep
 
