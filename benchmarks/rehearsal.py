@@ -58,19 +58,21 @@ def rehearsal_params(patients: int, phantom_size: int, image_size: int, batches:
     }
 
 
-def run_stage(repo: Path, stage: str, log: Path) -> dict:
-    """`dvc repro <stage>`: wall seconds, the stage command's own seconds, peak memory in MB."""
+def run_stage(repo: Path, stage: str, log: Path, force: bool = False) -> dict:
+    """`dvc repro <stage>` (``force``: `dvc repro --force --single-item`, though nothing changed): wall seconds,
+    the stage command's own seconds, peak memory in MB."""
     env = environment() | {"PYTHONPATH": str(repo / "src")}  # the copy's code, not the editable install's
     load_before = os.getloadavg()[0]
     cpu_before = _children_cpu_seconds()
     with open(log, "w") as out:
         start = time.perf_counter()
-        process = psutil.Popen(["dvc", "repro", stage], cwd=repo, env=env, stdout=out, stderr=subprocess.STDOUT)
+        command = ["dvc", "repro", *(["--force", "--single-item"] if force else []), stage]
+        process = psutil.Popen(command, cwd=repo, env=env, stdout=out, stderr=subprocess.STDOUT)
         with TreeSampler(process, watch=f"stages/{stage}.py") as sampler:
             code = process.wait()
         seconds = time.perf_counter() - start
     if code != 0:
-        raise SystemExit(f"dvc repro {stage} failed ({code}); its output is in {log}")
+        raise SystemExit(f"{' '.join(command)} failed ({code}); its output is in {log}")
     command = None if sampler.first_seen is None else sampler.last_seen - sampler.first_seen
     return {
         "stage": stage,
@@ -210,7 +212,7 @@ def run_stages(args: argparse.Namespace, repo: Path, logs: Path, progress: dict)
             progress["bare_loop_measured"] = "when the rehearsal was resumed, not right after train"
             save()
         print(f"dvc repro {stage} ...", flush=True)
-        stages.append(run_stage(repo, stage, logs / f"{stage}.log"))
+        stages.append(run_stage(repo, stage, logs / f"{stage}.log", force=stage in args.again))
         done.add(stage)
         print(f"  {stages[-1]['seconds']} s, peak RSS {stages[-1]['peak_rss_mb']} MB", flush=True)
         if stage == "train":  # under the same load as the stage: what this machine gives a bare loop now
@@ -310,6 +312,10 @@ def resumed_progress(args: argparse.Namespace, logs: Path) -> dict:
         progress = {"stages": rows_from_printed_log(args.printed_log.read_text()), "load_average_before": [None] * 3,
                     # mkdtemp made the folder as the run started
                     "started": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(args.resume.stat().st_mtime))}
+    progress["stages"] = [row for row in progress["stages"] if row["stage"] not in args.again]
+    if "train" in args.again:  # the bare loop is measured again right after it
+        for key in ("bare_loop_images_per_s", "bare_loop_measured"):
+            progress.pop(key, None)
     progress.setdefault("resumed", []).append(time.strftime("%Y-%m-%d %H:%M:%S"))
     return progress
 
@@ -351,9 +357,14 @@ def main() -> None:
     parser.add_argument("--resume", type=Path, metavar="WORK",
                         help="go on with an interrupted rehearsal in its kept folder WORK (the printed "
                              "'rehearsal in ...'): the stages it finished are not run again; the folder is kept")
+    parser.add_argument("--again", nargs="+", choices=STAGES, default=[],
+                        help="with --resume: run these finished stages again (e.g. train, when it ran under a load "
+                             "that makes its figures useless)")
     parser.add_argument("--printed-log", type=Path,
                         help="with --resume, when the interrupted run saved no progress.json: what it printed")
     args = parser.parse_args()
+    if args.again and not args.resume:
+        parser.error("--again goes with --resume (a new rehearsal runs every stage)")
     CACHE.mkdir(parents=True, exist_ok=True)
     # The stage logs lie beside the work folder (both in the checkout's benchmarks/.cache that started the run).
     logs = (args.resume.resolve().parent if args.resume else CACHE) / f"rehearsal-logs-{args.patients}"
