@@ -160,13 +160,30 @@ def machine() -> dict:
 PIPELINE_CODE = ("src", "stages", "dvc.yaml")  # what the throwaway copy's stages run
 
 
+def working_tree_hashes(repo: Path) -> list[str]:
+    """Git's hashes of the copy's :data:`PIPELINE_CODE` as its files are now (what `dvc repro` runs), not as its
+    first commit holds them: the tree of each folder through a throwaway index, the blob of each file."""
+    hashes = []
+    with tempfile.TemporaryDirectory() as tmp:
+        env = os.environ | {"GIT_INDEX_FILE": str(Path(tmp) / "index")}
+        for path in PIPELINE_CODE:
+            if (repo / path).is_dir():
+                subprocess.run(["git", "add", "-A", "--", path], cwd=repo, env=env, check=True)
+                command = ["git", "write-tree", f"--prefix={path}/"]
+            else:
+                command = ["git", "hash-object", path]
+            hashes.append(subprocess.run(command, cwd=repo, env=env, capture_output=True, text=True,
+                                         check=True).stdout.strip())
+    return hashes
+
+
 def code_version(repo: Path) -> dict:
     """This checkout's commit and, since a resumed rehearsal's stages run the copy made when it started, the
     newest commit whose pipeline code is the copy's byte for byte (git's tree hashes compared)."""
     head = run(["git", "rev-parse", "HEAD"], ROOT).stdout.strip()
     paths = ["src", "stages", "dvc.yaml", "params.yaml", "benchmarks", "tests/pipeline_repo.py"]
     changed = run(["git", "status", "--porcelain", "--", *paths], ROOT).stdout.split("\n")
-    copied = run(["git", "rev-parse", *(f"HEAD:{p}" for p in PIPELINE_CODE)], repo).stdout.split()
+    copied = working_tree_hashes(repo)
     commits = run(["git", "log", "--format=%H", "-n", "500", "HEAD"], ROOT).stdout.split()
     queries = "".join(f"{c}:{p}\n" for c in commits for p in PIPELINE_CODE)
     hashes = subprocess.run(["git", "cat-file", "--batch-check=%(objectname)"], input=queries, cwd=ROOT,
