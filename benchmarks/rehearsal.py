@@ -213,12 +213,13 @@ def rows_from_printed_log(text: str) -> list[dict]:
              "from_printed_log": True} for stage, seconds, peak in finished]
 
 
+def save_progress(logs: Path, progress: dict) -> None:
+    (logs / "progress.json").write_text(json.dumps(progress, indent=2) + "\n")
+
+
 def run_stages(args: argparse.Namespace, repo: Path, logs: Path, progress: dict) -> tuple[list[dict], float]:
     """Every stage not yet in ``progress`` (a resumed run's), saved to ``logs``/progress.json after each one, so
     that an interrupted rehearsal can go on from where it stopped (--resume) instead of starting again."""
-    def save() -> None:
-        (logs / "progress.json").write_text(json.dumps(progress, indent=2) + "\n")
-
     stages = progress.setdefault("stages", [])
     done = {row["stage"] for row in stages}
     for stage in STAGES:
@@ -227,29 +228,27 @@ def run_stages(args: argparse.Namespace, repo: Path, logs: Path, progress: dict)
         if "train" in done and "bare_loop_images_per_s" not in progress:  # resumed after train
             progress["bare_loop_images_per_s"] = bare_rate(args)
             progress["bare_loop_measured"] = "when the rehearsal was resumed, not right after train"
-            save()
+            save_progress(logs, progress)
         print(f"dvc repro {stage} ...", flush=True)
         stages.append(run_stage(repo, stage, logs / f"{stage}.log", force=stage in args.again))
         done.add(stage)
         print(f"  {stages[-1]['seconds']} s, peak RSS {stages[-1]['peak_rss_mb']} MB", flush=True)
         if stage == "train":  # under the same load as the stage: what this machine gives a bare loop now
             progress["bare_loop_images_per_s"] = bare_rate(args)
-        save()
+        save_progress(logs, progress)
+    stages.sort(key=lambda row: STAGES.index(row["stage"]))  # a stage run --again comes back in its place
     return stages, progress["bare_loop_images_per_s"]
 
 
-def rehearse(args: argparse.Namespace, work: Path, logs: Path, progress: dict) -> dict:
-    params = rehearsal_params(args.patients, args.phantom_size, args.image_size, args.batches, args.batch_size)
-    repo = work / "repo" if args.resume else make_repo(work / "repo", params)
-    stages, bare = run_stages(args, repo, logs, progress)
-
+def dvc_overhead(args: argparse.Namespace, repo: Path) -> dict:
+    """DVC's own seconds with every stage in place (status, a no-op repro) and the disk its cache takes, before
+    and after `dvc checkout --relink`."""
     dvc = {
         # The whole pipeline's status, every stage in place.
         "status": timed(repo, ["dvc", "status"], args.repeats),
         "noop_repro_evaluate": timed(repo, ["dvc", "repro", "evaluate"], args.repeats),
     }
-    raw, processed, cache = repo / "data" / "raw", repo / "data" / "processed", repo / ".dvc" / "cache"
-    raw_bytes, raw_files = file_bytes(raw)
+    raw, cache = repo / "data" / "raw", repo / ".dvc" / "cache"
     cache_bytes, cache_files = file_bytes(cache)
     dcm = next((raw / "stage_2_train_images").iterdir())
     dvc |= {
@@ -269,6 +268,20 @@ def rehearse(args: argparse.Namespace, work: Path, logs: Path, progress: dict) -
         "disk_bytes_cache_and_data_after_relink": disk_usage(cache, repo / "data"),
         "noop_repro_evaluate_after_relink": timed(repo, ["dvc", "repro", "evaluate"], args.repeats),
     }
+    return dvc
+
+
+def rehearse(args: argparse.Namespace, work: Path, logs: Path, progress: dict) -> dict:
+    params = rehearsal_params(args.patients, args.phantom_size, args.image_size, args.batches, args.batch_size)
+    repo = work / "repo" if args.resume else make_repo(work / "repo", params)
+    stages, bare = run_stages(args, repo, logs, progress)
+
+    if "dvc" not in progress:  # measured once: a relinked workspace cannot show the copies again
+        progress["dvc"] = dvc_overhead(args, repo)
+        save_progress(logs, progress)
+    dvc = progress["dvc"]
+    raw, processed = repo / "data" / "raw", repo / "data" / "processed"
+    raw_bytes, raw_files = file_bytes(raw)
     data = {
         "raw_bytes": raw_bytes,
         "raw_files": raw_files,
