@@ -184,15 +184,25 @@ def rehearsal_block(rehearsal_json: Path) -> str:
     r = json.loads(rehearsal_json.read_text())
     gb = lambda n: f"{n / 1e9:.2f} GB"  # noqa: E731
     split = r["settings"]["counts"]
-    lines = [f"`{r['command']}` on: {r['machine']['cores']} cores, {r['machine']['accelerator']} "
-             f"(load average {r['load_average_before'][0]:g} at the start); {r['settings']['patients']:,} patients "
+    load = r["load_average_before"][0]
+    resumed = r.get("resumed", [])
+    lines = [f"`{r['command']}` on: {r['machine']['cores']} cores, {r['machine']['accelerator']}"
+             + ("" if load is None else f" (load average {load:g} at the start)")
+             + f"; {r['settings']['patients']:,} patients "
              f"at {r['settings']['download']['phantom']['size']} px, train {split['train']['total']:,} / val "
              f"{split['val']['total']:,}, {r['settings']['dicom_to_npy']['image_size']} px arrays, "
-             f"{r['train']['batches']} training batches of {r['train']['batch_size']}.", "",
+             f"{r['train']['batches']} training batches of {r['train']['batch_size']}."
+             + (f" Started {r['started']}, interrupted and resumed ({', '.join(resumed)}) in the same folder; every "
+                f"stage ran the code of commit {r['code']['stages_ran_the_code_of'][:7]}." if resumed else ""), "",
              "| stage | seconds | CPU seconds | peak memory, all processes (MB) | largest process (MB) |",
              "|---|---|---|---|---|"]
-    lines += [f"| {s['stage']}{' (phantom generation)' * (s['stage'] == 'download')} | {s['seconds']:g} | "
-              f"{s.get('cpu_seconds', '')} | {s['peak_rss_mb']:g} | {s['peak_process_rss_mb']:g} |" for s in r["stages"]]
+    cell = lambda value: "–" if value is None else f"{value:g}"  # noqa: E731 (None: not recorded)
+    lines += [f"| {s['stage']}{' (phantom generation)' * (s['stage'] == 'download')}{' *' * bool(s.get('from_printed_log'))}"
+              f" | {cell(s['seconds'])} | {cell(s.get('cpu_seconds'))} | {cell(s['peak_rss_mb'])} | "
+              f"{cell(s['peak_process_rss_mb'])} |" for s in r["stages"]]
+    if any(s.get("from_printed_log") for s in r["stages"]):
+        lines += ["", "\\* finished before the interruption; read back from what the run printed (wall seconds and "
+                  "peak memory only)."]
     dvc, data, train = r["dvc"], r["data"], r["train"]
     lines += ["", f"- DVC with {data['raw_files']:,} files in `data/raw`: `dvc status` {dvc['status']['median_s']:g} s, "
               f"a no-op `dvc repro` {dvc['noop_repro_evaluate']['median_s']:g} s; cache {gb(dvc['cache_bytes'])} "
@@ -200,8 +210,12 @@ def rehearsal_block(rehearsal_json: Path) -> str:
               f"{gb(data['processed_bytes'])}; cache and workspace together {gb(dvc['disk_bytes_cache_and_data'])} "
               f"(DVC copies a stage's outputs into the cache; `dvc checkout --relink` "
               f"({dvc['relink_s']:g} s) brought it to {gb(dvc['disk_bytes_cache_and_data_after_relink'])}).",
-              f"- Training: {train['images_per_s']:g} images/s, {train['fraction_of_bare_loop']:g} of a bare loop "
-              f"({train['bare_loop_images_per_s']:g} images/s) measured right after; a full epoch of this split "
+              f"- Training: {train['images_per_s']:g} images/s, "
+              + (f"{train['fraction_of_bare_loop']:g} of a bare loop ({train['bare_loop_images_per_s']:g} images/s) "
+                 "measured right after" if "bare_loop_measured" not in train else
+                 f"and a bare loop {train['bare_loop_images_per_s']:g} images/s measured "
+                 f"{train['bare_loop_measured']} (under another load: no ratio)")
+              + f"; a full epoch of this split "
               f"({train['full_epoch_batches']} batches, then validation on {train['val_images']:,} images): about "
               f"{train['full_epoch_stage_estimate_s'] / 60:.0f} min on this machine."]
     lines += rehearsal_plan(r)
@@ -210,9 +224,11 @@ def rehearsal_block(rehearsal_json: Path) -> str:
     if phantom_json.exists():  # the phantom stage measured again alone, after its generator changed
         p = json.loads(phantom_json.read_text())
         d = p["download"]
-        lines.append(f"- Phantom generation measured again alone (`{p['command']}`, commit {p['code']['commit'][:7]}, "
+        before = p["rehearsal_json_download"]
+        lines.append(f"- Phantom generation measured alone (`{p['command']}`, commit {p['code']['commit'][:7]}, "
                      f"load {d['load_1min_before']:g}): {d['seconds']:g} s, {d['cpu_seconds']:g} CPU seconds for "
-                     f"{p['patients']:,} patients, {p['cpu_seconds_ratio']:g}× fewer CPU seconds than the row above.")
+                     f"{p['patients']:,} patients, {p['cpu_seconds_ratio']:g}× fewer CPU seconds than the generator "
+                     f"before it ({before['cpu_seconds']:g} in the rehearsal of commit {before['commit'][:7]}).")
     return "\n".join(lines) + "\n"
 
 
