@@ -58,9 +58,10 @@ compare: $(STAMP)
 
 # One pytest-xdist worker per core, each file on one worker (its module fixtures, some of which train a
 # model, are built once); the slow end-to-end files first, in tests/conftest.py's order (xdist would
-# otherwise start the files with the most tests first and leave the minutes-long ones for last).
+# otherwise start the files with the most tests first and leave the minutes-long ones for last). The 25
+# slowest tests are listed at the end, so a CI log says where the minutes went.
 test: $(STAMP)
-	python -m pytest -n auto --dist loadfile --no-loadscope-reorder -m "not exhaustive"
+	python -m pytest -n auto --dist loadfile --no-loadscope-reorder -m "not exhaustive" --durations=25
 
 # make test and the exhaustive variants (about 3 more CPU minutes).
 test-all: $(STAMP)
