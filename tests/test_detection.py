@@ -211,7 +211,7 @@ def trained(tmp_path_factory):
     return root, rows, chosen
 
 
-def test_a_tiny_detector_learnsrectangles(trained):
+def test_a_tiny_detector_learns_rectangles(trained):
     root, rows, chosen = trained
     history = json.loads((root / "epochs.json").read_text())
     assert [h["epoch"] for h in history] == list(range(DETECT["max_epochs"]))
