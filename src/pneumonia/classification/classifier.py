@@ -22,13 +22,12 @@ from pydantic import Field
 from torch import nn
 
 from pneumonia.core.errors import PneumoniaError
-from pneumonia.core.architectures import ARCHITECTURES, build_network
+from pneumonia.core.architectures import ARCHITECTURES, ArchitectureName, build_network
 from pneumonia.core.model_file import parse_header, read_model
 from pneumonia.core.validation import FiniteNumber, Header, PositiveNumber
 from pneumonia.data.dicom.rendering import WINDOWING_MODES
 
 NETWORK_PREFIX = "network."  # the LightningModule's attribute holding the network, in its checkpoints
-HEADER_KEYS = ("arch", "image_size", "mean", "std", "threshold", "temperature", "windowing")
 _RETRAIN = "retrain it with `dvc repro train`"
 
 
@@ -36,7 +35,7 @@ class ClassifierHeader(Header):
     """What a classifier's model file must say; threshold, temperature and windowing came later (their defaults
     read the files from before them as they were used)."""
 
-    arch: Literal[tuple(ARCHITECTURES)] = Field(
+    arch: ArchitectureName = Field(
         description=f"one this project builds ({', '.join(ARCHITECTURES)})")
     image_size: int = Field(ge=1, description="a positive integer")
     mean: FiniteNumber
@@ -45,6 +44,8 @@ class ClassifierHeader(Header):
     temperature: PositiveNumber = 1.0  # probability = sigmoid(logit / temperature)
     windowing: Literal[WINDOWING_MODES] = "none"
 
+
+HEADER_KEYS = tuple(ClassifierHeader.model_fields)  # what a classifier's model file holds, in this order
 
 @dataclass(frozen=True)
 class LoadedModel:

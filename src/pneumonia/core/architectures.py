@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from pneumonia.core.errors import PneumoniaError
 
@@ -71,6 +71,7 @@ _REGISTRY = {
     )
 }
 ARCHITECTURES = tuple(_REGISTRY)
+ArchitectureName = Literal[ARCHITECTURES]  # the type of a setting or header key that names one
 # The detector's merges of the backbone's stride 8/16/32 features (pneumonia.detection.network builds them):
 # the small top-down merge, or torchvision's feature pyramid network. Here, beside the backbones, so that
 # params checking reads the names without importing torch.

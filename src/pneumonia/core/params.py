@@ -18,17 +18,13 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from annotated_types import Ge, Gt, Le, Lt
+from annotated_types import Gt, Le
 from pydantic import Field, ValidationError, model_validator
 
-from pneumonia.core.architectures import ARCHITECTURES, NECKS
+from pneumonia.core.architectures import NECKS, ArchitectureName
 from pneumonia.core.errors import ParamsError
-from pneumonia.core.validation import ListOf, Strict, first_problem, rule
+from pneumonia.core.validation import Count, Fraction, ListOf, Positive, Strict, first_problem, rule
 
-Count = Annotated[int, Ge(0)]
-Positive = Annotated[int, Ge(1)]
-Fraction = Annotated[float, Gt(0), Lt(1)]  # in (0, 1)
-Architecture = Literal[tuple(ARCHITECTURES)]
 # auto: half the cores (at most 8) when the augmentation runs on a GPU, else 0
 Workers = Union[Count, Literal["auto"]]
 Devices = Union[Positive, Literal["auto"]]  # per node; DDP runs one process per device
@@ -86,7 +82,7 @@ class DicomToNpyParams(Strict):
 
 
 class TrainParams(Strict):
-    arch: Architecture
+    arch: ArchitectureName
     # scratch: random weights (the reference); imagenet: torchvision's ImageNet weights
     # (RGB conv1 summed to one channel, fresh head); anything else: a path to a state dict.
     init: Init
@@ -150,7 +146,7 @@ class LocalizeParams(Strict):
 
 
 class DetectParams(Strict):
-    arch: Architecture  # the backbone: train.arch's registry
+    arch: ArchitectureName  # the backbone: train.arch's registry
     init: Init  # as train.init: scratch, imagenet (torchvision's weights, RGB stem summed) or a state dict's path
     neck: Literal[NECKS]  # merge of the stride 8/16/32 features: the small top-down merge or torchvision's FPN
     width: int = Field(ge=8, le=512)  # channels of the merged stride-8 features and of the heads

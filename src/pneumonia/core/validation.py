@@ -37,6 +37,9 @@ class Header(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True, strict=True)
 
 
+Count = Annotated[int, annotated_types.Ge(0)]
+Positive = Annotated[int, annotated_types.Ge(1)]
+Fraction = Annotated[float, annotated_types.Gt(0), annotated_types.Lt(1)]  # in (0, 1)
 FiniteNumber = Annotated[float, Field(allow_inf_nan=False, description="a finite number")]
 PositiveNumber = Annotated[float, Field(gt=0, allow_inf_nan=False, description="a positive number")]
 

@@ -27,7 +27,7 @@ from pneumonia.detection.tta import FlipMerge, merged_boxes, mirror_images
 from pneumonia.core.errors import PneumoniaError
 from pneumonia.evaluation.box_metrics import union_area
 from pneumonia.core.model_file import parse_header, read_model, save_model
-from pneumonia.core.architectures import NECKS
+from pneumonia.core.architectures import NECKS, ArchitectureName
 from pneumonia.core.validation import FiniteNumber, Header, PositiveNumber
 
 KIND = "detector"
@@ -42,7 +42,7 @@ def _old_arch_name(arch: Any) -> Any:
 class DetectorHeader(Header):
     """What a detector's model file must say (:meth:`LoadedDetector.header` writes it)."""
 
-    arch: Annotated[Literal[tuple(DETECTOR_ARCHITECTURES)], BeforeValidator(_old_arch_name)] = Field(
+    arch: Annotated[ArchitectureName, BeforeValidator(_old_arch_name)] = Field(
         description=f"a backbone this project builds ({', '.join(DETECTOR_ARCHITECTURES)})")
     neck: Literal[NECKS] = "topdown"  # files from before the FPN neck
     width: int = Field(ge=1)

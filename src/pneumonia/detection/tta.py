@@ -23,13 +23,13 @@ from typing import TYPE_CHECKING, Any, Iterable, Literal, Sequence
 
 import numpy as np
 import torch
-from pydantic import Field, ValidationError
+from pydantic import ValidationError
 from torchvision.ops import nms
 
 from pneumonia.detection.decode import ImageBoxes, decode
 from pneumonia.detection.network import RawDetections
 from pneumonia.core.errors import PneumoniaError
-from pneumonia.core.validation import Strict
+from pneumonia.core.validation import Fraction, Strict
 
 if TYPE_CHECKING:
     from pneumonia.detection.detector import LoadedDetector
@@ -41,7 +41,7 @@ METHODS = ("nms", "wbf")  # in the order ties go: NMS keeps the detector's own b
 
 class _TtaHeader(Strict):
     method: Literal[METHODS]
-    iou: float = Field(gt=0, lt=1)
+    iou: Fraction
 
 
 @dataclass(frozen=True)
