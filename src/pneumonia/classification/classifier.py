@@ -47,6 +47,7 @@ class ClassifierHeader(Header):
 
 HEADER_KEYS = tuple(ClassifierHeader.model_fields)  # what a classifier's model file holds, in this order
 
+
 @dataclass(frozen=True)
 class LoadedModel:
     network: nn.Module  # in eval mode; logits of shape (N, 1)

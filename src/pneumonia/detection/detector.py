@@ -21,13 +21,13 @@ from torch import nn
 from pneumonia.classification.data import batches, standardize
 from pneumonia.detection.data import resize_images
 from pneumonia.detection.decode import ImageBoxes, decode
-from pneumonia.detection.network import DETECTOR_ARCHITECTURES, STRIDE, RawDetections, build_detector
+from pneumonia.detection.network import STRIDE, RawDetections, build_detector
 from pneumonia.core.boxes import boxes_to_original
 from pneumonia.detection.tta import FlipMerge, merged_boxes, mirror_images
 from pneumonia.core.errors import PneumoniaError
 from pneumonia.evaluation.box_metrics import union_area
 from pneumonia.core.model_file import parse_header, read_model, save_model
-from pneumonia.core.architectures import NECKS, ArchitectureName
+from pneumonia.core.architectures import ARCHITECTURES, NECKS, ArchitectureName
 from pneumonia.core.validation import FiniteNumber, Header, PositiveNumber
 
 KIND = "detector"
@@ -43,7 +43,7 @@ class DetectorHeader(Header):
     """What a detector's model file must say (:meth:`LoadedDetector.header` writes it)."""
 
     arch: Annotated[ArchitectureName, BeforeValidator(_old_arch_name)] = Field(
-        description=f"a backbone this project builds ({', '.join(DETECTOR_ARCHITECTURES)})")
+        description=f"a backbone this project builds ({', '.join(ARCHITECTURES)})")
     neck: Literal[NECKS] = "topdown"  # files from before the FPN neck
     width: int = Field(ge=1)
     image_size: int = Field(ge=32, multiple_of=32)

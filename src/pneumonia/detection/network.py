@@ -26,12 +26,11 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import FeaturePyramidNetwork
 
-from pneumonia.core.architectures import ARCHITECTURES, NECKS, Architecture, architecture, build_network
+from pneumonia.core.architectures import NECKS, Architecture, architecture, build_network
 from pneumonia.core.errors import PneumoniaError
 
 STRIDE = 8  # input pixels per cell of the output grid
 HEATMAP_PRIOR = 0.01  # initial centre probability everywhere (RetinaNet's prior): stable early focal loss
-DETECTOR_ARCHITECTURES = ARCHITECTURES  # every backbone of the registry
 
 
 class RawDetections(NamedTuple):
@@ -106,8 +105,8 @@ def _stages(network: nn.Module, spec: Architecture) -> list[nn.Module]:
 
 
 def build_detector(arch: str, width: int, neck: str = "topdown", init: str = "scratch") -> nn.Module:
-    """A detector on backbone ``arch`` (see :data:`DETECTOR_ARCHITECTURES`) with neck ``neck`` (see
-    :data:`NECKS`), its backbone initialised by ``init`` as the classifier's (``detect.init`` in errors)."""
+    """A detector on backbone ``arch`` (any of :data:`pneumonia.core.architectures.ARCHITECTURES`) with neck
+    ``neck`` (see :data:`NECKS`), its backbone initialised by ``init`` as the classifier's (``detect.init`` in errors)."""
     if neck not in NECKS:
         raise PneumoniaError(f"unknown detector neck {neck!r}; known: {', '.join(NECKS)}")
     return CenterNet(arch, width, neck, init)
