@@ -10,7 +10,7 @@ from pneumonia.data.phantom.patients import draw_patients
 from pneumonia.data.phantom.render import render
 from pneumonia.classification import train
 from pneumonia.__main__ import main
-from pneumonia.prediction.predict import CSV_COLUMNS, FilePrediction, find_dicoms, write_predictions_csv, write_submission
+from pneumonia.prediction.predict import CSV_COLUMNS, FilePrediction, find_images, write_predictions_csv, write_submission
 from pneumonia.prediction.predictor import ImageAnswer, load_predictor
 from project_params import project_params
 from tiny_data import prepare
@@ -149,9 +149,9 @@ def test_no_dicom_found_is_one_line(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert main(["predict", str(tmp_path / "empty"), "--model", str(tmp_path / "none.ckpt")]) == 1
     err = capsys.readouterr().err
-    assert err.startswith("pneumonia predict: error: no DICOM") and len(err.strip().splitlines()) == 1
+    assert err.startswith("pneumonia predict: error: no image") and len(err.strip().splitlines()) == 1
     assert main(["predict", str(tmp_path / "missing.dcm")]) == 1
-    assert "no DICOM" in capsys.readouterr().err
+    assert "no image" in capsys.readouterr().err
 
 
 def test_a_missing_path_among_good_ones_is_a_row_and_the_others_are_predicted(checkpoint, dicoms, tmp_path, capsys):
@@ -167,7 +167,7 @@ def test_a_missing_path_among_good_ones_is_a_row_and_the_others_are_predicted(ch
 
 def test_folders_are_searched_recursively_and_sorted(dicoms):
     folder, _ = dicoms
-    files, missing = find_dicoms([folder])
+    files, missing = find_images([folder])
     assert [p.relative_to(folder).as_posix() for p in files] == ["a.dcm", "b.dcm", "broken.dcm", "nested/c.DCM"]
     assert missing == []
 
@@ -266,13 +266,13 @@ def test_each_file_is_read_once_with_the_model_files_windowing(checkpoint, dicom
 
     assert load_predictor(checkpoint).windowing == "auto"  # PARAMS' dicom_to_npy.windowing, passed by train
     seen = []
-    original = predict.read_dicom_sizes
+    original = predict.read_image_sizes
 
     def spy(path, sizes, **kwargs):
         seen.append((path.name, sizes, kwargs.get("windowing")))
         return original(path, sizes, **kwargs)
 
-    monkeypatch.setattr(predict, "read_dicom_sizes", spy)
+    monkeypatch.setattr(predict, "read_image_sizes", spy)
     folder, _ = dicoms
     main(["predict", str(folder / "a.dcm"), "--model", str(checkpoint), "--out", str(tmp_path / "p.csv"),
           "--overlays", str(tmp_path / "o")])

@@ -124,7 +124,7 @@ def test_on_error_skip_with_nothing_readable_stops(tmp_path):
     for pid in ("p1", "p2"):
         (raw / "stage_2_train_images" / f"{pid}.dcm").write_text("text")
     result = stage("dicom_to_npy", tmp_path, {"split": {"train_size": 1, "test_size": 0}, "dicom_to_npy": {"on_error": "skip", "workers": 1}})
-    assert_one_line_error(result, "none of the 2 DICOMs could be read", "p1.dcm")
+    assert_one_line_error(result, "none of the 2 images could be read", "p1.dcm")
     assert_nothing_written(tmp_path / "data", "processed")
 
 

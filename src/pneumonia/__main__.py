@@ -30,7 +30,9 @@ def _parser() -> argparse.ArgumentParser:
         ),
     )
     predict.add_argument(
-        "paths", nargs="+", metavar="PATH", help="DICOM files, or folders searched recursively for *.dcm"
+        "paths", nargs="+", metavar="PATH",
+        help="DICOM, PNG or JPEG files, or folders searched recursively for *.dcm, *.png, *.jpg and *.jpeg (a PNG or "
+        "JPEG has no header: no chest check, no area in mm², no DICOM outputs)"
     )
     predict.add_argument(
         "--model", type=Path, default=Path("models/pneumonia.safetensors"),

@@ -17,8 +17,8 @@ class DatasetError(PneumoniaError):
     """The raw dataset (CSVs, image folder, archive) does not match the RSNA layout."""
 
 
-class DicomReadError(PneumoniaError):
-    """A file could not be read as a single-frame greyscale DICOM image."""
+class ImageReadError(PneumoniaError):
+    """A file could not be read as a greyscale radiograph (DICOM, PNG or JPEG); ``reason`` says why."""
 
     def __init__(self, path, reason: str):
         self.path = str(path)
@@ -28,6 +28,10 @@ class DicomReadError(PneumoniaError):
     def __reduce__(self):
         # Raised in conversion worker processes: must unpickle in the parent.
         return (type(self), (self.path, self.reason))
+
+
+class DicomReadError(ImageReadError):
+    """A file could not be read as a single-frame greyscale DICOM image."""
 
 
 class NotChestError(DicomReadError):

@@ -14,6 +14,7 @@ dvc.yaml), so an experiment reruns only what it must.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
@@ -47,18 +48,30 @@ class PhantomParams(Strict):
 
 
 class DownloadParams(Strict):
-    source: Literal["synthetic", "kaggle", "local"]
-    # source=local: a zip or folder in the RSNA layout. Always a path, because dvc.yaml
-    # makes it the download stage's dependency (${download.path}): a change in the
-    # user's data reruns the pipeline. The default, local_data/, is a committed folder.
+    source: Literal["synthetic", "kaggle", "local", "folder", "table"]
+    # source=local: a zip or folder in the RSNA layout; folder: class folders; table: the folder
+    # holding download.table. Always a path, because dvc.yaml makes it the download stage's
+    # dependency (${download.path}): a change in the user's data reruns the pipeline. The default,
+    # local_data/, is a committed folder.
     path: str
     competition: str
+    # folder and table: each class folder name (or table label) and its label, 0 or 1
+    classes: dict[Annotated[str, Field(min_length=1)], Literal[0, 1]] = Field(min_length=1)
+    # folder and table without a patient column: a regular expression matched at the start of each file
+    # name, whose first group (else the whole match) is the patient; null = each image is its own patient
+    patient_pattern: Union[str, None]
+    table: str  # source=table: the CSV inside download.path (image,label[,patient][,split][,x,y,width,height])
     phantom: PhantomParams
 
     @model_validator(mode="after")
     def _local_needs_a_path(self):
-        if self.source == "local" and not self.path:
-            raise rule("path", "must name a zip or folder when download.source is local")
+        if self.source in ("local", "folder", "table") and not self.path:
+            raise rule("path", f"must name a zip or folder when download.source is {self.source}")
+        if self.patient_pattern is not None:
+            try:
+                re.compile(self.patient_pattern)
+            except re.error as exc:
+                raise rule("patient_pattern", f"is not a regular expression ({exc})") from None
         return self
 
 

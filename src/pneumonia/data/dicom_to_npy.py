@@ -1,4 +1,4 @@
-"""The dicom_to_npy stage: every labelled DICOM into one uint8 array per split.
+"""The dicom_to_npy stage: every labelled image (DICOM, PNG or JPEG) into one uint8 array per split.
 
 Each split becomes ``<split>.npy``, an ``N x S x S`` uint8 array (value/255 is
 the [0, 1] intensity) that training memory-maps. Worker processes write their
@@ -8,7 +8,8 @@ dataset size. Everything is built in a temporary folder that replaces
 ``out_dir`` only when the stage has finished: a killed or failed run leaves no
 output that looks complete.
 
-A file that cannot be read, or that is not a chest radiograph
+Splits keep a patient's images together and a collection's own val and test
+(:func:`pneumonia.data.split.assign_image_splits`). A file that cannot be read, or a DICOM that is not a chest radiograph
 (:func:`pneumonia.data.dicom.chest.chest_problem`: Modality not CR/DX/DR, or a
 BodyPartExamined that is not a chest), stops the stage (``on_error: fail``) or
 is left out and listed in ``failed.csv`` with its reason (``on_error: skip``).
@@ -33,12 +34,12 @@ from pneumonia.data import rsna
 from pneumonia.core.atomic import atomic_dir
 from pneumonia.data.dicom.chest import NOT_CHEST, check_chest
 from pneumonia.data.dicom.header import DicomInfo
-from pneumonia.data.dicom.read import read_dicom
-from pneumonia.core.errors import DatasetError, DicomReadError, NotChestError
+from pneumonia.data.images import read_image_sizes
+from pneumonia.core.errors import DatasetError, ImageReadError, NotChestError
 from pneumonia.reporting.grid import save_grid
 from pneumonia.data.manifest import MANIFEST, ManifestRow, write_manifest
 from pneumonia.core.params import DicomToNpyParams, SplitParams
-from pneumonia.data.split import SPLITS, assign_splits
+from pneumonia.data.split import SPLITS, assign_image_splits
 
 CHUNK = 16  # files per task: large enough to amortise inter-process calls
 FAILED = "failed.csv"  # on_error=skip: the files left out, with their reasons
@@ -50,10 +51,11 @@ class ConvertReport:
     image_size: int
     failed: int = 0
     not_chest: int = 0  # of the failed: readable, but not chest radiographs
+    splits: str = ""  # how the splits were made (assign_image_splits' line)
 
     def summary(self) -> str:
         parts = ", ".join(f"{n} {split}" for split, n in self.counts.items())
-        text = f"converted {sum(self.counts.values())} DICOMs to {self.image_size}x{self.image_size} ({parts})"
+        text = f"converted {sum(self.counts.values())} images to {self.image_size}x{self.image_size} ({parts}; {self.splits})"
         if self.failed:
             text += f"; {self.failed} failed and were skipped (listed in {FAILED})"
         if self.not_chest:
@@ -76,7 +78,7 @@ def run(
     grid_path: Path | None = None,
     seed: int = 0,
 ) -> ConvertReport:
-    """Convert ``raw_dir`` (RSNA layout) into ``out_dir``; optionally draw a sample grid.
+    """Convert ``raw_dir`` (RSNA layout, or a collection's normalised form) into ``out_dir``; optionally draw a sample grid.
 
     ``params.on_error`` decides what a file that cannot be read does: ``fail``
     stops with its name, ``skip`` leaves it out and lists it in ``failed.csv``.
@@ -85,12 +87,14 @@ def run(
     # every worker's resident memory, so nothing that grows with the dataset is shared.
     with _worker_pool(params.workers) as pool:
         patients = rsna.read_patients(raw_dir)
-        splits = assign_splits([p.target for p in patients], split)
+        entries = rsna.read_index(raw_dir, patients)
+        splits, how = assign_image_splits([p.target for p in patients], [e.patient for e in entries],
+                                          [e.split for e in entries], split)
         size = params.image_size
         rows_in_split = {name: 0 for name in SPLITS}
         tasks = []
-        for patient, name in zip(patients, splits):
-            tasks.append(_Task(str(raw_dir / rsna.IMAGES_DIR / f"{patient.patient_id}.dcm"), name, rows_in_split[name]))
+        for entry, name in zip(entries, splits):
+            tasks.append(_Task(str(raw_dir / rsna.IMAGES_DIR / entry.file), name, rows_in_split[name]))
             rows_in_split[name] += 1
 
         with atomic_dir(out_dir) as tmp:
@@ -99,7 +103,7 @@ def run(
             results = _convert_all(pool, tasks, tmp, size, params.on_error == "skip", params.windowing)
             failed = [(p, t, r) for p, t, r in zip(patients, tasks, results) if isinstance(r, str)]
             if len(failed) == len(tasks):
-                raise DatasetError(f"{raw_dir}: none of the {len(tasks)} DICOMs could be read (the first: {failed[0][1].path}: {failed[0][2]})")
+                raise DatasetError(f"{raw_dir}: none of the {len(tasks)} images could be read (the first: {failed[0][1].path}: {failed[0][2]})")
             if failed:
                 _drop_rows(tmp, [t for _, t, _ in failed])
             _write_failed(tmp / FAILED, [(p.patient_id, t.path, reason) for p, t, reason in failed])
@@ -108,7 +112,7 @@ def run(
             if grid_path is not None:
                 _save_samples(grid_path, tmp, manifest, params.grid_images, seed)
     not_chest = sum(reason.startswith(NOT_CHEST) for _, _, reason in failed)
-    return ConvertReport(counts=new_rows, image_size=size, failed=len(failed), not_chest=not_chest)
+    return ConvertReport(counts=new_rows, image_size=size, failed=len(failed), not_chest=not_chest, splits=how)
 
 
 def _manifest(patients: list, tasks: list[_Task], results: list) -> tuple[list[ManifestRow], dict[str, int]]:
@@ -178,9 +182,10 @@ def _convert_chunk(chunk: list[_Task], out_dir: str, size: int, skip: bool, wind
                 array_path = f"{out_dir}/{task.split}.npy"
                 files[task.split] = (os.open(array_path, os.O_WRONLY), _data_offset(array_path))
             try:
-                image, info = read_dicom(task.path, size, windowing=windowing)
-                check_chest(task.path, info)
-            except DicomReadError as exc:
+                (image,), info = read_image_sizes(task.path, (size,), windowing=windowing)
+                if info.has_header:  # a PNG or JPEG cannot say what it shows
+                    check_chest(task.path, info)
+            except ImageReadError as exc:
                 if skip:
                     results.append(exc.reason)
                     continue

@@ -1,8 +1,10 @@
 """The ``download`` stage's library: put the RSNA dataset into ``data/raw``.
 
-Three sources (``download.source``): ``synthetic`` generates an offline phantom,
+Five sources (``download.source``): ``synthetic`` generates an offline phantom,
 ``kaggle`` downloads the competition archive, ``local`` takes a zip or folder
-already on disk. Every source ends in the same step, :func:`install`: copy only
+already on disk in the RSNA layout, ``folder`` and ``table`` take any labelled
+collection (class folders or a CSV table; DICOM, PNG or JPEG;
+:mod:`~pneumonia.data.collection`), written in the same normalised form. The RSNA sources end in the same step, :func:`install`: copy only
 what the pipeline reads (the two label CSVs and ``stage_2_train_images/*.dcm`` of
 labelled patients) into a temporary folder, validate it, and only then rename it
 onto ``raw_dir``. A failure therefore never leaves a half-written ``raw_dir`` and
@@ -24,6 +26,7 @@ from pneumonia.core.atomic import atomic_dir
 from pneumonia.core.errors import DatasetError, PneumoniaError
 from pneumonia.core.params import DownloadParams
 from pneumonia.data import rsna
+from pneumonia.data.collection import SKIPPED_TXT, folder_collection, install_collection, table_collection
 from pneumonia.data.kaggle_source import check_kaggle_credentials, download_from_kaggle
 from pneumonia.data.phantom.dataset import generate
 from pneumonia.data.rsna_layout import Layout, open_layout
@@ -35,11 +38,13 @@ UNLABELLED_TXT = "unlabelled_dicoms.txt"
 class DownloadReport:
     """What :func:`run` put into ``raw_dir``."""
 
-    source: str  # synthetic | kaggle | local
-    patients: int  # labelled patients (one image each)
-    positives: int  # patients with Target=1
-    images: int  # DICOM files kept in stage_2_train_images/
+    source: str  # synthetic | kaggle | local | folder | table
+    patients: int  # labelled images (RSNA: one per patient)
+    positives: int  # images with Target=1
+    images: int  # image files kept in stage_2_train_images/
     unlabelled: tuple[str, ...]  # patientIds of DICOMs without a label row, left out
+    skipped: int = 0  # folder: files and folders left out, listed in skipped.txt
+    with_boxes: int = -1  # positives with at least one box (-1: not counted, RSNA's layout has a box per positive)
 
     def summary(self) -> str:
         """One line for the stage to print."""
@@ -49,6 +54,12 @@ class DownloadReport:
         )
         if self.unlabelled:
             line += f"; {len(self.unlabelled)} DICOM(s) without labels ignored (listed in {UNLABELLED_TXT})"
+        if self.with_boxes == 0:
+            line += "; no boxes: the detector's stages will say so and the decision is the classifier's"
+        elif self.with_boxes > 0:
+            line += f"; {self.with_boxes} positives with boxes"
+        if self.skipped:
+            line += f"; {self.skipped} file(s) or folder(s) left out (listed in {SKIPPED_TXT})"
         return line
 
 
@@ -79,7 +90,23 @@ def run(params: DownloadParams, seed: int, raw_dir: Path = Path("data/raw")) -> 
             archive = download_from_kaggle(params.competition, scratch)
             return install(archive, raw_dir, source="kaggle")
 
-    raise PneumoniaError(f"params.yaml: download.source {params.source!r} is unknown; use synthetic, kaggle or local")
+    if params.source in ("folder", "table"):
+        root = Path(params.path)
+        if not root.is_dir():
+            raise DatasetError(f"download.path {root}: is not a folder; point it at the folder holding the "
+                               + ("class folders" if params.source == "folder" else f"table {params.table} and its images"))
+        if params.source == "folder":
+            found = folder_collection(root, params.classes, params.patient_pattern)
+        else:
+            found = table_collection(root, params.table, params.classes, params.patient_pattern)
+        install_collection(found, raw_dir)
+        positives = [image for image in found.images if image.label]
+        return DownloadReport(source=params.source, patients=len(found.images), positives=len(positives),
+                              images=len(found.images), unlabelled=(), skipped=len(found.skipped),
+                              with_boxes=sum(bool(image.boxes) for image in positives))
+
+    raise PneumoniaError(f"params.yaml: download.source {params.source!r} is unknown; use synthetic, kaggle, local, "
+                         "folder or table")
 
 
 def install(source_path: Path, raw_dir: Path, source: str) -> DownloadReport:

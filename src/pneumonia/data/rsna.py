@@ -7,6 +7,14 @@ the original image (1024×1024 in RSNA), origin at the top-left corner.
 ``stage_2_detailed_class_info.csv`` gives each patient's ``class``
 ("Lung Opacity", "Normal", "No Lung Opacity / Not Normal").
 
+A positive patient whose coordinates are all empty has no box: a collection that labels images, not
+regions (:mod:`pneumonia.data.collection`), is written so.
+
+``images.csv`` (optional; every collection but RSNA's own has it) names each patient's image file under
+``stage_2_train_images/`` (a DICOM, PNG or JPEG), the patient it belongs to (several images may share
+one) and the collection's own split (train, val, test, or empty). Without it, as in RSNA's archive, the
+file is ``<patientId>.dcm``, each image is its own patient and no split is given.
+
 Row numbers in error messages count the header as row 1, as a spreadsheet does.
 """
 
@@ -23,10 +31,14 @@ from pneumonia.core.errors import DatasetError
 LABELS_CSV = "stage_2_train_labels.csv"
 CLASSES_CSV = "stage_2_detailed_class_info.csv"
 IMAGES_DIR = "stage_2_train_images"
+INDEX_CSV = "images.csv"
+IMAGE_SUFFIXES = (".dcm", ".png", ".jpg", ".jpeg")
+"""The image files a collection may hold (any case): DICOM, PNG, JPEG."""
 
 LABEL_COLUMNS = ("patientId", "x", "y", "width", "height", "Target")
 CLASS_COLUMNS = ("patientId", "class")
 BOX_COLUMNS = ("x", "y", "width", "height")
+INDEX_COLUMNS = ("patientId", "file", "patient", "split")
 
 Box = tuple[float, float, float, float]
 
@@ -82,8 +94,8 @@ def _read_labels(path: Path, name: str) -> dict[str, tuple[int, list[Box]]]:
         coordinates = [row[column] for column in BOX_COLUMNS]
 
         box: Box | None = None
-        if target == 1:
-            box = _box(coordinates, name, row_number)
+        if target == 1 and any(coordinates):
+            box = parse_box(coordinates, f"{name} row {row_number}")
         elif any(coordinates):
             raise DatasetError(
                 f"{name} row {row_number}: Target is 0 but x,y,width,height are filled in; "
@@ -169,18 +181,46 @@ def _patient_id(text: str, name: str, row_number: int) -> str:
     return text
 
 
-def _box(coordinates: list[str], name: str, row_number: int) -> Box:
-    """Parse x, y, width, height (pixels) of a positive row."""
+def parse_box(coordinates: list[str], where: str) -> Box:
+    """Parse x, y, width, height (pixels) of a positive row; ``where`` names the file and row."""
     try:
         x, y, width, height = (float(value) for value in coordinates)
     except ValueError:
         raise DatasetError(
-            f"{name} row {row_number}: Target is 1 but x,y,width,height are {','.join(coordinates)!r}; "
-            "a positive row needs four numbers (pixels)"
+            f"{where}: x,y,width,height are {','.join(coordinates)!r}; "
+            "a box needs four numbers (pixels), or leave all four empty for a positive without a box"
         ) from None
     if not all(math.isfinite(v) for v in (x, y, width, height)) or width <= 0 or height <= 0:
         raise DatasetError(
-            f"{name} row {row_number}: box {','.join(coordinates)} is not a finite box with "
+            f"{where}: box {','.join(coordinates)} is not a finite box with "
             "positive width and height; fix the coordinates (pixels)"
         )
     return (x, y, width, height)
+
+
+@dataclass(frozen=True)
+class ImageEntry:
+    """Where a patient's image is and whom it belongs to (``images.csv``, or RSNA's defaults)."""
+
+    file: str  # under IMAGES_DIR
+    patient: str  # the patient it belongs to: a split never separates two images of one patient
+    split: str  # the collection's own split, "" when it gives none
+
+
+def read_index(raw_dir: Path, patients: list[Patient]) -> list[ImageEntry]:
+    """Each patient's :class:`ImageEntry`, in the order of ``patients``."""
+    path = Path(raw_dir) / INDEX_CSV
+    if not path.is_file():
+        return [ImageEntry(f"{p.patient_id}.dcm", p.patient_id, "") for p in patients]
+    entries: dict[str, ImageEntry] = {}
+    for row_number, row in _read_rows(path, str(path), INDEX_COLUMNS):
+        pid = _patient_id(row["patientId"], str(path), row_number)
+        file = _patient_id(row["file"], str(path), row_number)
+        if row["split"] not in ("", "train", "val", "test"):
+            raise DatasetError(f"{path} row {row_number}: split {row['split']!r} must be train, val, test or empty")
+        entries[pid] = ImageEntry(file, row["patient"] or pid, row["split"])
+    missing = [p.patient_id for p in patients if p.patient_id not in entries]
+    if missing:
+        raise DatasetError(f"{path}: {len(missing)} labelled image(s) have no row (first: {', '.join(missing[:5])}); "
+                           "run the download stage again")
+    return [entries[p.patient_id] for p in patients]

@@ -6,6 +6,11 @@ Patients are taken in order of first appearance in the labels file: the first
 ``stratify`` the same rule runs within each class, so every split keeps the
 overall positive fraction (counts are then shared between the classes in
 proportion to their sizes).
+
+A collection may say more (:func:`assign_image_splits`): several images of one
+patient are split as one unit, so a patient's images never land in two splits;
+and a collection's own val and test images keep their split, the rule then
+dividing only the rest (with its own test split, no second one is carved).
 """
 
 from __future__ import annotations
@@ -59,3 +64,50 @@ def assign_splits(labels: Sequence[int], params: SplitParams) -> list[str]:
 
 def _by_position(n: int, counts: dict[str, int]) -> list[str]:
     return ["train"] * counts["train"] + ["val"] * (n - counts["train"] - counts["test"]) + ["test"] * counts["test"]
+
+
+def assign_image_splits(
+    labels: Sequence[int], patients: Sequence[str], given: Sequence[str], params: SplitParams
+) -> tuple[list[str], str]:
+    """The split of each image, and one line saying how they were made.
+
+    ``patients``: each image's patient; ``given``: each image's split in the collection ("" = none).
+    Given val and test images keep their split. The others are divided by :func:`assign_splits` applied
+    to their patients in order of first appearance (a patient is positive when any of its images is);
+    when the collection has its own test split, ``test_size`` is not applied, and when it has its own
+    val split, all of them are train. A patient given images in two splits by the collection keeps them
+    there (the collection's split is kept as it is) and is counted in the line.
+    """
+    given_names = set(given) - {""}
+    free = [i for i, split in enumerate(given) if split in ("", "train")]
+    splits = list(given)
+    if "val" in given_names:
+        for i in free:
+            splits[i] = "train"
+    elif free:
+        order: dict[str, int] = {}
+        for i in free:
+            order[patients[i]] = max(order.get(patients[i], 0), labels[i])
+        rule = params.model_copy(update={"test_size": 0}) if "test" in given_names else params
+        chosen = dict(zip(order, assign_splits(list(order.values()), rule)))
+        for i in free:
+            splits[i] = chosen[patients[i]]
+    grouped = len(set(patients)) < len(patients)
+    if not given_names:
+        line = "splits by split.* in file order" + (", grouped by patient" if grouped else "")
+    else:
+        kept = ", ".join(f"{name} {sum(s == name for s in given)}" for name in SPLITS if name in given_names)
+        line = f"the collection's own splits kept ({kept} images)"
+        if "val" not in given_names:
+            line += "; val carved from its train images by split.train_size" + (", grouped by patient" if grouped else "")
+    crossing = _patients_in_several_splits(patients, splits)
+    if crossing:
+        line += f"; WARNING: {crossing} patient(s) have images in two splits as the collection gives them"
+    return splits, line
+
+
+def _patients_in_several_splits(patients: Sequence[str], splits: Sequence[str]) -> int:
+    seen: dict[str, set[str]] = {}
+    for patient, split in zip(patients, splits):
+        seen.setdefault(patient, set()).add(split)
+    return sum(len(names) > 1 for names in seen.values())

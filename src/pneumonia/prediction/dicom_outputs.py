@@ -157,6 +157,10 @@ def write_dicom_outputs(
     for name, prediction in named:
         if not prediction.scored:
             continue
+        if prediction.info is not None and not prediction.info.has_header:
+            skipped.append((prediction.file, "no DICOM SR or presentation state: a PNG or JPEG has no DICOM header "
+                                             "for them to reference"))
+            continue
         try:
             header = source_header(prediction.file)
             report, state = build_outputs(header, prediction, model, series)

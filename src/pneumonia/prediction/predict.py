@@ -1,13 +1,13 @@
-"""`pneumonia predict`: the predictor on DICOM files: whether, where and how large, or why not.
+"""`pneumonia predict`: the predictor on DICOM, PNG or JPEG files: whether, where and how large, or why not.
 
 One model file, the predictor (``models/pneumonia.safetensors``, :mod:`pneumonia.prediction.predictor`), holds
 both networks and every number chosen on val. One answer per file, in this order: readable (a single
 greyscale image)? a chest radiograph by its header (:func:`pneumonia.data.dicom.chest.chest_problem`; unless
-``allow_non_chest``)? like the training images (the out-of-distribution guard; unless
+``allow_non_chest``; a PNG or JPEG has no header, so this check cannot be made and its row says so)? like the training images (the out-of-distribution guard; unless
 ``allow_unlike``)? then the decision's calibrated probability, its label at the threshold chosen on
 val, and the detector's boxes only under a positive label: (x, y, width, height) in pixels of each
 ORIGINAL image, each with its score, and the estimated area (the union of the boxes) as a percentage
-of the image and in mm² where PixelSpacing is known. Each file is read once (at the model's size and,
+of the image and in mm² where PixelSpacing is known (never for a PNG or JPEG). Each file is read once (at the model's size and,
 for an overlay, at the overlay's).
 """
 
@@ -27,14 +27,17 @@ from pneumonia.core.boxes import to_array_pixels
 from pneumonia.detection.detector import area_fraction
 from pneumonia.data.dicom.chest import chest_problem
 from pneumonia.data.dicom.header import DicomInfo
-from pneumonia.data.dicom.read import read_dicom_sizes
-from pneumonia.core.errors import DicomReadError, PneumoniaError
+from pneumonia.data.images import read_image_sizes
+from pneumonia.data.rsna import IMAGE_SUFFIXES
+from pneumonia.core.errors import ImageReadError, PneumoniaError
 from pneumonia.classification.inference import default_device
 from pneumonia.reporting.overlay import draw_overlay
 from pneumonia.prediction.predictor import (
     SYNTHETIC_NOTE, ImageAnswer, Predictor, RawOutputs, answers, load_predictor, raw_outputs,
 )
 
+_WANTED = "*" + ", *".join(IMAGE_SUFFIXES)
+NO_HEADER = "no DICOM header (PNG or JPEG): not checked to be a chest radiograph, no area in mm²"
 PROGRESS_MIN_FILES = 8  # a progress bar only for more files than a handful
 OVERLAY_SIZE = 512  # pixels: overlays are drawn at this size from the same read as the model's input
 CSV_COLUMNS = [
@@ -65,8 +68,9 @@ class FilePrediction:
         return self.status == "scored"
 
 
-def find_dicoms(paths: Sequence[str | Path]) -> tuple[list[Path], list[FilePrediction]]:
-    """Files as given (any name), and every ``*.dcm`` under a folder (recursively, any case, sorted).
+def find_images(paths: Sequence[str | Path]) -> tuple[list[Path], list[FilePrediction]]:
+    """Files as given (any name), and every ``*.dcm``, ``*.png``, ``*.jpg`` and ``*.jpeg`` under a folder
+    (recursively, any case, sorted).
 
     A path that does not exist, or a folder without a DICOM, is a result row of its own (status
     ``unreadable``), and the other paths are still read. Raises :class:`PneumoniaError` only when
@@ -76,18 +80,18 @@ def find_dicoms(paths: Sequence[str | Path]) -> tuple[list[Path], list[FilePredi
     missing: list[FilePrediction] = []
     for path in map(Path, paths):
         if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.suffix.lower() == ".dcm" and p.is_file())
+            found = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
             files.extend(found)
             if not found:
-                missing.append(FilePrediction(path, "", "unreadable", reason="a folder without *.dcm files"))
+                missing.append(FilePrediction(path, "", "unreadable", reason=f"a folder without {_WANTED} files"))
         elif path.exists():
             files.append(path)
         else:
             missing.append(FilePrediction(path, path.stem, "unreadable",
-                                          reason="no such file or folder; give DICOM files or folders holding *.dcm"))
+                                          reason=f"no such file or folder; give image files or folders holding {_WANTED}"))
     files = list(dict.fromkeys(files))  # a file named twice (or inside a folder also named) once
     if not files:
-        raise PneumoniaError(f"no DICOM (*.dcm) found in {', '.join(map(str, paths))}; give DICOM files or folders")
+        raise PneumoniaError(f"no image ({_WANTED}) found in {', '.join(map(str, paths))}; give image files or folders")
     return files, missing
 
 
@@ -118,8 +122,8 @@ def predict_files(
             images, overlays, infos, readable = [], [], [], []
             for path in chunk:
                 try:
-                    rendered, info = read_dicom_sizes(path, sizes, windowing=predictor.windowing)
-                except DicomReadError as exc:
+                    rendered, info = read_image_sizes(path, sizes, windowing=predictor.windowing)
+                except ImageReadError as exc:
                     results.append(FilePrediction(path, path.stem, "unreadable", reason=exc.reason))
                     continue
                 problem = None if allow_non_chest else chest_problem(info)
@@ -150,7 +154,10 @@ def _result(pending: FilePrediction, answer: ImageAnswer, info: DicomInfo) -> Fi
                               f"{answer.refused} (--allow-out-of-distribution scores it anyway)")
     fraction = area_fraction(answer.boxes, info.rows, info.columns) if answer.boxes else None
     mm2 = None if fraction is None else area_mm2(fraction, info)
-    note = f"scored although {_unlike_line(answer)}" if answer.unlike else ""
+    notes = [f"scored although {_unlike_line(answer)}"] if answer.unlike else []
+    if not info.has_header:
+        notes.append(NO_HEADER)
+    note = "; ".join(notes)
     return FilePrediction(pending.file, pending.patient_id, "scored", answer, note, fraction, mm2, info)
 
 
@@ -337,7 +344,7 @@ def run(
     Raises :class:`PneumoniaError` (missing or foreign model file, no DICOM found at all, a ``dicom_out``
     that cannot be written); a path or file that cannot be read is returned as a row with its reason instead.
     """
-    files, missing = find_dicoms(paths)
+    files, missing = find_images(paths)
     dicom_outputs = None if dicom_out is None else _dicom_outputs()
     if dicom_outputs is not None:
         dicom_outputs.prepare_output_dir(dicom_out)  # before the models run: a bad folder fails at once

@@ -34,6 +34,7 @@ class DicomInfo:
     modality: str = ""  # Modality ("" when absent)
     body_part: str = ""  # BodyPartExamined ("" when absent)
     patient_id: str = ""  # PatientID ("" when absent)
+    has_header: bool = True  # False for a PNG or JPEG: no header, so no chest check, view, sex, age or spacing
 
 
 NOT_AN_IMAGE = "not a single greyscale image"  # how the reasons for multi-frame and 1-bit objects start

@@ -87,12 +87,17 @@ def read_dicom_sizes(
         if image is None:
             if full is None:
                 full = _render(ds, header, path, windowed, inverse)
-            # Pillow's bilinear filter antialiases when shrinking, unlike a plain bilinear sample.
-            # A non-square image is stretched: each axis is resized by its own factor.
-            image = full if full.shape == (size, size) else np.asarray(
-                Image.fromarray(full).resize((size, size), Image.BILINEAR))
+            image = resize_square(full, size)
         images.append(image)
     return images, header.info
+
+
+def resize_square(full: np.ndarray, size: int) -> np.ndarray:
+    """A uint8 image resized to ``size`` x ``size``; a non-square image is stretched, each axis by its own factor.
+
+    Pillow's bilinear filter antialiases when shrinking, unlike a plain bilinear sample.
+    """
+    return full if full.shape == (size, size) else np.asarray(Image.fromarray(full).resize((size, size), Image.BILINEAR))
 
 
 def _render(ds: pydicom.Dataset, header: Header, path: str | Path, windowed: bool, inverse: bool) -> np.ndarray:
