@@ -252,7 +252,8 @@ def hand_set(scans, model, predictor, *, positive, unlike=False, synthetic=True,
     boxes = ((30.0, 40.0, 20.0, 10.0),) if positive else ()
     answer = ImageAnswer(distance=9.5, unlike=unlike, probability=0.8 if positive else 0.1, positive=positive,
                          boxes=boxes, confidences=(0.7,) if positive else (), classifier_probability=0.8,
-                         detector_probability=0.6)
+                         detector_probability=0.6,
+                         why_unlike="unlike the training images: distance 9.5 > 8.0" if unlike else "")
     fraction = 200 / (128 * 128) if positive else None
     prediction = FilePrediction(scans / "a.dcm", "p", "scored", answer, area_fraction=fraction,
                                 area_mm2=None if fraction is None else area_mm2(fraction, info), info=info)
@@ -289,7 +290,7 @@ def test_an_unlike_image_and_a_magnified_spacing_are_stated_and_a_real_data_mode
                                                   spacing_note=note))
     [image] = report.content.get_image_measurement_groups()
     parameters = [i.value for i in hd.sr.utils.find_content_items(image[0], name=codes.DCM.AlgorithmParameters)]
-    assert "this image is unlike the training images (distance 9.5): do not trust this result" in parameters
+    assert "unlike the training images: distance 9.5 > 8.0; do not trust this result" in parameters
     assert f"pixel spacing: {note}" in parameters
     assert "trained on: local data (18 training images)" in parameters
     caption = state.GraphicAnnotationSequence[0].TextObjectSequence[-1].UnformattedTextValue

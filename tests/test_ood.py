@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy.spatial.distance import mahalanobis
 
-from pneumonia.prediction.ood import UNLIKE_KINDS, catch_rates, fit_guard, reason, unlike_images
+from pneumonia.prediction.ood import UNLIKE_KINDS, catch_rates, fit_guard, reason, turned_copies, unlike_images
 
 
 def test_distance_is_scipys_mahalanobis_and_the_threshold_is_vals_quantile():
@@ -33,3 +33,31 @@ def test_the_unlike_set_is_made_offline_deterministically_with_every_kind():
     rates = catch_rates(kinds, np.array([k != "noise" for k in kinds]))
     assert rates["by_kind"]["noise"]["rate"] == 0 and rates["by_kind"]["blank"]["rate"] == 1
     assert rates["caught"] == len(kinds) - kinds.count("noise")
+
+
+def test_the_orientation_check_refuses_turned_features_and_keeps_its_share_of_val():
+    """Features of 'upright' images differ from their turned copies' along one direction the distance hardly sees."""
+    rng = np.random.default_rng(4)
+    upright, turned = rng.normal(0, 1, (1000, 64)), rng.normal(0, 1, (1000, 64))
+    val, test_turned = rng.normal(0, 1, (800, 64)), rng.normal(0, 1, (800, 64))
+    for features, shift in ((upright, 2.0), (val, 2.0), (turned, -2.0), (test_turned, -2.0)):
+        features[:, 0] += shift
+    plain = fit_guard(upright, val, quantile=0.95)
+    guard = fit_guard(upright, val, quantile=0.95, turned_features=turned)
+    assert plain.upright is None and np.mean(plain.unlike(test_turned)) < 0.5  # the distance alone lets most through
+    assert np.mean(guard.unlike(test_turned)) > 0.9
+    # Each check refuses half the share: together about 1 - quantile of val, as the distance alone did.
+    assert np.mean(guard.unlike(val)) == pytest.approx(0.05, abs=0.015)
+    assert np.mean(guard.distance(val) > guard.threshold) == pytest.approx(0.025, abs=0.006)
+    row = test_turned[guard.upright_score(test_turned) < guard.upright_threshold][:1]
+    why = guard.why(float(guard.distance(row)[0]), float(guard.upright_score(row)[0]))
+    assert "not an upright chest in normal polarity" in why
+
+
+def test_turned_copies_are_seeded_and_a_quarter_of_each_turn():
+    images = np.arange(6 * 4 * 4, dtype=np.uint8).reshape(6, 4, 4)
+    first, again = turned_copies(images, 4, seed=1), turned_copies(images, 4, seed=1)
+    assert np.array_equal(first, again) and first.shape == (4, 4, 4)
+    picked = np.random.default_rng(1).choice(6, 4, replace=False)
+    assert np.array_equal(first[0], 255 - images[picked[0]]) and np.array_equal(first[2], np.rot90(images[picked[2]], 2))
+    assert len(turned_copies(images, 100, seed=1)) == 6

@@ -195,6 +195,8 @@ class EvaluateDetectionParams(Strict):
 class DecideParams(Strict):
     folds: int = Field(ge=2, le=20)  # stratified folds of val for choosing the decision and its calibration
     ood_quantile: float = Field(ge=0.5, lt=1)  # the guard's threshold: this quantile of val's distances
+    # train images whose inverted and turned copies teach the guard's orientation check; 0 = no check
+    orientation_images: Count
     batch_size: Positive
 
 

@@ -23,7 +23,7 @@ from pneumonia.core.errors import DatasetError
 from pneumonia.evaluation.box_metrics import box_threshold_sweep, prevalence_weights, target_prevalence
 from pneumonia.data.manifest import read_manifest, split_rows
 from pneumonia.core.model_file import read_model
-from pneumonia.prediction.ood import fit_guard
+from pneumonia.prediction.ood import fit_guard, turned_copies
 from pneumonia.evaluation.operating_points import threshold_for_sensitivity
 from pneumonia.core.params import DecideParams
 from pneumonia.prediction.predictor import RawOutputs, boxes_under, raw_outputs, save_predictor
@@ -78,7 +78,9 @@ def run(
     positive = decision.probability(logits[:, 0], logits[:, 1]) >= decision.threshold
     prevalence = target_prevalence(threshold_prevalence, split_rows(manifest, "train"))
     box_threshold, sweep = choose_box_threshold(raw, positive, [r.boxes for r in val_rows], box_candidates, prevalence)
-    guard = fit_guard(train_features, raw.features, params.ood_quantile)
+    turned = turned_copies(train_images, params.orientation_images, seed) if params.orientation_images else None
+    turned_features = None if turned is None else classifier_outputs(classifier, turned, params.batch_size)[1]
+    guard = fit_guard(train_features, raw.features, params.ood_quantile, turned_features)
     counts = json.loads(Path(dataset_json).read_text())["counts"]
     trained_on = {"source": source, "patients": {split: counts[split]["total"] for split in counts}}
     save_predictor(model_path, classifier_file, detector_file, decision, box_threshold, guard, trained_on)
@@ -95,6 +97,9 @@ def run(
         "box_threshold_sweep_val": sweep,
         "ood": {"threshold": guard.threshold, "quantile": guard.quantile,
                 "val_flagged": float(np.mean(guard.unlike(raw.features))), "features": int(train_features.shape[1]),
+                "orientation_check": guard.upright is not None, "upright_threshold": guard.upright_threshold,
+                "orientation_images": 0 if turned is None else len(turned),
+                "val_flagged_by_distance": float(np.mean(guard.distance(raw.features) > guard.threshold)),
                 "fitted_on_train_images": int(len(train_features))},
         "trained_on": trained_on,
     }

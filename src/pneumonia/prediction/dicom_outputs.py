@@ -261,8 +261,7 @@ def algorithm(model: ModelIdentity, prediction: FilePrediction) -> hd.sr.Algorit
     if prediction.info.pixel_spacing_note:  # ImagerPixelSpacing used (magnified areas), or why mm² are unknown
         parameters.append(f"pixel spacing: {prediction.info.pixel_spacing_note}")
     if prediction.answer.unlike:
-        parameters.append(f"this image is unlike the training images (distance {prediction.answer.distance:.1f}): "
-                          "do not trust this result")
+        parameters.append(f"{prediction.answer.why_unlike}; do not trust this result")
     return hd.sr.AlgorithmIdentification(name=ALGORITHM_NAME, version=__version__, parameters=parameters)
 
 

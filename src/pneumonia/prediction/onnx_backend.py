@@ -74,7 +74,10 @@ def predictor_settings(predictor: Predictor) -> dict[str, Any]:
         "trained_on": predictor.trained_on,
         "ood": {"distance": DISTANCE_UNITS, "threshold": guard.threshold, "quantile": guard.quantile,
                 "mean": np.asarray(guard.mean, np.float64).tolist(),
-                "precision": np.asarray(guard.precision, np.float64).tolist()},
+                "precision": np.asarray(guard.precision, np.float64).tolist()}
+        | ({} if guard.upright is None else {"upright": np.asarray(guard.upright, np.float64).tolist(),
+                                             "upright_bias": guard.upright_bias,
+                                             "upright_threshold": guard.upright_threshold}),
     }
 
 
@@ -151,7 +154,9 @@ def _predictor(path: Path, settings: dict[str, Any], classifier: nn.Module, dete
     try:
         ood = settings["ood"]
         guard = OodGuard(np.asarray(ood["mean"], np.float64), np.asarray(ood["precision"], np.float64),
-                         float(ood["threshold"]), float(ood["quantile"]))
+                         float(ood["threshold"]), float(ood["quantile"]),
+                         np.asarray(ood["upright"], np.float64) if "upright" in ood else None,
+                         float(ood.get("upright_bias", 0.0)), float(ood.get("upright_threshold", -np.inf)))
         if guard.mean.ndim != 1 or guard.precision.shape != (len(guard.mean),) * 2:
             raise ValueError(f"ood mean {guard.mean.shape} and precision {guard.precision.shape} do not fit")
         detector_settings = {k: v for k, v in settings["detector"].items() if k != "stride"}  # a constant of the code

@@ -168,7 +168,7 @@ def area_mm2(fraction: float, info: DicomInfo) -> float | None:
 
 
 def _unlike_line(answer: ImageAnswer) -> str:
-    return f"unlike the training images (distance {answer.distance:.1f})"
+    return answer.why_unlike
 
 
 def _unique_name(stem: str, taken: set[str]) -> str:
@@ -187,7 +187,7 @@ def caption_notes(prediction: FilePrediction, predictor: Predictor) -> list[str]
     notes = [f"label: {label} (p >= {predictor.decision.threshold:.3f} is pneumonia); "
              + (f"{len(answer.boxes)} box(es), scores at their corners" if answer.boxes else "no boxes")]
     if answer.unlike:
-        notes.append(f"UNLIKE THE TRAINING IMAGES (distance {answer.distance:.1f} > {predictor.guard.threshold:.1f}): "
+        notes.append(f"UNLIKE THE TRAINING IMAGES ({answer.why_unlike}): "
                      "do not trust this")
     if predictor.synthetic:
         notes.append("model trained on a synthetic phantom: not a diagnosis")

@@ -29,7 +29,7 @@ from pneumonia.core.errors import PneumoniaError
 from pneumonia.classification.inference import classifier_outputs
 from pneumonia.evaluation import calibration
 from pneumonia.core.model_file import read_model, save_model
-from pneumonia.prediction.ood import OodGuard, reason
+from pneumonia.prediction.ood import OodGuard
 
 KIND = "predictor"
 _RETRAIN = "rebuild it with `dvc repro decide`"
@@ -68,12 +68,16 @@ def save_predictor(
     tensors |= {f"detector.{k}": v for k, v in detector_file[1].items()}
     tensors["ood.mean"] = torch.from_numpy(np.asarray(guard.mean, np.float64))
     tensors["ood.precision"] = torch.from_numpy(np.asarray(guard.precision, np.float64))
+    ood = {"method": "mahalanobis_pooled_features", "threshold": guard.threshold, "quantile": guard.quantile}
+    if guard.upright is not None:
+        tensors["ood.upright"] = torch.from_numpy(np.asarray(guard.upright, np.float64))
+        ood |= {"upright_bias": guard.upright_bias, "upright_threshold": guard.upright_threshold}
     header = {
         "classifier": classifier_file[0],
         "detector": detector_file[0],
         "decision": decision.to_json(),
         "box_threshold": float(box_threshold),
-        "ood": {"method": "mahalanobis_pooled_features", "threshold": guard.threshold, "quantile": guard.quantile},
+        "ood": ood,
         "trained_on": trained_on,
     }
     save_model(path, KIND, tensors, header)
@@ -87,8 +91,10 @@ def load_predictor(path: str | Path, device: str | torch.device = "cpu") -> Pred
     try:
         decision = Decision.from_json(header["decision"])
         ood = header["ood"]
+        upright = part("ood.").get("upright")
         guard = OodGuard(part("ood.")["mean"].numpy(), part("ood.")["precision"].numpy(), float(ood["threshold"]),
-                         float(ood["quantile"]))
+                         float(ood["quantile"]), None if upright is None else upright.numpy(),
+                         float(ood.get("upright_bias", 0.0)), float(ood.get("upright_threshold", -np.inf)))
         box_threshold = float(header["box_threshold"])
         trained_on = dict(header["trained_on"])
         classifier_header, detector_header = header["classifier"], header["detector"]
@@ -110,7 +116,7 @@ class ImageAnswer:
     """
 
     distance: float  # the guard's score
-    unlike: bool  # distance > the guard's threshold
+    unlike: bool  # refused by either of the guard's checks (the distance, or the orientation check)
     probability: float | None  # the decision's calibrated probability of pneumonia
     positive: bool | None
     boxes: tuple[tuple[float, float, float, float], ...]  # (x, y, width, height)
@@ -118,6 +124,7 @@ class ImageAnswer:
     classifier_probability: float  # sigmoid(logit / T) of the classifier alone: a candidate, for the record
     detector_probability: float  # the detector's own image probability: a candidate, for the record
     refused: str | None = None
+    why_unlike: str = ""  # which of the guard's checks found it unlike, and by how much ("" when like)
 
 
 @dataclass(frozen=True)
@@ -168,17 +175,21 @@ def boxes_under(
 
 def answers(predictor: Predictor, raw: RawOutputs, allow_unlike: bool = False) -> list[ImageAnswer]:
     distances = predictor.guard.distance(raw.features)
+    uprights = predictor.guard.upright_score(raw.features)
+    flagged = predictor.guard.unlike(raw.features)
     probabilities = predictor.decision.probability(raw.classifier_logits, raw.detector_logits)
     candidate = classifier_probability(predictor.classifier, raw.classifier_logits)
     out = []
-    for distance, probability, classifier, found in zip(distances, probabilities, candidate, raw.detections):
-        unlike = bool(distance > predictor.guard.threshold)
-        common = {"distance": float(distance), "unlike": unlike,
+    for distance, upright, unlike, probability, classifier, found in zip(
+            distances, uprights, flagged, probabilities, candidate, raw.detections):
+        unlike = bool(unlike)
+        why = predictor.guard.why(float(distance), float(upright)) if unlike else ""
+        common = {"distance": float(distance), "unlike": unlike, "why_unlike": why,
                   "classifier_probability": float(classifier),
                   "detector_probability": float(found.image_probability)}
         if unlike and not allow_unlike:
             out.append(ImageAnswer(probability=None, positive=None, boxes=(), confidences=(),
-                                   refused=reason(float(distance), predictor.guard.threshold), **common))
+                                   refused=why, **common))
             continue
         positive = bool(probability >= predictor.decision.threshold)
         [(boxes, scores)] = boxes_under([found], [positive], predictor.box_threshold)
