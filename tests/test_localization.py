@@ -18,6 +18,8 @@ from pneumonia.classification import train
 from pneumonia.core.errors import DatasetError
 from pneumonia.data.manifest import ManifestRow, read_manifest, split_rows, write_manifest
 from pneumonia.core.architectures import build_network
+from pneumonia.classification.classifier import load_classifier
+from pneumonia.classification.data import batches, standardize
 from project_params import project_params
 
 # --------------------------------------------------------------------------- maps and regions
@@ -166,14 +168,34 @@ def localized(tmp_path_factory):
     return root, model_path, outputs, result
 
 
-def test_pointing_game_beats_random_points(localized):
-    root, _, _, result = localized
+def test_the_pointing_game_counts_val_positives_whose_map_peaks_inside_a_box(localized):
+    """What localize reports is the share of val positives whose own map's hottest cell lies in one of their boxes,
+    recomputed here from the model file with the plain map (the network's features times the head's weights).
+
+    Not asserted: that the trained model beats random points. Over training seeds 11-13 and the AVX2 and default
+    CPU dispatches, 6 epochs on these 120 images gave val AUROC 0.91-1.00 but a pointing game of 0.20-0.78
+    against 0.24 for random points (issue 33: 0.250 vs 0.245 on an AVX-512 machine): where the map peaks is not
+    a reliable consequence of so little training, so no margin holds across CPUs, and a test asserting one would
+    test one instruction set's arithmetic.
+    """
+    root, model_path, _, result = localized
+    model = load_classifier(model_path)
     val = split_rows(read_manifest(root / "processed"), "val")
-    positives = [r for r in val if r.boxes]
-    # Baseline: a point drawn uniformly from the central 60 % of the image (where the lungs lie), scored
-    # exactly: the expected hit rate is the share of that square covered by the image's boxes.
+    maps = []
+    with torch.no_grad():  # in localize's batches: a convolution's last bits may depend on the batch's size
+        for _, batch in batches(np.load(root / "processed" / "val.npy"), project_params().localize.batch_size, "cpu"):
+            maps += list(loc.class_activation_maps(model.network, standardize(batch, model.mean, model.std),
+                                                   model.arch, relu=False)[1].numpy())
+    hits = []
+    for row, evidence in zip(val, maps):
+        if row.boxes:
+            x, y = loc.map_peak(evidence, row.rows, row.columns, IMAGE_SIZE, model.arch)
+            hits.append(any(bx <= x <= bx + bw and by <= y <= by + bh for bx, by, bw, bh in row.boxes))
+    assert len(hits) == 40
+    assert result["val"]["pointing_game"] == pytest.approx(np.mean(hits))
+    # Random points drawn from the central 60 % (where the lungs lie) would land in these boxes about a quarter of
+    # the time: the share of that square the boxes cover.
     low, high = 0.2 * ORIGINAL, 0.8 * ORIGINAL
-    square = (high - low) ** 2
 
     def covered(boxes):
         clipped = []
@@ -181,12 +203,9 @@ def test_pointing_game_beats_random_points(localized):
             x0, y0, x1, y1 = max(x, low), max(y, low), min(x + w, high), min(y + h, high)
             if x1 > x0 and y1 > y0:
                 clipped.append((x0, y0, x1 - x0, y1 - y0))
-        return box_metrics.union_area(clipped) / square
+        return box_metrics.union_area(clipped) / (high - low) ** 2
 
-    baseline = float(np.mean([covered(r.boxes) for r in positives]))
-    score = result["val"]["pointing_game"]
-    assert 0.15 < baseline < 0.35
-    assert score >= baseline + 0.2, f"pointing game {score:.3f} vs random points {baseline:.3f}"
+    assert 0.15 < float(np.mean([covered(r.boxes) for r in val if r.boxes])) < 0.35
 
 
 def _keys(tree, prefix=""):
