@@ -353,6 +353,62 @@ def prevalence_shift_block(shift_json: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
+GUARDS = {  # benchmarks/real_data.py's guard candidates, in the order shown
+    "product": "**the product's guard**: distance or orientation check on the last layer",
+    "last_layer": "distance alone on the last layer (the guard before the orientation check)",
+    "all_stages": "distance on every ResNet stage (max of standardised distances)",
+    "orientation_last_layer": "orientation check alone, last layer",
+    "orientation_all_stages": "orientation check alone, every stage",
+    "all_stages_and_orientation": "distance on every stage or orientation check on every stage",
+}
+_CHEST_KINDS = ("inverted", "rotated_90", "rotated_180", "rotated_270", "cropped")
+
+
+def _ci(values) -> str:
+    return "" if values[0] is None else f" ({values[0]:.3f}–{values[1]:.3f})"
+
+
+def real_data_block(real_json: Path) -> str:
+    """The recipe and the guard on real radiographs, Kermany's test split (benchmarks/real_data.json)."""
+    if not real_json.exists():
+        return "Not measured yet: run `python benchmarks/real_data.py` where ../shared/data holds the Kermany set.\n"
+    r = json.loads(real_json.read_text())
+    published, done = r["published"], r["done_when"]
+    lines = [f"{r['data']}; the published test split, which chose nothing. Published: AUROC {published['auroc']}, "
+             f"sensitivity {published['sensitivity']}, specificity {published['specificity']} "
+             f"({published['source']}). Aims (issue 30): AUROC ≥ {done['auroc']}, sensitivity ≥ {done['sensitivity']} "
+             f"and specificity ≥ {done['specificity']} at val's threshold, ECE ≤ {done['ece']}.", "",
+             "| run | settings | train / val / test | test AUROC (95 % CI) | sensitivity | specificity | ECE | Brier "
+             "| wall (train) | machine |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for name, run in r["runs"].items():
+        t, c, s = run["test"], run["counts"], run["settings"]
+        setting = f"{s['arch']} {s['init']}, {s['image_size']} px, {s['max_epochs']} epochs, lr {s['lr']} {s['lr_schedule']}"
+        setting += "".join(f", `{o}`" for o in run["settings"]["overrides"])
+        lines.append(f"| {name} | {setting} | {c['train']['total']} / {c['val']['total']} / {c['test']['total']} | "
+                     f"{t['auroc']:.3f}{_ci(t['auroc_ci'])} | {t['sensitivity']:.3f}{_ci(t['sensitivity_ci'])} | "
+                     f"{t['specificity']:.3f}{_ci(t['specificity_ci'])} | {t['ece']:.3f} | {t['brier']:.3f} | "
+                     f"{run['seconds']['total_wall_s']:.0f} s ({run['seconds']['train']['wall_s']:.0f} s) | "
+                     f"{run['machine']['cpu']}, {run['machine']['threads']} thread(s), {run['machine']['device']} |")
+    lines += ["", f"The out-of-distribution guard on the same runs (aims: ≤ {done['test_refused']:.0%} of real test "
+              f"images refused, ≥ {done['unlike_caught']:.0%} of the unlike set caught, each of inverted, rotated and "
+              f"cropped ≥ {done['per_chest_kind']:.0%}):", "",
+              "| run | guard | test refused | val refused | unlike caught | " + " | ".join(
+                  k.replace("_", " ") for k in _CHEST_KINDS) + " | other kinds |",
+              "|---|---|---|---|---|" + "---|" * len(_CHEST_KINDS) + "---|"]
+    for name, run in r["runs"].items():
+        for guard, label in GUARDS.items():
+            g = run["ood"].get(guard)
+            if g is None:
+                continue
+            kinds = g["unlike"]["by_kind"]
+            other = ", ".join(f"{k.replace('_', ' ')} {v['caught']}/{v['n']}" for k, v in kinds.items()
+                              if k not in _CHEST_KINDS)
+            lines.append(f"| {name} | {label} | {g['test_refused']:.1%} | {g['val_refused']:.1%} | "
+                         f"{g['unlike']['rate']:.1%} | " + " | ".join(
+                             f"{kinds[k]['caught']}/{kinds[k]['n']}" for k in _CHEST_KINDS) + f" | {other} |")
+    return "\n".join(lines) + "\n"
+
+
 def blocks(root: Path) -> dict[str, str]:
     return {
         "headline": headline_block(root),
@@ -366,6 +422,7 @@ def blocks(root: Path) -> dict[str, str]:
         "trust": trust_block(root / "reports"),
         "seed_spread": seed_spread_block(root / "benchmarks" / "seed_spread.json"),
         "prevalence_shift": prevalence_shift_block(root / "benchmarks" / "prevalence_shift.json"),
+        "real_data": real_data_block(root / "benchmarks" / "real_data.json"),
     }
 
 

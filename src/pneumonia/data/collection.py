@@ -24,7 +24,7 @@ from __future__ import annotations
 import csv
 import re
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 
 from pneumonia.core.atomic import atomic_dir
@@ -116,7 +116,7 @@ def table_collection(root: Path, table: str, classes: dict[str, int], patient_pa
             raise DatasetError(f"{where}: {row['image']} has another label, patient or split than on an earlier row; "
                                "make every row of an image agree")
         if box:
-            found[image_id] = CollectionImage(**{**previous.__dict__, "boxes": previous.boxes + (box,)})
+            found[image_id] = replace(previous, boxes=previous.boxes + (box,))
     if not found:
         raise DatasetError(f"{path}: lists no image; add rows (image,label[,patient][,split][,x,y,width,height])")
     return Collection(list(found.values()), [])
